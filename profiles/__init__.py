@@ -1,0 +1,188 @@
+"""Hardware profiles: the machine described as data.
+
+A profile is a TOML file in this folder (shipped) or anywhere (measured by
+`engram-sim calibrate`). It says where its numbers came from (`provenance`),
+and for each fitted curve it keeps the raw points the fit came from. The cost
+functions that read these numbers live in `sim/costs.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from sim.errors import ProfileError
+from sim.schema import build, read_toml, require, to_dict
+
+
+@dataclass
+class Provenance:
+    source: Literal["measured", "datasheet"]
+    machine: str
+    date: str
+    method: str = ""
+    notes: str = ""
+
+
+@dataclass
+class CurvePoint:
+    """One raw (x, y) point behind a fitted curve."""
+    x: float
+    y: float
+
+
+@dataclass
+class GpuProfile:
+    name: str
+    hbm_gib: float
+    # Memory the run cannot use: CUDA context, allocator slack, workspace.
+    hbm_reserved_gib: float
+    # Achieved streaming bandwidth of HBM (a large device-to-device copy, read + write).
+    hbm_gbps: float
+    # Achieved dense bf16 matrix rate on a large GEMM, and the fraction of it
+    # that a transformer layer's real shapes reach.
+    bf16_tflops: float
+    matmul_efficiency: float
+    memory_efficiency: float
+    kernel_launch_us: float
+    # Kernels a transformer layer launches (norms, projections, attention, FFN, adds).
+    kernels_per_layer: int
+    # Random-row gather from an HBM table: payload GB/s versus row bytes (x = bytes, y = GB/s).
+    hbm_gather: list[CurvePoint]
+    fp8_tflops: float = 0.0
+
+    def validate(self, path: str) -> None:
+        for name in ("hbm_gib", "hbm_gbps", "bf16_tflops", "matmul_efficiency", "memory_efficiency"):
+            require(getattr(self, name) > 0, ProfileError, f"{path}.{name}", "must be > 0", "use a positive number")
+        require(self.hbm_reserved_gib < self.hbm_gib, ProfileError, f"{path}.hbm_reserved_gib",
+                "is not below hbm_gib", "reserve less")
+        require(self.matmul_efficiency <= 1 and self.memory_efficiency <= 1, ProfileError,
+                f"{path}.matmul_efficiency", "efficiencies must be <= 1", "use a fraction")
+        _check_curve(self.hbm_gather, f"{path}.hbm_gather")
+
+
+@dataclass
+class LinkProfile:
+    """The host link (PCIe or NVLink-C2C), each direction separately."""
+    kind: str
+    h2d_gbps: float
+    d2h_gbps: float
+    # Fixed cost of one copy call (launch, DMA setup), paid even for tiny copies.
+    copy_fixed_us: float
+    copy_engines: int
+    pageable_h2d_gbps: float
+    # Raw H2D pinned copy points: x = bytes per copy, y = GB/s.
+    h2d_points: list[CurvePoint] = field(default_factory=list)
+
+    def validate(self, path: str) -> None:
+        for name in ("h2d_gbps", "d2h_gbps", "pageable_h2d_gbps"):
+            require(getattr(self, name) > 0, ProfileError, f"{path}.{name}", "must be > 0", "use GB/s")
+        require(self.copy_fixed_us >= 0, ProfileError, f"{path}.copy_fixed_us", "must be >= 0", "use microseconds")
+        require(self.copy_engines >= 1, ProfileError, f"{path}.copy_engines", "must be >= 1", "use e.g. 2")
+
+
+@dataclass
+class UvaPoint:
+    """One measured zero-copy step fetch (sorted, deduplicated, fresh ids)."""
+    table_gib: float
+    row_bytes: int
+    rows: int
+    us: float
+
+
+@dataclass
+class UvaProfile:
+    """Zero-copy gather (a GPU kernel reading pinned host memory).
+
+    time = fixed + max(rows * row_ns + bytes * byte_ps
+                       + units_touched * miss(footprint) * (1 - warm) * walk_ns,
+                       bytes / max_gbps)
+    Rows are fetched sorted. units_touched is the expected number of distinct
+    translation units (translation_unit_kib each) that `rows` uniform rows hit;
+    miss(F) = max(0, 1 - (tlb_reach / F) ** miss_exponent) is the chance a
+    unit's translation is not cached; warm is the part of the step's units that
+    were touched recently and still fit in the TLB's reach.
+    """
+    fixed_us: float
+    row_ns: float
+    byte_ps: float
+    walk_ns: float
+    translation_unit_kib: float
+    tlb_reach_gib: float
+    miss_exponent: float
+    max_gbps: float
+    points: list[UvaPoint] = field(default_factory=list)
+
+    def validate(self, path: str) -> None:
+        for name in ("translation_unit_kib", "tlb_reach_gib", "max_gbps", "miss_exponent"):
+            require(getattr(self, name) > 0, ProfileError, f"{path}.{name}", "must be > 0", "use a positive number")
+        for name in ("fixed_us", "row_ns", "byte_ps", "walk_ns"):
+            require(getattr(self, name) >= 0, ProfileError, f"{path}.{name}", "must be >= 0", "use 0 or more")
+
+
+@dataclass
+class HostProfile:
+    cpu: str
+    cpu_cores: int
+    memory_gib: float
+    # Host DRAM bandwidth shared by CPU gathers (read + write) and DMA reads.
+    dram_gbps: float
+    # N-gram hashing, one Engram layer (all orders and heads), per core.
+    hash_tokens_per_s_per_core: float
+    # Sorting/deduplicating row ids, per core.
+    dedup_rows_per_s_per_core: float
+    cpu_gather_fixed_us: float
+    # CPU gather into pinned staging, per thread: x = row bytes, y = GB/s of payload.
+    cpu_gather_per_thread: list[CurvePoint]
+    # Threads beyond this add nothing to gathers (memory-level parallelism runs out).
+    cpu_gather_max_threads: int = 16
+
+    def validate(self, path: str) -> None:
+        require(self.cpu_cores >= 1, ProfileError, f"{path}.cpu_cores", "must be >= 1", "use the core count")
+        for name in ("memory_gib", "dram_gbps", "hash_tokens_per_s_per_core", "dedup_rows_per_s_per_core"):
+            require(getattr(self, name) > 0, ProfileError, f"{path}.{name}", "must be > 0", "use a positive number")
+        _check_curve(self.cpu_gather_per_thread, f"{path}.cpu_gather_per_thread")
+
+
+@dataclass
+class HardwareProfile:
+    name: str
+    description: str
+    provenance: Provenance
+    gpu: GpuProfile
+    link: LinkProfile
+    uva: UvaProfile
+    host: HostProfile
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def _check_curve(points: list[CurvePoint], path: str) -> None:
+    require(len(points) >= 1, ProfileError, path, "has no points", "give at least one {x, y} point")
+    xs = [p.x for p in points]
+    require(xs == sorted(xs) and len(set(xs)) == len(xs), ProfileError, path,
+            "x values are not strictly increasing", "sort the points by x")
+    require(all(p.y > 0 for p in points), ProfileError, path, "has a y <= 0", "use positive rates")
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("profiles").iterdir() if p.name.endswith(".toml"))
+
+
+def shipped_path(name: str) -> Path:
+    return Path(str(resources.files("profiles").joinpath(f"{name}.toml")))
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    """A shipped profile by name, or any profile TOML by path."""
+    p = Path(name_or_path)
+    if not p.is_file():
+        if str(name_or_path) not in shipped_names():
+            raise ProfileError("profile", f"no profile named or at {str(name_or_path)!r}",
+                               f"use a path or one of: {', '.join(shipped_names())}")
+        p = shipped_path(str(name_or_path))
+    data = read_toml(p, ProfileError)
+    return build(HardwareProfile, data, "", ProfileError)

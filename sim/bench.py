@@ -1,0 +1,40 @@
+"""The simulator's own speed (a benchmark, not a test).
+
+Target (issue 2): a 64-point sweep (8 table sizes x 4 placements x 2 phases),
+1,000 steps each, of a 30-layer model, in 10 s or less on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from sim.config import load_config
+from sim.sweep import sweep
+
+BENCH_TABLE_GIB = [1, 4, 16, 64, 128, 256, 512, 1024]
+
+
+def bench_simulator(steps: int = 1000, jobs: int | None = None, config: str = "engram-27b") -> dict:
+    cfg = load_config(config)
+    t0 = time.perf_counter()
+    df = sweep(cfg, BENCH_TABLE_GIB, None, ["decode", "prefill"], steps=steps, jobs=jobs, progress=False)
+    wall = time.perf_counter() - t0
+    events = int(df["sim_events"].sum())
+    out = {
+        "config": config,
+        "points": len(df),
+        "steps_per_point": steps,
+        "simulated_steps": int(df["steps"].sum()),
+        "wall_s": wall,
+        "events": events,
+        "events_per_s": events / wall,
+        "steps_per_s": float(df["steps"].sum()) / wall,
+        "jobs": jobs or os.cpu_count(),
+        "cpus": os.cpu_count(),
+    }
+    print(f"{out['points']}-point sweep of {config} ({cfg.backbone.layers} layers), {steps} steps each, "
+          f"{out['jobs']} worker(s) on {out['cpus']} CPU(s):")
+    print(f"  wall {wall:.2f} s, {events:,} simulated events ({out['events_per_s']:,.0f} events/s), "
+          f"{out['steps_per_s']:,.0f} steps/s  (target: <= 10 s)")
+    return out

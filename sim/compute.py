@@ -1,0 +1,83 @@
+"""GPU compute time per layer: a roofline of FLOPs and bytes.
+
+Each operation takes max(FLOPs / achieved matrix rate, bytes / achieved HBM
+rate); a layer adds the launch overhead of its kernels. Weights are read once
+per step (all tokens of the step share them); MoE reads only the experts that
+some token of the step routes to (in expectation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from profiles import HardwareProfile
+from sim.config import DTYPE_BYTES, RunConfig
+from sim.costs import hbm_gather_time
+
+
+@dataclass
+class StepShape:
+    """What one step asks of the GPU."""
+    tokens: int                 # new tokens processed
+    attn_context_sum: float     # decode: sum of contexts; prefill: causal (query, key) pairs
+    sequences: int              # sequences with a token in the step (logits computed for each)
+    lookups: int                # Engram rows read per Engram layer (tokens * tables per layer)
+
+
+def _op(profile: HardwareProfile, flops: float, nbytes: float) -> float:
+    g = profile.gpu
+    return max(flops / (g.bf16_tflops * 1e12 * g.matmul_efficiency),
+               nbytes / (g.hbm_gbps * 1e9 * g.memory_efficiency))
+
+
+def layer_times(cfg: RunConfig, profile: HardwareProfile, shape: StepShape) -> np.ndarray:
+    """Seconds of compute per backbone layer (Engram module included where it sits)."""
+    b = cfg.backbone
+    a = b.attention
+    e = cfg.engram
+    dt = DTYPE_BYTES[b.dtype]
+    h = b.hidden_size
+    t = shape.tokens
+    launch = profile.gpu.kernel_launch_us * 1e-6 * profile.gpu.kernels_per_layer
+
+    attn_w = h * (2 * a.heads * a.head_dim + 2 * a.kv_heads * a.head_dim)
+    kv_read = shape.attn_context_sum if cfg.workload.phase == "decode" else t
+    attention = (_op(profile, 2 * t * attn_w, attn_w * dt + 4 * t * h * dt)
+                 + _op(profile, 4 * a.heads * a.head_dim * shape.attn_context_sum, kv_read * a.cache_dim * dt))
+
+    dense_w = 3 * h * b.intermediate_size
+    dense_ffn = _op(profile, 2 * t * dense_w, dense_w * dt + 2 * t * h * dt)
+    moe_ffn = 0.0
+    if b.moe is not None:
+        m = b.moe
+        expert_w = 3 * h * m.expert_intermediate_size
+        # Expected experts that at least one of the step's tokens routes to.
+        active = m.routed_experts * (1.0 - (1.0 - m.top_k / m.routed_experts) ** t)
+        moe_ffn = _op(profile, 2 * t * (m.shared_experts + m.top_k) * expert_w,
+                      (m.shared_experts + active) * expert_w * dt + 2 * t * h * dt)
+
+    times = np.array([attention + (dense_ffn if b.is_dense(i) else moe_ffn) + launch for i in range(b.layers)])
+    for layer in e.layer_ids:
+        times[layer] += engram_module_time(cfg, profile, shape)
+    return times
+
+
+def engram_module_time(cfg: RunConfig, profile: HardwareProfile, shape: StepShape) -> float:
+    """The Engram module's own GPU work: row gather from HBM, gating, value, conv."""
+    e = cfg.engram
+    h = cfg.backbone.hidden_size
+    dt = DTYPE_BYTES[cfg.backbone.dtype]
+    t = shape.tokens
+    # W_K per branch and the shared W_V project d_mem -> hidden.
+    w = e.d_mem * h * (e.branches + 1)
+    gather = hbm_gather_time(profile, shape.lookups, e.row_bytes)
+    proj = _op(profile, 2 * t * w, w * dt + t * (e.d_mem + 6 * h * e.branches) * dt)
+    return gather + proj + profile.gpu.kernel_launch_us * 1e-6 * 8
+
+
+def lm_head_time(cfg: RunConfig, profile: HardwareProfile, shape: StepShape) -> float:
+    b = cfg.backbone
+    w = b.hidden_size * b.vocab_size
+    return _op(profile, 2 * shape.sequences * w, w * DTYPE_BYTES[b.dtype])

@@ -1,0 +1,348 @@
+"""One configuration schema, shared by the simulator and the real runs.
+
+A run is: a backbone, an Engram configuration, a placement of the table, a
+workload, and a hardware profile (by name or path). Each part is a dataclass
+built from a TOML table; bad values raise ConfigError naming the field.
+
+Layer ids are zero-based indices into the backbone's layers (the paper's
+"layers 2 and 15" are ids 1 and 14 here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+from sim.errors import ConfigError
+from sim.schema import build, read_toml, require, to_dict
+
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1, "int8": 1}
+Dtype = Literal["bf16", "fp16", "fp32", "fp8", "int8"]
+PLACEMENTS = ("hbm", "host_dma", "host_uva", "hbm_cache")
+Placement = Literal["hbm", "host_dma", "host_uva", "hbm_cache"]
+GiB = 1 << 30
+
+
+@dataclass
+class AttentionConfig:
+    heads: int
+    kv_heads: int
+    head_dim: int
+    # Values cached per token per layer. Default 2 * kv_heads * head_dim (K and V);
+    # MLA caches one compressed latent (DeepSeek-V3: 512 + 64 = 576).
+    kv_cache_dim: int | None = None
+
+    def validate(self, path: str) -> None:
+        for name in ("heads", "kv_heads", "head_dim"):
+            require(getattr(self, name) > 0, ConfigError, f"{path}.{name}", "must be > 0", "use a positive integer")
+        require(self.heads % self.kv_heads == 0, ConfigError, f"{path}.kv_heads",
+                f"{self.kv_heads} does not divide heads={self.heads}", "use a divisor of heads")
+
+    @property
+    def cache_dim(self) -> int:
+        return self.kv_cache_dim if self.kv_cache_dim else 2 * self.kv_heads * self.head_dim
+
+
+@dataclass
+class MoEConfig:
+    shared_experts: int
+    routed_experts: int
+    top_k: int
+    expert_intermediate_size: int
+
+    def validate(self, path: str) -> None:
+        require(self.routed_experts > 0, ConfigError, f"{path}.routed_experts", "must be > 0", "use a positive integer")
+        require(0 < self.top_k <= self.routed_experts, ConfigError, f"{path}.top_k",
+                f"{self.top_k} is not in 1..routed_experts={self.routed_experts}", "lower top_k")
+        require(self.shared_experts >= 0, ConfigError, f"{path}.shared_experts", "must be >= 0", "use 0 or more")
+        require(self.expert_intermediate_size > 0, ConfigError, f"{path}.expert_intermediate_size",
+                "must be > 0", "use a positive integer")
+
+
+@dataclass
+class BackboneConfig:
+    name: str
+    layers: int
+    hidden_size: int
+    attention: AttentionConfig
+    # Intermediate size of the dense FFN (SwiGLU: gate, up, down) used by dense layers.
+    intermediate_size: int = 0
+    moe: MoEConfig | None = None
+    # Layers with a dense FFN. Without [moe], every layer is dense.
+    dense_layers: list[int] = field(default_factory=list)
+    vocab_size: int = 129280
+    dtype: Dtype = "bf16"
+
+    def validate(self, path: str) -> None:
+        require(self.layers > 0, ConfigError, f"{path}.layers", "must be > 0", "use a positive integer")
+        require(self.hidden_size > 0, ConfigError, f"{path}.hidden_size", "must be > 0", "use a positive integer")
+        for i, layer in enumerate(self.dense_layers):
+            require(0 <= layer < self.layers, ConfigError, f"{path}.dense_layers[{i}]",
+                    f"{layer} is outside 0..{self.layers - 1}", "use zero-based layer ids")
+        needs_dense = self.moe is None or bool(self.dense_layers)
+        require(not needs_dense or self.intermediate_size > 0, ConfigError, f"{path}.intermediate_size",
+                "must be > 0 for dense layers", "set intermediate_size, or add [backbone.moe] and no dense_layers")
+
+    def is_dense(self, layer: int) -> bool:
+        return self.moe is None or layer in self.dense_layers
+
+
+@dataclass
+class EngramConfig:
+    layer_ids: list[int]
+    max_ngram_size: int = 3
+    heads_per_order: int = 8
+    # Values per token per Engram layer; each of the (N-1)*H rows holds d_mem / ((N-1)*H).
+    d_mem: int = 1280
+    table_dtype: Dtype = "bf16"
+    # Configured size per order (the prime rule picks rows per head table) ...
+    table_rows_per_order: list[int] | None = None
+    # ... or the total size of all layers' tables, from which rows per head are derived.
+    table_gib: float | None = None
+    compressed_vocab_size: int = 99092
+    compressed_pad_id: int = 2
+    seed: int = 0
+    branches: int = 1
+    conv_kernel: int = 4
+
+    def validate(self, path: str) -> None:
+        require(len(self.layer_ids) > 0, ConfigError, f"{path}.layer_ids", "is empty", "list at least one layer id")
+        require(len(set(self.layer_ids)) == len(self.layer_ids), ConfigError, f"{path}.layer_ids",
+                "has duplicates", "list each layer once")
+        require(self.max_ngram_size >= 2, ConfigError, f"{path}.max_ngram_size", "must be >= 2", "use 2 or 3")
+        require(self.heads_per_order > 0, ConfigError, f"{path}.heads_per_order", "must be > 0", "use e.g. 8")
+        require(self.d_mem % self.tables_per_layer == 0, ConfigError, f"{path}.d_mem",
+                f"{self.d_mem} is not divisible by (max_ngram_size-1)*heads_per_order={self.tables_per_layer}",
+                "use a multiple of it")
+        given = (self.table_rows_per_order is not None) + (self.table_gib is not None)
+        require(given == 1, ConfigError, f"{path}.table_gib",
+                "give exactly one of table_gib and table_rows_per_order", "remove one of them")
+        if self.table_rows_per_order is not None:
+            require(len(self.table_rows_per_order) == self.max_ngram_size - 1, ConfigError,
+                    f"{path}.table_rows_per_order", f"has {len(self.table_rows_per_order)} entries",
+                    f"give one per order 2..{self.max_ngram_size} ({self.max_ngram_size - 1} entries)")
+            require(all(r > 0 for r in self.table_rows_per_order), ConfigError, f"{path}.table_rows_per_order",
+                    "must be > 0", "use positive row counts")
+        if self.table_gib is not None:
+            require(self.table_gib > 0, ConfigError, f"{path}.table_gib", "must be > 0", "use a positive size in GiB")
+        require(self.branches >= 1, ConfigError, f"{path}.branches", "must be >= 1", "use 1 (or 4 for mHC)")
+        require(1 < self.compressed_vocab_size, ConfigError, f"{path}.compressed_vocab_size", "must be > 1",
+                "use the compressed vocabulary size")
+        require(0 <= self.compressed_pad_id < self.compressed_vocab_size, ConfigError, f"{path}.compressed_pad_id",
+                "is outside the compressed vocabulary", "use an id below compressed_vocab_size")
+
+    @property
+    def tables_per_layer(self) -> int:
+        return (self.max_ngram_size - 1) * self.heads_per_order
+
+    @property
+    def values_per_row(self) -> int:
+        return self.d_mem // self.tables_per_layer
+
+    @property
+    def row_bytes(self) -> int:
+        return self.values_per_row * DTYPE_BYTES[self.table_dtype]
+
+    def configured_rows_per_order(self) -> list[int]:
+        if self.table_rows_per_order is not None:
+            return list(self.table_rows_per_order)
+        per_head = self.table_gib * GiB / (len(self.layer_ids) * self.tables_per_layer * self.row_bytes)
+        return [max(2, int(per_head))] * (self.max_ngram_size - 1)
+
+    @cached_property
+    def table_sizes(self) -> dict[int, list[list[int]]]:
+        """{layer: [[prime rows per head] per order]} (the official rule)."""
+        from workloads.primes import engram_table_sizes
+
+        return engram_table_sizes(self.configured_rows_per_order(), self.max_ngram_size,
+                                  self.heads_per_order, self.layer_ids)
+
+    def layer_rows(self, layer: int) -> int:
+        return sum(sum(heads) for heads in self.table_sizes[layer])
+
+    def layer_table_bytes(self, layer: int) -> int:
+        return self.layer_rows(layer) * self.row_bytes
+
+    @property
+    def total_table_bytes(self) -> int:
+        return sum(self.layer_table_bytes(layer) for layer in self.layer_ids)
+
+
+@dataclass
+class PlacementConfig:
+    kind: Placement = "hbm"
+    # CPU threads that hash token ids into row ids, and that gather rows (host_dma).
+    hash_threads: int = 8
+    gather_threads: int = 8
+    # Deduplicate (and sort) a step's row ids before fetching; engines do.
+    dedup: bool = True
+    # host_dma: rows are gathered into pinned staging chunks and copied chunk by chunk.
+    staging_chunk_mib: float = 4.0
+    staging_buffers: int = 2
+    # hbm_cache: hot rows in HBM, misses through miss_path.
+    cache_gib: float | None = None
+    cache_fraction: float | None = None
+    cache_policy: Literal["static_topk", "lru", "lfu"] = "lru"
+    miss_path: Literal["host_dma", "host_uva"] = "host_uva"
+    # How many Engram fetches run at once on the fetch side (1 = one fetch stream, in layer order).
+    fetch_streams: int = 1
+
+    def validate(self, path: str) -> None:
+        for name in ("hash_threads", "gather_threads", "staging_buffers", "fetch_streams"):
+            require(getattr(self, name) >= 1, ConfigError, f"{path}.{name}", "must be >= 1", "use 1 or more")
+        require(self.staging_chunk_mib > 0, ConfigError, f"{path}.staging_chunk_mib", "must be > 0",
+                "use e.g. 4")
+        if self.kind == "hbm_cache":
+            given = (self.cache_gib is not None) + (self.cache_fraction is not None)
+            require(given == 1, ConfigError, f"{path}.cache_gib",
+                    "hbm_cache needs exactly one of cache_gib and cache_fraction",
+                    "set e.g. cache_fraction = 0.1")
+        if self.cache_fraction is not None:
+            require(0.0 <= self.cache_fraction <= 1.0, ConfigError, f"{path}.cache_fraction",
+                    f"{self.cache_fraction} is outside [0, 1]", "use a fraction of the table")
+        if self.cache_gib is not None:
+            require(self.cache_gib >= 0, ConfigError, f"{path}.cache_gib", "must be >= 0", "use a size in GiB")
+
+
+@dataclass
+class LengthDistribution:
+    dist: Literal["uniform", "fixed", "normal", "lognormal"] = "uniform"
+    low: int = 100
+    high: int = 1024
+    mean: float = 0.0
+    std: float = 0.0
+
+    def validate(self, path: str) -> None:
+        require(1 <= self.low <= self.high, ConfigError, f"{path}.low",
+                f"need 1 <= low <= high (got low={self.low}, high={self.high})", "fix the bounds")
+
+
+@dataclass
+class TokenSourceConfig:
+    source: Literal["zipf", "text", "npy"] = "zipf"
+    # Zipf-Mandelbrot: p(rank k) ~ 1 / (k + q)^s over the compressed vocabulary.
+    zipf_s: float = 1.1
+    zipf_q: float = 2.7
+    # text: a UTF-8 file (default: the Python standard library's own sources);
+    # tokenizer: a tokenizer.json (default: a BPE trained offline on that text).
+    path: str | None = None
+    tokenizer: str | None = None
+    # How many distinct steps are hashed exactly; longer runs cycle through them.
+    trace_steps: int = 64
+
+    def validate(self, path: str) -> None:
+        require(self.zipf_s > 0, ConfigError, f"{path}.zipf_s", "must be > 0", "use e.g. 1.1")
+        require(self.zipf_q >= 0, ConfigError, f"{path}.zipf_q", "must be >= 0", "use e.g. 2.7")
+        require(self.source != "npy" or self.path, ConfigError, f"{path}.path",
+                "source 'npy' needs a path", "set path to a .npy of token ids")
+        require(self.trace_steps >= 1, ConfigError, f"{path}.trace_steps", "must be >= 1", "use e.g. 64")
+
+
+@dataclass
+class WorkloadConfig:
+    phase: Literal["prefill", "decode"] = "decode"
+    sequences: int = 512
+    # Prompt lengths (prefill) or context lengths at the first decode step.
+    lengths: LengthDistribution = field(default_factory=LengthDistribution)
+    # Prefill: tokens per forward pass (chunked prefill).
+    tokens_per_step: int = 16384
+    steps: int = 200
+    seed: int = 0
+    tokens: TokenSourceConfig = field(default_factory=TokenSourceConfig)
+    # Prefill: the next batch's rows may be fetched during the current batch.
+    prefill_prefetch_ahead: int = 1
+    # Decode: speculative lookahead steps (0: the next tokens exist only when the step ends).
+    decode_lookahead: int = 0
+
+    def validate(self, path: str) -> None:
+        require(self.sequences >= 1, ConfigError, f"{path}.sequences", "must be >= 1", "use 1 or more")
+        require(self.steps >= 1, ConfigError, f"{path}.steps", "must be >= 1", "use 1 or more")
+        require(self.tokens_per_step >= 1, ConfigError, f"{path}.tokens_per_step", "must be >= 1", "use e.g. 16384")
+        require(self.prefill_prefetch_ahead >= 0, ConfigError, f"{path}.prefill_prefetch_ahead", "must be >= 0",
+                "use 0 or 1")
+        require(self.decode_lookahead >= 0, ConfigError, f"{path}.decode_lookahead", "must be >= 0", "use 0")
+
+
+@dataclass
+class RunConfig:
+    name: str
+    backbone: BackboneConfig
+    engram: EngramConfig
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    # A shipped profile's name (see `engram-sim profiles`) or a path to a profile TOML.
+    profile: str = "h100-sxm"
+
+    def validate(self, path: str) -> None:
+        for i, layer in enumerate(self.engram.layer_ids):
+            require(0 <= layer < self.backbone.layers, ConfigError, f"engram.layer_ids[{i}]",
+                    f"{layer} is outside 0..{self.backbone.layers - 1}", "use zero-based backbone layer ids")
+
+    def replace(self, **changes) -> "RunConfig":
+        """Copy with dotted-path changes, e.g. replace(**{"placement.kind": "hbm"})."""
+        data = to_dict(self)
+        for dotted, value in changes.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+            if dotted == "engram.table_gib":
+                node.pop("table_rows_per_order", None)
+            if dotted == "engram.table_rows_per_order":
+                node.pop("table_gib", None)
+            if dotted == "placement.cache_gib":
+                node.pop("cache_fraction", None)
+            if dotted == "placement.cache_fraction":
+                node.pop("cache_gib", None)
+        return from_dict(data)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+def from_dict(data: dict) -> RunConfig:
+    return build(RunConfig, data, "", ConfigError)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("sim.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def load_config(name_or_path: str | Path) -> RunConfig:
+    """Load a run configuration from a TOML path or a shipped preset name."""
+    p = Path(name_or_path)
+    if not p.is_file() and str(name_or_path) in preset_names():
+        p = Path(str(resources.files("sim.presets").joinpath(f"{name_or_path}.toml")))
+    elif not p.is_file():
+        raise ConfigError(str(name_or_path), "no such config file or preset",
+                          f"give a TOML path or one of: {', '.join(preset_names())}")
+    data = read_toml(p, ConfigError)
+    base = data.pop("extends", None)
+    if base is not None:
+        data = _merge(load_config(base).to_dict(), data)
+    return from_dict(data)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    if "engram" in over:
+        eng = out["engram"]
+        if "table_gib" in over["engram"]:
+            eng.pop("table_rows_per_order", None)
+        elif "table_rows_per_order" in over["engram"]:
+            eng.pop("table_gib", None)
+    return out
+
+
+def gib(nbytes: float) -> float:
+    return nbytes / GiB

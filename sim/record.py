@@ -1,0 +1,150 @@
+"""The run record: one format for a simulated and a measured run.
+
+Both the simulator and the real runs describe a run with the same tables and
+the same names, so a prediction and a measurement line up column by column:
+
+- steps:   one row per step (STEP_COLUMNS)
+- fetches: one row per step and Engram layer (FETCH_COLUMNS)
+- events:  the timeline, one row per interval on an actor (EVENT_COLUMNS)
+- summary: per-run totals (SUMMARY_KEYS)
+
+A record file is JSON: {"schema", "kind", "config", "machine", "summary",
+"steps", "fetches", "events", ...}. Times are seconds from the run's start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from sim.errors import UserError
+
+SCHEMA = "engram-sim.record/1"
+
+STEP_COLUMNS = [
+    "step", "start_s", "step_time_s", "compute_time_s", "tokens",
+    "exposed_stall_s", "fetch_time_s", "overlap_fraction",
+    "host_bytes", "hbm_bytes", "link_bytes",
+]
+FETCH_COLUMNS = [
+    "step", "layer", "fetch_start_s", "fetch_end_s", "fetch_time_s",
+    "wait_start_s", "exposed_stall_s", "lookups", "unique_rows", "host_rows", "cache_hits",
+]
+EVENT_COLUMNS = ["actor", "name", "start_s", "end_s", "step", "layer"]
+SUMMARY_KEYS = [
+    "steps", "tokens", "elapsed_s", "tokens_per_s", "step_time_s",
+    "exposed_stall_s", "fetch_time_s", "overlap_fraction",
+    "host_bytes_per_step", "hbm_bytes_per_step", "link_utilisation",
+]
+
+
+class RecordError(UserError):
+    """A run record file is missing, unreadable or malformed."""
+
+
+@dataclass
+class RunRecord:
+    kind: str  # "simulated" or "measured"
+    config: dict
+    machine: dict
+    summary: dict
+    steps: pd.DataFrame
+    fetches: pd.DataFrame
+    events: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=EVENT_COLUMNS))
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "kind": self.kind,
+            "config": self.config,
+            "machine": self.machine,
+            "summary": self.summary,
+            "steps": self.steps[STEP_COLUMNS].to_dict(orient="list"),
+            "fetches": self.fetches[FETCH_COLUMNS].to_dict(orient="list"),
+            "events": self.events[EVENT_COLUMNS].to_dict(orient="list"),
+            **self.extra,
+        }
+
+
+def summarise(steps: pd.DataFrame, link_peak_bytes_per_s: float | None = None) -> dict:
+    """Per-run totals from the per-step table (same rule for predicted and measured)."""
+    elapsed = float(steps["step_time_s"].sum())
+    fetch = float(steps["fetch_time_s"].sum())
+    stall = float(steps["exposed_stall_s"].sum())
+    n = len(steps)
+    out = {
+        "steps": n,
+        "tokens": int(steps["tokens"].sum()),
+        "elapsed_s": elapsed,
+        "tokens_per_s": float(steps["tokens"].sum()) / elapsed if elapsed > 0 else float("nan"),
+        "step_time_s": elapsed / n if n else float("nan"),
+        "exposed_stall_s": stall / n if n else float("nan"),
+        "fetch_time_s": fetch / n if n else float("nan"),
+        # Hidden fetch time over total fetch time; no fetches -> nothing to hide (NaN).
+        "overlap_fraction": max(0.0, min(1.0, 1.0 - stall / fetch)) if fetch > 0 else float("nan"),
+        "host_bytes_per_step": float(steps["host_bytes"].mean()) if n else 0.0,
+        "hbm_bytes_per_step": float(steps["hbm_bytes"].mean()) if n else 0.0,
+        "link_utilisation": (float(steps["link_bytes"].sum()) / (elapsed * link_peak_bytes_per_s)
+                             if link_peak_bytes_per_s and elapsed > 0 else float("nan")),
+    }
+    return out
+
+
+def write_record(record: RunRecord, path: str | Path) -> Path:
+    """Write atomically: a failure leaves the old file (or nothing) in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record.to_json(), f, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path: str | Path) -> RunRecord:
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(str(path), "record file not found", "give the path of a record JSON")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(str(path), f"not valid JSON ({e})", "give a record written by engram-sim") from None
+    if data.get("schema") != SCHEMA:
+        raise RecordError(f"{path}: schema", f"is {data.get('schema')!r}", f"expected {SCHEMA!r}")
+    for key in ("kind", "config", "machine", "summary", "steps", "fetches"):
+        if key not in data:
+            raise RecordError(f"{path}: {key}", "missing", "give a complete record")
+    steps = pd.DataFrame(data["steps"])
+    fetches = pd.DataFrame(data["fetches"])
+    missing = [c for c in STEP_COLUMNS if c not in steps.columns]
+    if missing:
+        raise RecordError(f"{path}: steps", f"lacks columns {missing}", "give a complete record")
+    known = {"schema", "kind", "config", "machine", "summary", "steps", "fetches", "events"}
+    return RunRecord(
+        kind=data["kind"], config=data["config"], machine=data["machine"], summary=data["summary"],
+        steps=steps, fetches=fetches,
+        events=pd.DataFrame(data.get("events") or {c: [] for c in EVENT_COLUMNS}),
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")

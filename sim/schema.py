@@ -1,0 +1,135 @@
+"""Build typed dataclasses from TOML tables, with one-line errors.
+
+Shared by the run configuration (sim/config.py) and the hardware profiles
+(profiles/__init__.py), so both report bad input the same way: the dotted
+path of the field, what is wrong, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from sim.errors import UserError
+
+
+def read_toml(path: str | Path, error: type[UserError]) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise error(str(path), "file not found", "give the path of an existing TOML file")
+    try:
+        with p.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise error(str(path), f"not valid TOML ({e})", "fix the syntax at that line") from None
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        (inner, *_) = get_args(tp) or (Any,)
+        return f"a list of {_type_name(inner)}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str, error: type[UserError]) -> Any:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        for a in args:
+            try:
+                return _convert(value, a, path, error)
+            except UserError:
+                continue
+        raise error(path, f"got {value!r}", f"use {_type_name(tp)}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise error(path, f"unknown value {value!r}", f"use one of {', '.join(map(repr, choices))}")
+        return value
+    if origin is list:
+        (inner,) = get_args(tp)
+        if not isinstance(value, list):
+            raise error(path, f"got {value!r}", f"use {_type_name(tp)}")
+        return [_convert(v, inner, f"{path}[{i}]", error) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise error(path, f"got {value!r}", "use a table")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise error(path, f"got {value!r}", "use a table")
+        return build(tp, value, path, error)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise error(path, f"got {value!r}", "use true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise error(path, f"got {value!r}", "use a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise error(path, f"got {value!r}", "use a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise error(path, f"got {value!r}", "use a string")
+        return value
+    return value
+
+
+def build(cls: type, data: dict, path: str, error: type[UserError]):
+    """Instantiate dataclass `cls` from `data`, checking names and types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(fields)}"
+            raise error(f"{path}.{key}" if path else key, "unknown field", hint)
+    kwargs = {}
+    for name, f in fields.items():
+        sub = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], sub, error)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise error(sub, "missing", f"add {name} ({_type_name(hints[name])})")
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check(path)
+    return obj
+
+
+def to_dict(obj) -> dict:
+    """Dataclass to a plain dict (TOML/JSON-ready), dropping None values."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if v is None:
+            continue
+        if dataclasses.is_dataclass(v):
+            v = to_dict(v)
+        out[f.name] = v
+    return out
+
+
+def require(cond: bool, error: type[UserError], field: str, problem: str, fix: str) -> None:
+    if not cond:
+        raise error(field, problem, fix)

@@ -1,0 +1,120 @@
+"""Sweeps: one configuration across table sizes, placements and phases.
+
+Each (phase, table size) point builds one token trace and simulates every
+placement on it, plus the same run with the table in HBM (capacity ignored),
+the baseline for `overhead_vs_hbm`. Points run in worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import pandas as pd
+from tqdm import tqdm
+
+from profiles import HardwareProfile, load_profile
+from sim.config import GiB, PLACEMENTS, RunConfig
+from sim.engine import simulate
+from sim.memory import cache_rows_per_layer
+
+SWEEP_COLUMNS = [
+    "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
+    "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "host_bytes_per_step", "hbm_bytes_per_step",
+    "link_utilisation", "fits_hbm", "fits_host", "hidden", "steps", "sim_events",
+]
+DEFAULT_CACHE_GIB = 8.0
+
+
+def point_config(cfg: RunConfig, table_gib: float, placement: str, phase: str, cache_gib: float) -> RunConfig:
+    changes = {"engram.table_gib": float(table_gib), "placement.kind": placement, "workload.phase": phase}
+    if placement == "hbm_cache" and cfg.placement.cache_gib is None and cfg.placement.cache_fraction is None:
+        changes["placement.cache_gib"] = cache_gib
+    return cfg.replace(**changes)
+
+
+def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase: str, placements: list[str],
+              steps: int, threshold: float, cache_gib: float) -> list[dict]:
+    from workloads.trace import build_trace
+
+    base = point_config(cfg, table_gib, "hbm", phase, cache_gib)
+    trace = build_trace(base)
+    baseline = simulate(base, profile, trace, steps=steps, check_capacity=False)
+    rows = []
+    for placement in placements:
+        pcfg = point_config(cfg, table_gib, placement, phase, cache_gib)
+        if placement == "hbm":
+            result = baseline
+        else:
+            ptrace = trace if placement != "hbm_cache" else build_trace(pcfg, cache_rows=cache_rows_per_layer(pcfg))
+            result = simulate(pcfg, profile, ptrace, steps=steps, check_capacity=False)
+        s = result.summary
+        overhead = 1.0 - s["tokens_per_s"] / baseline.summary["tokens_per_s"]
+        rows.append({
+            "table_bytes": pcfg.engram.total_table_bytes,
+            "table_gib": pcfg.engram.total_table_bytes / GiB,
+            "placement": placement,
+            "phase": phase,
+            "step_time_s": s["step_time_s"],
+            "tokens_per_s": s["tokens_per_s"],
+            "exposed_stall_s": s["exposed_stall_s"],
+            "fetch_time_s": s["fetch_time_s"],
+            "overlap_fraction": s["overlap_fraction"],
+            "overhead_vs_hbm": overhead,
+            "host_bytes_per_step": s["host_bytes_per_step"],
+            "hbm_bytes_per_step": s["hbm_bytes_per_step"],
+            "link_utilisation": s["link_utilisation"],
+            "fits_hbm": result.memory.fits_hbm,
+            "fits_host": result.memory.fits_host,
+            "hidden": bool(overhead <= threshold),
+            "steps": s["steps"],
+            "sim_events": result.sim_events,
+        })
+    return rows
+
+
+def _run_point_args(args) -> list[dict]:
+    return run_point(*args)
+
+
+def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None = None,
+          phases: list[str] | None = None, *, profile: HardwareProfile | None = None, steps: int | None = None,
+          threshold: float = 0.01, cache_gib: float = DEFAULT_CACHE_GIB, jobs: int | None = None,
+          progress: bool = True) -> pd.DataFrame:
+    """Simulate every (table size, placement, phase); one row each (SWEEP_COLUMNS)."""
+    profile = profile or load_profile(cfg.profile)
+    placements = list(placements or PLACEMENTS)
+    phases = list(phases or [cfg.workload.phase])
+    steps = steps or cfg.workload.steps
+    tasks = [(cfg, profile, t, ph, placements, steps, threshold, cache_gib) for ph in phases for t in table_gib]
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
+    bar = tqdm(total=len(tasks) * len(placements), desc="sweep", unit="run", disable=not progress)
+    results: list[dict] = []
+    if jobs == 1:
+        for task in tasks:
+            rows = run_point(*task)
+            results.extend(rows)
+            bar.update(len(rows))
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for rows in pool.map(_run_point_args, tasks):
+                results.extend(rows)
+                bar.update(len(rows))
+    bar.close()
+    df = pd.DataFrame(results, columns=SWEEP_COLUMNS)
+    return df.sort_values(["phase", "placement", "table_bytes"], kind="stable").reset_index(drop=True)
+
+
+def hidden_limits(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (placement, phase): the largest size still hidden and the first that is not."""
+    rows = []
+    for (placement, phase), g in df.groupby(["placement", "phase"], sort=True):
+        g = g.sort_values("table_bytes")
+        not_hidden = g[~g["hidden"]]
+        first_bad = not_hidden["table_gib"].iloc[0] if len(not_hidden) else math.nan
+        ok = g[g["table_gib"] < first_bad] if len(not_hidden) else g
+        rows.append({"placement": placement, "phase": phase,
+                     "hidden_up_to_gib": ok["table_gib"].max() if len(ok) else math.nan,
+                     "stops_hidden_at_gib": first_bad})
+    return pd.DataFrame(rows)

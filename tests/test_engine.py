@@ -1,0 +1,169 @@
+"""The discrete-event model: invariants, monotonicity, determinism, and the closed form."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from profiles import load_profile
+from sim.analytic import estimate
+from sim.config import load_config
+from sim.engine import plan_steps, simulate
+from sim.errors import CapacityError
+from tests.conftest import synthetic_trace
+
+H100 = load_profile("h100-sxm")
+
+
+def cfg_for(placement="host_uva", phase="decode", table_gib=64.0, sequences=64, preset="engram-27b", **more):
+    changes = {"placement.kind": placement, "workload.phase": phase, "engram.table_gib": table_gib,
+               "workload.sequences": sequences, **more}
+    if placement == "hbm_cache":
+        changes.setdefault("placement.cache_gib", 4.0)
+    return load_config(preset).replace(**changes)
+
+
+def run(cfg, profile=H100, steps=6, **trace_kw):
+    return simulate(cfg, profile, synthetic_trace(cfg, **trace_kw), steps=steps, record_events=True,
+                    check_capacity=False)
+
+
+def with_profile(profile, **sections):
+    """A copy of `profile` with fields replaced per section: with_profile(p, link={"h2d_gbps": 10})."""
+    changes = {name: dataclasses.replace(getattr(profile, name), **fields) for name, fields in sections.items()}
+    return dataclasses.replace(profile, **changes)
+
+
+placements = st.sampled_from(["hbm", "host_dma", "host_uva", "hbm_cache"])
+phases = st.sampled_from(["decode", "prefill"])
+sizes = st.sampled_from([1.0, 16.0, 256.0])
+seqs = st.sampled_from([8, 64, 512])
+quick = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@quick
+@given(placements, phases, sizes, seqs)
+def test_bytes_are_conserved(placement, phase, table, sequences):
+    cfg = cfg_for(placement, phase, table, sequences, **{"workload.tokens_per_step": 4096})
+    r = run(cfg)
+    rb = cfg.engram.row_bytes
+    host_rows = r.fetches["host_rows"].sum()
+    assert r.steps["host_bytes"].sum() == host_rows * rb
+    ids = 0 if placement not in ("hbm",) else r.fetches["lookups"].sum() * 8
+    if placement == "hbm_cache":  # steps whose misses are zero send only row ids
+        ids = (r.fetches["lookups"] * 8 * (r.fetches["host_rows"] == 0)).sum()
+    assert r.pipe_bytes["pcie_h2d"] == pytest.approx(host_rows * rb + ids, rel=1e-9)
+    if placement == "hbm":
+        assert host_rows == 0 and r.steps["host_bytes"].sum() == 0
+
+
+@quick
+@given(placements, phases, sizes, seqs)
+def test_time_never_decreases_and_overlap_is_a_fraction(placement, phase, table, sequences):
+    r = run(cfg_for(placement, phase, table, sequences, **{"workload.tokens_per_step": 4096}))
+    s = r.steps
+    assert (np.diff(s["start_s"]) >= 0).all()
+    assert (s["step_time_s"] > 0).all()
+    assert np.allclose(s["start_s"].iloc[1:].values, (s["start_s"] + s["step_time_s"]).iloc[:-1].values)
+    assert (r.events["end_s"] >= r.events["start_s"]).all()
+    f = r.fetches
+    assert (f["fetch_end_s"] >= f["fetch_start_s"]).all() and (f["exposed_stall_s"] >= 0).all()
+    assert ((s["overlap_fraction"] >= 0) & (s["overlap_fraction"] <= 1)).all()
+    assert 0 <= r.summary["overlap_fraction"] <= 1
+    # A step is its compute plus its exposed stalls.
+    assert np.allclose(s["step_time_s"], s["compute_time_s"] + s["exposed_stall_s"], rtol=1e-9)
+
+
+@quick
+@given(st.sampled_from(["host_dma", "host_uva", "hbm_cache"]), phases, sizes, seqs,
+       st.sampled_from([1.5, 2.0, 8.0]))
+def test_a_faster_link_never_makes_a_step_slower(placement, phase, table, sequences, factor):
+    cfg = cfg_for(placement, phase, table, sequences, **{"workload.tokens_per_step": 4096})
+    slow = with_profile(H100, link={"h2d_gbps": 8.0}, uva={**{"max_gbps": 8.0}})
+    fast = with_profile(slow, link={"h2d_gbps": 8.0 * factor}, uva={"max_gbps": 8.0 * factor})
+    a, b = run(cfg, slow), run(cfg, fast)
+    assert (b.steps["step_time_s"].values <= a.steps["step_time_s"].values * (1 + 1e-12)).all()
+
+
+@quick
+@given(st.sampled_from(["host_dma", "host_uva"]), seqs, st.sampled_from([1, 4]))
+def test_more_compute_before_the_engram_layer_never_adds_stall(placement, sequences, deeper):
+    base = cfg_for(placement, "decode", 256.0, sequences)
+    deep = base.replace(**{"engram.layer_ids": [1 + deeper, 14]})
+    a, b = run(base), run(deep)
+    assert b.steps["exposed_stall_s"].sum() <= a.steps["exposed_stall_s"].sum() + 1e-12
+    assert (b.steps["step_time_s"].values <= a.steps["step_time_s"].values * (1 + 1e-12)).all()
+
+
+def test_hbm_moves_no_table_bytes_over_the_link():
+    r = run(cfg_for("hbm", "decode", 64.0, 512))
+    assert r.steps["host_bytes"].sum() == 0 and r.fetches["host_rows"].sum() == 0
+    assert r.pipe_bytes["host_dram"] == 0
+
+
+def test_a_cache_that_always_hits_moves_no_host_bytes():
+    cfg = cfg_for("hbm_cache", "decode", 64.0, 512)
+    r = run(cfg, unique_fraction=0.9, hit_fraction=1.0)
+    assert r.steps["host_bytes"].sum() == 0 and r.pipe_bytes["host_dram"] == 0
+    hbm = run(cfg_for("hbm", "decode", 64.0, 512))
+    assert r.summary["tokens_per_s"] == pytest.approx(hbm.summary["tokens_per_s"], rel=1e-12)
+
+
+def test_same_config_same_result():
+    cfg = cfg_for("host_dma", "prefill", 64.0, 64, **{"workload.tokens_per_step": 8192})
+    a, b = run(cfg), run(cfg)
+    assert a.steps.equals(b.steps) and a.fetches.equals(b.fetches) and a.events.equals(b.events)
+
+
+@pytest.mark.parametrize("placement", ["hbm", "host_dma", "host_uva", "hbm_cache"])
+@pytest.mark.parametrize("sequences", [16, 512])
+@pytest.mark.parametrize("preset", ["engram-27b", "dense-4b-100b"])
+def test_des_matches_the_closed_form_without_contention(placement, sequences, preset):
+    cfg = cfg_for(placement, "decode", 512.0, sequences, preset=preset)
+    trace = synthetic_trace(cfg)
+    des = simulate(cfg, H100, trace, steps=8, check_capacity=False).summary
+    est = estimate(cfg, H100, plan_steps(cfg, H100, trace))
+    assert des["step_time_s"] == pytest.approx(est["step_time_s"], rel=0.01)
+    assert des["exposed_stall_s"] == pytest.approx(est["exposed_stall_s"], rel=0.01, abs=1e-9)
+
+
+def test_closed_form_is_exact_where_a_fetch_is_exposed():
+    # A slow link exposes the fetch: the closed form still matches when nothing is shared.
+    cfg = cfg_for("host_uva", "decode", 512.0, 512, preset="dense-4b-100b")
+    slow = with_profile(H100, uva={"max_gbps": 0.3})
+    trace = synthetic_trace(cfg)
+    des = simulate(cfg, slow, trace, steps=4, check_capacity=False).summary
+    est = estimate(cfg, slow, plan_steps(cfg, slow, trace))
+    assert des["exposed_stall_s"] > 0.1 * des["step_time_s"]
+    assert des["step_time_s"] == pytest.approx(est["step_time_s"], rel=0.01)
+
+
+def test_contention_makes_the_des_slower_than_the_closed_form():
+    # Two Engram layers fetched at once share the link; the closed form times each alone.
+    cfg = cfg_for("host_uva", "decode", 512.0, 512, preset="engram-27b",
+                  **{"placement.fetch_streams": 2, "engram.layer_ids": [1, 2]})
+    slow = with_profile(H100, uva={"max_gbps": 3.0}, link={"h2d_gbps": 3.0})
+    trace = synthetic_trace(cfg)
+    des = simulate(cfg, slow, trace, steps=4, check_capacity=False).summary
+    est = estimate(cfg, slow, plan_steps(cfg, slow, trace))
+    assert des["fetch_time_s"] > est["fetch_time_s"] * 1.5
+    assert des["exposed_stall_s"] > est["exposed_stall_s"] * 2
+    assert des["step_time_s"] > est["step_time_s"]
+    # Host DRAM shared by CPU gathers and DMA copies: same direction.
+    dma = cfg_for("host_dma", "decode", 512.0, 512, preset="dense-4b-100b", **{"placement.gather_threads": 16})
+    thin = with_profile(H100, host={"dram_gbps": 40.0})
+    trace = synthetic_trace(dma)
+    des = simulate(dma, thin, trace, steps=4, check_capacity=False).summary
+    est = estimate(dma, thin, plan_steps(dma, thin, trace))
+    assert des["fetch_time_s"] > est["fetch_time_s"] * 1.02
+
+
+def test_a_table_that_does_not_fit_hbm_is_a_clear_error():
+    cfg = cfg_for("hbm", "decode", 512.0, 64)
+    with pytest.raises(CapacityError, match=r"placement\.kind: needs .* GiB of HBM .* put the table in host memory"):
+        simulate(cfg, H100, synthetic_trace(cfg), steps=2)
+    host = cfg_for("host_uva", "decode", 512.0, 64)
+    with pytest.raises(CapacityError, match=r"engram\.table_gib: the .* GiB table exceeds"):
+        simulate(host, H100, synthetic_trace(host), steps=2)

@@ -1,0 +1,75 @@
+"""Prime table sizes for Engram's hashed N-gram tables (the rule in ENGRAM.md).
+
+One running set of used primes covers the whole model: walk the layers in the
+order given, then orders 2..N, then heads. The first head of an order takes
+the smallest unused prime >= the configured size for that order; each next
+head takes the smallest unused prime greater than the one just taken.
+"""
+
+from __future__ import annotations
+
+# Deterministic Miller-Rabin bases: exact for every n < 3.3e24.
+_MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+
+
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    for p in _MR_BASES:
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d //= 2
+        s += 1
+    for a in _MR_BASES:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def next_prime(n: int) -> int:
+    """Smallest prime >= n."""
+    n = max(n, 2)
+    if n > 2 and n % 2 == 0:
+        n += 1
+    while not is_prime(n):
+        n += 1 if n == 2 else 2
+    return n
+
+
+def engram_table_sizes(
+    engram_vocab_size: list[int],
+    max_ngram_size: int,
+    n_head_per_ngram: int,
+    layer_ids: list[int],
+) -> dict[int, list[list[int]]]:
+    """{layer_id: [[prime per head] per order 2..N]} following the global rule."""
+    if len(engram_vocab_size) != max_ngram_size - 1:
+        raise ValueError(
+            f"engram_vocab_size has {len(engram_vocab_size)} entries; need max_ngram_size - 1 = {max_ngram_size - 1}"
+        )
+    used: set[int] = set()
+    sizes: dict[int, list[list[int]]] = {}
+    for layer in layer_ids:
+        per_order = []
+        for order_index in range(max_ngram_size - 1):
+            heads = []
+            candidate = engram_vocab_size[order_index]
+            for _ in range(n_head_per_ngram):
+                p = next_prime(candidate)
+                while p in used:
+                    p = next_prime(p + 1)
+                used.add(p)
+                heads.append(p)
+                candidate = p + 1
+            per_order.append(heads)
+        sizes[layer] = per_order
+    return sizes
