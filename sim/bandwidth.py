@@ -88,13 +88,18 @@ class SharedBandwidth:
             unfrozen = still
 
     def _reschedule(self) -> None:
-        finished = [t for t in self.active if t.remaining <= 1e-9 * t.nbytes + 1e-6]
+        self._assign_rates()
+        # Done: no bytes left, or so little time left that the clock cannot represent it
+        # (at t = 300 s a float step is ~6e-14 s; waiting for it would loop forever).
+        horizon = 1e-12 * max(1.0, self.env.now)
+        finished = [t for t in self.active
+                    if t.remaining <= 1e-9 * t.nbytes or (t.rate > 0 and t.remaining / t.rate <= horizon)]
         if finished:
             self.active = [t for t in self.active if t not in finished]
             for t in finished:
                 t.remaining = 0.0
                 t.done.succeed()
-        self._assign_rates()
+            self._assign_rates()
         self._generation += 1
         if not self.active:
             return
@@ -102,7 +107,7 @@ class SharedBandwidth:
         if math.isinf(next_done):
             raise RuntimeError("transfers are stalled: a pipe has zero capacity")
         generation = self._generation
-        timer = self.env.timeout(next_done)
+        timer = self.env.timeout(max(next_done, horizon))
         timer.callbacks.append(lambda _ev: self._on_timer(generation))
 
     def _on_timer(self, generation: int) -> None:

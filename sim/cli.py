@@ -124,30 +124,18 @@ def cmd_simulate(args) -> int:
 
 
 def _write_sweep_outputs(df, out: Path, title: str, threshold: float) -> None:
-    from reports.charts import bytes_chart, overhead_chart, stall_chart, throughput_chart
+    from reports.charts import sweep_sections
     from reports.html import write_report
-    from sim.sweep import hidden_limits
 
     with staged_dir(out) as tmp:
         df.to_csv(tmp / "sweep.csv", index=False)
-        limits = hidden_limits(df)
-        write_report(tmp, title, [
-            ("Where the prefetch stops being hidden",
-             f"A placement is hidden while its throughput is within {threshold:.1%} of the same run with the "
-             "table in HBM (capacity ignored)."),
-            ("Hidden limits", limits),
-            ("Overhead versus HBM", overhead_chart(df, threshold)),
-            ("Throughput", throughput_chart(df)),
-            ("Exposed stall", stall_chart(df)),
-            ("Bytes per step by tier", bytes_chart(df)),
-            ("Sweep", df),
-        ])
+        write_report(tmp, title, sweep_sections(df, threshold))
 
 
 def _print_sweep(df, threshold: float) -> None:
     import pandas as pd
 
-    from sim.sweep import hidden_limits
+    from reports.charts import hidden_summary
 
     view = df[["phase", "placement", "table_gib", "tokens_per_s", "step_time_s", "exposed_stall_s",
                "overlap_fraction", "overhead_vs_hbm", "fits_hbm", "fits_host"]].copy()
@@ -157,17 +145,18 @@ def _print_sweep(df, threshold: float) -> None:
     with pd.option_context("display.max_rows", 500, "display.width", 160, "display.float_format", "{:,.3f}".format):
         print(view.to_string(index=False))
     print()
-    print(f"Hidden = throughput within {threshold:.1%} of the table-in-HBM run:")
-    for row in hidden_limits(df).itertuples():
+    print(f"Hidden = throughput within {threshold:.1%} of the same run with the table in HBM:")
+    largest = df["table_gib"].max()
+    for row in hidden_summary(df, threshold).itertuples():
         if row.placement == "hbm":
             continue
-        if math.isnan(row.stops_hidden_at_gib):
-            verdict = f"hidden at every size swept (up to {row.hidden_up_to_gib:,.0f} GiB)"
-        elif math.isnan(row.hidden_up_to_gib):
-            verdict = f"not hidden even at {row.stops_hidden_at_gib:,.3g} GiB"
+        if row.first_unhidden_gib is None:
+            verdict = f"hidden at every size swept (up to {largest:,.0f} GiB)"
+        elif row.largest_hidden_gib is None:
+            verdict = f"not hidden even at {row.first_unhidden_gib:,.3g} GiB"
         else:
-            verdict = (f"hidden up to {row.hidden_up_to_gib:,.3g} GiB, "
-                       f"stops being hidden at {row.stops_hidden_at_gib:,.3g} GiB")
+            verdict = (f"hidden up to {row.largest_hidden_gib:,.3g} GiB, "
+                       f"stops being hidden at {row.first_unhidden_gib:,.3g} GiB")
         print(f"  {row.phase:8s} {row.placement:10s} {verdict}")
 
 
@@ -232,6 +221,12 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    from real_runs.runner import main_run
+
+    return main_run(args)
+
+
 def cmd_bench(args) -> int:
     from sim.bench import bench_simulator
 
@@ -281,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo")
     sweep_opts(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="a real, instrumented Engram-MoE run (GPU; tiny configs also on CPU)")
+    p.add_argument("config")
+    p.add_argument("--placement", choices=["hbm", "host_dma", "host_uva", "hbm_cache", "none"],
+                   help="table placement (none: the backbone without Engram)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--out", help="record path (default: out/<config>-<placement>-measured.json)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--warmup", type=int, default=1, help="steps run before recording (default 1)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("profiles", help="list hardware profiles, or show one")
     p.add_argument("name", nargs="?")

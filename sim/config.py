@@ -232,14 +232,14 @@ class TokenSourceConfig:
     path: str | None = None
     tokenizer: str | None = None
     # How many distinct steps are hashed exactly; longer runs cycle through them.
-    trace_steps: int = 64
+    trace_steps: int = 32
 
     def validate(self, path: str) -> None:
         require(self.zipf_s > 0, ConfigError, f"{path}.zipf_s", "must be > 0", "use e.g. 1.1")
         require(self.zipf_q >= 0, ConfigError, f"{path}.zipf_q", "must be >= 0", "use e.g. 2.7")
         require(self.source != "npy" or self.path, ConfigError, f"{path}.path",
                 "source 'npy' needs a path", "set path to a .npy of token ids")
-        require(self.trace_steps >= 1, ConfigError, f"{path}.trace_steps", "must be >= 1", "use e.g. 64")
+        require(self.trace_steps >= 1, ConfigError, f"{path}.trace_steps", "must be >= 1", "use e.g. 32")
 
 
 @dataclass

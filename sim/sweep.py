@@ -7,7 +7,7 @@ the baseline for `overhead_vs_hbm`. Points run in worker processes.
 
 from __future__ import annotations
 
-import math
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 
@@ -22,7 +22,7 @@ from sim.memory import cache_rows_per_layer
 SWEEP_COLUMNS = [
     "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
     "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "host_bytes_per_step", "hbm_bytes_per_step",
-    "link_utilisation", "fits_hbm", "fits_host", "hidden", "steps", "sim_events",
+    "link_utilisation", "fits_hbm", "fits_host", "hidden", "steps", "sim_events", "replayed_steps",
 ]
 DEFAULT_CACHE_GIB = 8.0
 
@@ -70,6 +70,7 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
             "hidden": bool(overhead <= threshold),
             "steps": s["steps"],
             "sim_events": result.sim_events,
+            "replayed_steps": result.replayed_steps,
         })
     return rows
 
@@ -97,24 +98,11 @@ def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None =
             results.extend(rows)
             bar.update(len(rows))
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # spawn, not fork: Numba's parallel threading layer is not fork-safe once used.
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             for rows in pool.map(_run_point_args, tasks):
                 results.extend(rows)
                 bar.update(len(rows))
     bar.close()
     df = pd.DataFrame(results, columns=SWEEP_COLUMNS)
     return df.sort_values(["phase", "placement", "table_bytes"], kind="stable").reset_index(drop=True)
-
-
-def hidden_limits(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (placement, phase): the largest size still hidden and the first that is not."""
-    rows = []
-    for (placement, phase), g in df.groupby(["placement", "phase"], sort=True):
-        g = g.sort_values("table_bytes")
-        not_hidden = g[~g["hidden"]]
-        first_bad = not_hidden["table_gib"].iloc[0] if len(not_hidden) else math.nan
-        ok = g[g["table_gib"] < first_bad] if len(not_hidden) else g
-        rows.append({"placement": placement, "phase": phase,
-                     "hidden_up_to_gib": ok["table_gib"].max() if len(ok) else math.nan,
-                     "stops_hidden_at_gib": first_bad})
-    return pd.DataFrame(rows)

@@ -167,3 +167,24 @@ def test_a_table_that_does_not_fit_hbm_is_a_clear_error():
     host = cfg_for("host_uva", "decode", 512.0, 64)
     with pytest.raises(CapacityError, match=r"engram\.table_gib: the .* GiB table exceeds"):
         simulate(host, H100, synthetic_trace(host), steps=2)
+
+
+@pytest.mark.parametrize("placement", ["hbm", "host_dma", "host_uva", "hbm_cache"])
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("slow", [False, True])
+def test_replaying_repeated_steps_changes_nothing(placement, phase, slow):
+    cfg = cfg_for(placement, phase, 256.0, 64, **{"workload.tokens_per_step": 4096})
+    profile = with_profile(H100, uva={"max_gbps": 0.5}, link={"h2d_gbps": 0.5}) if slow else H100
+    trace = synthetic_trace(cfg, steps=3)
+    fast = simulate(cfg, profile, trace, steps=12, record_events=True, check_capacity=False)
+    full = simulate(cfg, profile, trace, steps=12, record_events=True, check_capacity=False, memoize=False)
+    assert full.replayed_steps == 0
+    if not slow:
+        assert fast.replayed_steps > 0
+    for a, b in ((fast.steps, full.steps), (fast.fetches, full.fetches)):
+        assert np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=1e-9, atol=1e-12, equal_nan=True)
+    ev_a = fast.events.sort_values(["start_s", "actor", "name"]).reset_index(drop=True)
+    ev_b = full.events.sort_values(["start_s", "actor", "name"]).reset_index(drop=True)
+    assert len(ev_a) == len(ev_b) and (ev_a["actor"] == ev_b["actor"]).all()
+    assert np.allclose(ev_a[["start_s", "end_s"]], ev_b[["start_s", "end_s"]], rtol=1e-9, atol=1e-12)
+    assert fast.pipe_bytes == pytest.approx(full.pipe_bytes, rel=1e-9)

@@ -1,0 +1,1 @@
+"""Real runs on hardware: measurements the simulator is checked against."""

@@ -1,0 +1,348 @@
+"""A decoder-only backbone with Engram layers, random weights, for real timing runs.
+
+- attention: torch SDPA, MHA or GQA from AttentionConfig (heads, kv_heads,
+  head_dim). MLA presets are run as MHA with those dims (their KV cache in
+  this implementation holds K and V, not MLA's compressed latent). No RoPE:
+  it would not change the timing picture at these sizes.
+- FFN: dense SwiGLU on BackboneConfig.dense_layers (every layer without
+  [moe]); MoE elsewhere: shared experts (one SwiGLU of shared*I) plus routed
+  experts with top-k softmax routing (top-k weights renormalised to sum 1),
+  run as grouped matmuls over tokens sorted by expert (`torch._grouped_mm`
+  where it works, else a loop over experts; never a loop over tokens).
+- Engram (real_runs/engram.py) at EngramConfig.layer_ids, before the layer's
+  attention (residual add). Its rows come from `get_rows(layer_id)`, called
+  just when the layer needs them: that is where a run waits for its fetch.
+- Multi-branch (mHC, EngramConfig.branches = M > 1) is approximated: the
+  hidden state is [B, T, M, D]; attention and FFN read the branch mean and
+  add their output to every branch; the final norm reads the branch mean.
+
+Weights are seeded (bf16 on GPU, float32 on CPU by default). `decode` runs
+one new token per sequence against a growing KV cache; `prefill` runs a
+batch of (right-padded) prompts with a causal mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from real_runs.engram import ConvState, EngramModule, engram_from_config, rms_norm
+
+NORM_EPS = 1e-6
+Hook = Callable[[int, str], None]
+
+
+def _randn(shape, std: float, gen: torch.Generator, device, dtype) -> nn.Parameter:
+    return nn.Parameter(torch.randn(shape, generator=gen, device=device, dtype=dtype) * std, requires_grad=False)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden: int, inter: int, gen, device, dtype):
+        super().__init__()
+        self.w_gu = _randn((hidden, 2 * inter), 1 / math.sqrt(hidden), gen, device, dtype)
+        self.w_down = _randn((inter, hidden), 0.5 / math.sqrt(inter), gen, device, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, u = (x @ self.w_gu).chunk(2, dim=-1)
+        return (F.silu(g) * u) @ self.w_down
+
+
+class MoE(nn.Module):
+    """Shared + routed experts; `impl` is "auto" (grouped mm if it works here), "grouped" or "loop"."""
+
+    def __init__(self, hidden: int, shared: int, routed: int, top_k: int, inter: int, gen, device, dtype,
+                 impl: str = "auto"):
+        super().__init__()
+        self.routed, self.top_k, self.inter = routed, top_k, inter
+        self.router = _randn((hidden, routed), 1 / math.sqrt(hidden), gen, device, dtype)
+        self.w_gu = _randn((routed, hidden, 2 * inter), 1 / math.sqrt(hidden), gen, device, dtype)
+        self.w_down = _randn((routed, inter, hidden), 0.5 / math.sqrt(inter), gen, device, dtype)
+        self.shared = SwiGLU(hidden, shared * inter, gen, device, dtype) if shared else None
+        self.impl = impl
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k expert ids [N, k] and weights [N, k] (softmax, then renormalised over the top k)."""
+        probs = torch.softmax((x @ self.router).float(), dim=-1)
+        weights, experts = probs.topk(self.top_k, dim=-1)
+        return experts, (weights / weights.sum(-1, keepdim=True)).to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        experts, weights = self.route(x)
+        flat = experts.flatten()
+        order = torch.argsort(flat, stable=True)
+        token = order // self.top_k
+        xs = x.index_select(0, token)
+        counts = torch.bincount(flat, minlength=self.routed)
+        ys = self._experts(xs, counts)
+        ys = ys * weights.flatten().index_select(0, order).unsqueeze(-1)
+        out = torch.zeros_like(x).index_add_(0, token, ys)
+        if self.shared is not None:
+            out = out + self.shared(x)
+        return out.reshape(shape)
+
+    def _experts(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """SwiGLU of each row of xs (sorted by expert) by its expert."""
+        if self.impl in ("auto", "grouped") and hasattr(torch, "_grouped_mm"):
+            try:
+                offs = torch.cumsum(counts, 0).to(torch.int32)
+                g, u = torch._grouped_mm(xs, self.w_gu, offs=offs).chunk(2, dim=-1)
+                return torch._grouped_mm(F.silu(g) * u, self.w_down, offs=offs)
+            except (RuntimeError, TypeError, NotImplementedError):
+                if self.impl == "grouped":
+                    raise
+                self.impl = "loop"  # not supported for this device/dtype/shape: loop over experts from now on
+        return self._experts_loop(xs, counts)
+
+    def _experts_loop(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(xs)
+        start = 0
+        for e, n in enumerate(counts.tolist()):   # one host sync per layer, one matmul pair per busy expert
+            if n:
+                g, u = (xs[start:start + n] @ self.w_gu[e]).chunk(2, dim=-1)
+                out[start:start + n] = (F.silu(g) * u) @ self.w_down[e]
+                start += n
+        return out
+
+
+@dataclass
+class KVCache:
+    """Per layer K and V [B, kv_heads, capacity, head_dim]; lengths [B] tokens already cached."""
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    lengths: torch.Tensor
+    capacity: int
+
+    @classmethod
+    def allocate(cls, layers: int, batch: int, kv_heads: int, head_dim: int, capacity: int, lengths,
+                 device, dtype) -> "KVCache":
+        shape = (batch, kv_heads, capacity, head_dim)
+        # Past context of random-weight "prompts": zeros are as good as any value for timing.
+        k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        lengths = torch.as_tensor(lengths, dtype=torch.int64, device=device).clone()
+        return cls(k, v, lengths, capacity)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, gen, device, dtype):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.w_qkv = _randn((hidden, (heads + 2 * kv_heads) * head_dim), 1 / math.sqrt(hidden), gen, device, dtype)
+        self.w_o = _randn((heads * head_dim, hidden), 0.5 / math.sqrt(heads * head_dim), gen, device, dtype)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                max_len: int | None = None) -> torch.Tensor:
+        B, T, _ = x.shape
+        H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        q, k, v = (x @ self.w_qkv).split([H * hd, KV * hd, KV * hd], dim=-1)
+        q = q.view(B, T, H, hd).transpose(1, 2)
+        k = k.view(B, T, KV, hd).transpose(1, 2)
+        v = v.view(B, T, KV, hd).transpose(1, 2)
+        if cache is None:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=H != KV)
+        else:
+            if T != 1:
+                raise ValueError("decode with a KV cache takes one new token per sequence")
+            b = torch.arange(B, device=x.device)
+            pos = cache.lengths
+            cache.k[layer][b, :, pos] = k[:, :, 0]
+            cache.v[layer][b, :, pos] = v[:, :, 0]
+            L = max_len if max_len is not None else cache.capacity
+            keys, values = cache.k[layer][:, :, :L], cache.v[layer][:, :, :L]
+            mask = (torch.arange(L, device=x.device) <= pos.unsqueeze(1)).view(B, 1, 1, L)
+            # GQA for one query per sequence: the G query heads of a KV head become G query rows.
+            qg = q.reshape(B, KV, H // KV, hd)
+            o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask).reshape(B, H, 1, hd)
+        return o.transpose(1, 2).reshape(B, T, H * hd) @ self.w_o
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, index: int, backbone_cfg, engram_cfg, gen, device, dtype, moe_impl: str = "auto"):
+        super().__init__()
+        b, a = backbone_cfg, backbone_cfg.attention
+        D = b.hidden_size
+        self.index = index
+        self.attn_norm = nn.Parameter(torch.ones(D, device=device, dtype=dtype), requires_grad=False)
+        self.ffn_norm = nn.Parameter(torch.ones(D, device=device, dtype=dtype), requires_grad=False)
+        self.attn = Attention(D, a.heads, a.kv_heads, a.head_dim, gen, device, dtype)
+        if b.is_dense(index):
+            self.ffn = SwiGLU(D, b.intermediate_size, gen, device, dtype)
+        else:
+            m = b.moe
+            self.ffn = MoE(D, m.shared_experts, m.routed_experts, m.top_k, m.expert_intermediate_size,
+                           gen, device, dtype, impl=moe_impl)
+        self.engram: EngramModule | None = None
+        if engram_cfg is not None and index in engram_cfg.layer_ids:
+            self.engram = engram_from_config(engram_cfg, D, device=device, dtype=dtype, generator=gen)
+            self.engram.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, *, rows: torch.Tensor | None = None, state: ConvState | None = None,
+                cache: KVCache | None = None, max_len: int | None = None) -> torch.Tensor:
+        """x: [B, T, D] or [B, T, M, D] (branches)."""
+        if self.engram is not None:
+            if rows is None:
+                raise ValueError(f"layer {self.index} is an Engram layer and needs its rows")
+            x = self.engram(x, rows, state)
+        multi = x.dim() == 4
+        h = x.mean(2) if multi else x
+        a = self.attn(rms_norm(h, self.attn_norm, NORM_EPS), cache, self.index, max_len)
+        x = x + (a.unsqueeze(2) if multi else a)
+        h = x.mean(2) if multi else x
+        f = self.ffn(rms_norm(h, self.ffn_norm, NORM_EPS))
+        return x + (f.unsqueeze(2) if multi else f)
+
+
+class Backbone(nn.Module):
+    def __init__(self, backbone_cfg, engram_cfg=None, *, device="cpu", dtype=None, seed: int = 0,
+                 moe_impl: str = "auto"):
+        super().__init__()
+        device = torch.device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        self.cfg, self.engram_cfg = backbone_cfg, engram_cfg
+        self.device, self.dtype = device, dtype
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+        D = backbone_cfg.hidden_size
+        self.branches = engram_cfg.branches if engram_cfg is not None else 1
+        self.embed = _randn((backbone_cfg.vocab_size, D), 1.0, gen, device, dtype)
+        self.layers = nn.ModuleList(DecoderLayer(i, backbone_cfg, engram_cfg, gen, device, dtype, moe_impl)
+                                    for i in range(backbone_cfg.layers))
+        self.final_norm = nn.Parameter(torch.ones(D, device=device, dtype=dtype), requires_grad=False)
+        self.lm_head = _randn((D, backbone_cfg.vocab_size), 1 / math.sqrt(D), gen, device, dtype)
+
+    @property
+    def engram_layers(self) -> list[int]:
+        return [layer.index for layer in self.layers if layer.engram is not None]
+
+    def new_states(self, batch: int) -> dict[int, ConvState]:
+        return {i: self.layers[i].engram.new_state(batch) for i in self.engram_layers}
+
+    def new_cache(self, batch: int, capacity: int, lengths) -> KVCache:
+        a = self.cfg.attention
+        return KVCache.allocate(self.cfg.layers, batch, a.kv_heads, a.head_dim, capacity, lengths,
+                                self.device, self.dtype)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, get_rows: Callable[[int], torch.Tensor] | None = None, *,
+                cache: KVCache | None = None, states: dict[int, ConvState] | None = None,
+                last_index: torch.Tensor | None = None, hook: Hook | None = None,
+                max_len: int | None = None) -> torch.Tensor:
+        """Logits [B, vocab] of each sequence's last position (`last_index`, default T-1).
+
+        ids [B, T] base token ids. With `cache`, T must be 1 (decode) and the cache grows by one.
+        `hook(i, "start"|"end")` brackets every layer (i = layers for the LM head) for timing.
+        `max_len` (decode): positions to attend, at least the longest cached length + 1; without it one
+        host read of the cache lengths bounds it.
+        """
+        B, T = ids.shape
+        x = self.embed[ids]
+        if self.branches > 1:
+            x = x.unsqueeze(2).expand(B, T, self.branches, x.shape[-1]).contiguous()
+        if cache is not None:
+            if max_len is None:
+                max_len = int(cache.lengths.max().item()) + 1
+            if max_len > cache.capacity:
+                raise ValueError(f"KV cache full: a sequence needs {max_len} positions, capacity {cache.capacity}")
+        for layer in self.layers:
+            rows = None
+            if layer.engram is not None:
+                if get_rows is None:
+                    raise ValueError(f"layer {layer.index} is an Engram layer: pass get_rows")
+                rows = get_rows(layer.index)      # may block: the wait for this layer's fetch
+            if hook:
+                hook(layer.index, "start")
+            x = layer(x, rows=rows, state=states.get(layer.index) if states else None, cache=cache,
+                      max_len=max_len)
+            if hook:
+                hook(layer.index, "end")
+        if hook:
+            hook(len(self.layers), "start")
+        if self.branches > 1:
+            x = x.mean(2)
+        if last_index is None:
+            last = x[:, -1]
+        else:
+            last = x[torch.arange(B, device=x.device), last_index]
+        logits = rms_norm(last, self.final_norm, NORM_EPS) @ self.lm_head
+        if cache is not None:
+            cache.lengths += 1
+        if hook:
+            hook(len(self.layers), "end")
+        return logits
+
+
+# -- sizes -----------------------------------------------------------------------------------------
+
+def parameter_counts(backbone_cfg, engram_cfg=None) -> dict:
+    """Parameters of the model this module builds (MLA presets counted as MHA, as run here)."""
+    b, a = backbone_cfg, backbone_cfg.attention
+    D = b.hidden_size
+    attn = D * (a.heads + 2 * a.kv_heads) * a.head_dim + a.heads * a.head_dim * D
+    dense = 3 * D * b.intermediate_size
+    moe = 0
+    if b.moe is not None:
+        m = b.moe
+        moe = (m.shared_experts + m.routed_experts) * 3 * D * m.expert_intermediate_size + D * m.routed_experts
+    n_dense = sum(1 for i in range(b.layers) if b.is_dense(i))
+    counts = {
+        "embedding": b.vocab_size * D,
+        "lm_head": b.vocab_size * D,
+        "attention": b.layers * attn,
+        "dense_ffn": n_dense * dense,
+        "moe_ffn": (b.layers - n_dense) * moe,
+        "norms": b.layers * 2 * D + D,
+        "engram_module": 0,
+        "engram_tables": 0,
+    }
+    if engram_cfg is not None:
+        M, dm = engram_cfg.branches, engram_cfg.d_mem
+        per = (M + 1) * D * dm + 3 * M * D + M * D * engram_cfg.conv_kernel
+        counts["engram_module"] = len(engram_cfg.layer_ids) * per
+        counts["engram_tables"] = sum(engram_cfg.layer_rows(layer) for layer in engram_cfg.layer_ids) \
+            * engram_cfg.values_per_row
+    counts["backbone"] = sum(v for k, v in counts.items() if k != "engram_tables")
+    counts["total"] = counts["backbone"] + counts["engram_tables"]
+    return counts
+
+
+def memory_footprint(cfg, kv_tokens: int | None = None, gpu_bytes: float = 80e9) -> dict:
+    """Bytes of weights, Engram tables and KV cache of a RunConfig, and whether they fit one GPU.
+
+    kv_tokens defaults to the decode workload's worst case: sequences x (longest context + steps).
+    The KV cache is given both for the config's cache_dim (MLA: the latent) and as run here (K and V).
+    """
+    from sim.config import DTYPE_BYTES
+
+    b, e, w = cfg.backbone, cfg.engram, cfg.workload
+    dt = DTYPE_BYTES[b.dtype]
+    counts = parameter_counts(b, e)
+    if kv_tokens is None:
+        kv_tokens = w.sequences * (w.lengths.high + (w.steps if w.phase == "decode" else 0))
+    kv_config = kv_tokens * b.layers * b.attention.cache_dim * dt
+    kv_run = kv_tokens * b.layers * 2 * b.attention.kv_heads * b.attention.head_dim * dt
+    weights = counts["backbone"] * dt
+    tables = e.total_table_bytes
+    out = {
+        "parameters": counts,
+        "weights_bytes": weights,
+        "engram_table_bytes": tables,
+        "kv_tokens": kv_tokens,
+        "kv_bytes_config": kv_config,
+        "kv_bytes_as_run": kv_run,
+        "gpu_bytes": gpu_bytes,
+    }
+    out["weights_and_tables_fit"] = weights + tables <= gpu_bytes
+    out["all_in_hbm_fits"] = weights + tables + kv_config <= gpu_bytes
+    out["tables_on_host_fits"] = weights + kv_config <= gpu_bytes
+    # Largest KV token count that fits beside the weights (and the tables, when they are in HBM).
+    per_token = b.layers * b.attention.cache_dim * dt
+    out["max_kv_tokens_tables_in_hbm"] = max(0, int((gpu_bytes - weights - tables) // per_token))
+    out["max_kv_tokens_tables_on_host"] = max(0, int((gpu_bytes - weights) // per_token))
+    return out

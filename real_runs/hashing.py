@@ -1,0 +1,143 @@
+"""Fast Engram N-gram hashing on CPU threads (Numba), with the official rule.
+
+`NgramHasher.hash` is the kernel a serving engine would run on its hashing
+threads; `hash_reference` is the NumPy reference (workloads/hashing.py) it
+must match bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from workloads.hashing import hash_layer, layer_multipliers
+from workloads.primes import engram_table_sizes
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _hash_kernel(ids, multipliers, primes, pad_id, out):
+    """out[b, t, o*H + j] = mix_o(b, t) % primes[o, j]; one independent task per token."""
+    batch, length = ids.shape
+    n_orders, n_heads = primes.shape
+    for flat in prange(batch * length):
+        b = flat // length
+        t = flat - b * length
+        mix = ids[b, t] * multipliers[0]
+        for o in range(n_orders):
+            k = o + 1  # order o + 2 adds the token k positions back
+            prev = ids[b, t - k] if t >= k else pad_id
+            mix ^= prev * multipliers[k]
+            for j in range(n_heads):
+                out[b, t, o * n_heads + j] = mix % primes[o, j]
+
+
+def as_id_array(compressed_ids, vocab_size: int) -> np.ndarray:
+    """Check ids are a 2-D integer array with values in [0, vocab_size); return it as int64."""
+    arr = np.asarray(compressed_ids)
+    if arr.ndim != 2:
+        raise ValueError(f"compressed_ids must be 2-D [batch, tokens], got shape {arr.shape}")
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iub":
+        raise ValueError(f"compressed_ids must be integers, got dtype {arr.dtype}")
+    if arr.size:
+        # Compare before casting so uint64 values above int64 max are caught, not wrapped.
+        bad = (arr < 0) | (arr >= vocab_size)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"compressed id {arr[where]} at {list(where)} is outside [0, {vocab_size}) "
+                "(compressed_vocab_size)"
+            )
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+class NgramHasher:
+    """The official Engram hashing for a set of layers (ENGRAM.md, point 2)."""
+
+    def __init__(
+        self,
+        engram_vocab_size: list[int],
+        max_ngram_size: int,
+        n_head_per_ngram: int,
+        layer_ids: list[int],
+        compressed_vocab_size: int,
+        compressed_pad_id: int,
+        seed: int = 0,
+        threads: int | None = None,  # Numba threads for `hash`; None: Numba's current setting
+    ):
+        if max_ngram_size < 2:
+            raise ValueError(f"max_ngram_size must be >= 2, got {max_ngram_size}")
+        if not 0 <= compressed_pad_id < compressed_vocab_size:
+            raise ValueError(f"compressed_pad_id {compressed_pad_id} is outside [0, {compressed_vocab_size})")
+        self.max_ngram_size = max_ngram_size
+        self.n_head_per_ngram = n_head_per_ngram
+        self.layer_ids = list(layer_ids)
+        self.compressed_vocab_size = compressed_vocab_size
+        self.compressed_pad_id = compressed_pad_id
+        self.seed = seed
+        self.threads = threads
+        self._sizes = engram_table_sizes(list(engram_vocab_size), max_ngram_size, n_head_per_ngram, self.layer_ids)
+        self._multipliers = {
+            layer: layer_multipliers(seed, layer, max_ngram_size, compressed_vocab_size) for layer in self.layer_ids
+        }
+
+    @classmethod
+    def from_config(cls, engram, threads: int | None = None) -> "NgramHasher":
+        """Build from a sim.config.EngramConfig."""
+        return cls(engram.configured_rows_per_order(), engram.max_ngram_size, engram.heads_per_order,
+                   engram.layer_ids, engram.compressed_vocab_size, engram.compressed_pad_id, engram.seed, threads)
+
+    def _check_layer(self, layer_id: int) -> None:
+        if layer_id not in self._sizes:
+            raise ValueError(f"unknown layer_id {layer_id}; this hasher has layers {self.layer_ids}")
+
+    def table_sizes(self, layer_id: int) -> list[list[int]]:
+        self._check_layer(layer_id)
+        return [list(heads) for heads in self._sizes[layer_id]]
+
+    def multipliers(self, layer_id: int) -> np.ndarray:
+        self._check_layer(layer_id)
+        return self._multipliers[layer_id].copy()
+
+    def hash(self, compressed_ids, layer_id: int) -> np.ndarray:
+        """Row ids [B, T, (N-1)*H] within each head table, by the Numba kernel."""
+        self._check_layer(layer_id)
+        ids = as_id_array(compressed_ids, self.compressed_vocab_size)
+        primes = np.array(self._sizes[layer_id], dtype=np.int64)
+        out = np.empty((*ids.shape, primes.size), dtype=np.int64)
+        if ids.size:
+            before = numba.get_num_threads()
+            numba.set_num_threads(self.threads or before)
+            try:
+                _hash_kernel(ids, self._multipliers[layer_id], primes, np.int64(self.compressed_pad_id), out)
+            finally:
+                numba.set_num_threads(before)  # the thread count is process-wide; leave it as found
+        return out
+
+    def hash_reference(self, compressed_ids, layer_id: int) -> np.ndarray:
+        """The same row ids by the NumPy reference."""
+        self._check_layer(layer_id)
+        ids = as_id_array(compressed_ids, self.compressed_vocab_size)
+        return hash_layer(ids, self._multipliers[layer_id], self._sizes[layer_id], self.max_ngram_size,
+                          self.compressed_pad_id)
+
+
+def bench_hashing(tokens: int = 1 << 20, threads: int | None = None, batch: int = 64, repeats: int = 3) -> dict:
+    """Tokens/s of the Numba kernel and the NumPy reference on the demo configuration (best of `repeats`)."""
+    hasher = NgramHasher([646400, 646400], 3, 8, [1, 15], 99092, 2, seed=0, threads=threads)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 99092, size=(batch, max(1, tokens // batch)), dtype=np.int64)
+    hasher.hash(ids[:, :8], 1)  # compile (or load from cache) outside the timing
+    result = {"tokens": ids.size, "threads": threads or numba.get_num_threads()}
+    for name, fn in (("numba", hasher.hash), ("numpy", hasher.hash_reference)):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(ids, 1)
+            best = min(best, time.perf_counter() - start)
+        result[f"{name}_tokens_per_s"] = ids.size / best
+    return result

@@ -1,0 +1,229 @@
+"""Timing of real runs: one clock for host timestamps and CUDA events, an NVML sampler, the machine.
+
+- `Timeline`: intervals on named actors (the record's EVENT_COLUMNS). A *mark*
+  is a host time.perf_counter_ns() or a CUDA event (recorded on a stream);
+  intervals are stored as mark pairs and resolved to seconds from the run's
+  start by `resolve()` once the GPU is synchronised. CUDA events are put on
+  the host clock through a reference event recorded at a known host time.
+- `NvmlSampler`: a thread sampling PCIe RX/TX throughput, SM clock, memory
+  used and power every `interval_s`; {"available": false, "reason": ...}
+  where pynvml (nvidia-ml-py) or a GPU is missing.
+- `describe_machine()`: GPU name, driver, PCIe generation/width, CPU model,
+  cores, host memory, software versions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+
+Mark = object  # int (host ns) or torch.cuda.Event
+
+
+class Timeline:
+    def __init__(self, cuda: bool = False, device=None):
+        self.cuda = cuda
+        self.device = device
+        self.t0_ns = time.perf_counter_ns()
+        self._pending: list[tuple] = []
+        self._lock = threading.Lock()
+        self._ref = None
+        if cuda:
+            import torch
+
+            torch.cuda.synchronize(device)
+            self._ref = torch.cuda.Event(enable_timing=True)
+            # The stream is idle: the event completes as soon as it is recorded.
+            self._ref.record()
+            self._ref_ns = time.perf_counter_ns()
+            self._ref.synchronize()
+
+    @staticmethod
+    def now() -> int:
+        return time.perf_counter_ns()
+
+    def mark(self, stream=None) -> Mark:
+        """A CUDA event on `stream` (default: the current stream) when timing CUDA, else host ns."""
+        if not self.cuda:
+            return time.perf_counter_ns()
+        import torch
+
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record(stream)
+        return ev
+
+    def add(self, actor: str, name: str, start: Mark, end: Mark, step: int = -1, layer: int = -1) -> None:
+        with self._lock:
+            self._pending.append((actor, name, start, end, step, layer))
+
+    def seconds(self, mark: Mark) -> float:
+        """Seconds since the timeline's start (CUDA marks: only after they completed)."""
+        if isinstance(mark, int):
+            return (mark - self.t0_ns) * 1e-9
+        if mark is None:
+            return float("nan")
+        return (self._ref_ns - self.t0_ns) * 1e-9 + self._ref.elapsed_time(mark) * 1e-3
+
+    def resolve(self) -> list[tuple]:
+        """All intervals as (actor, name, start_s, end_s, step, layer), sorted by start."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        with self._lock:
+            pending = list(self._pending)
+        rows = [(a, n, self.seconds(s), self.seconds(e), step, layer) for a, n, s, e, step, layer in pending]
+        rows.sort(key=lambda r: r[2])
+        return rows
+
+
+class NvmlSampler:
+    """Samples NVML counters in a background thread between start() and stop()."""
+
+    def __init__(self, interval_s: float = 0.02, device_index: int = 0, t0_ns: int | None = None):
+        self.interval_s = interval_s
+        self.device_index = device_index
+        self.t0_ns = t0_ns if t0_ns is not None else time.perf_counter_ns()
+        self._stop = threading.Event()
+        self._thread = None
+        self.samples = {"t_s": [], "pcie_rx_bytes_per_s": [], "pcie_tx_bytes_per_s": [], "sm_clock_mhz": [],
+                        "memory_used_bytes": [], "power_w": []}
+        self.reason = None
+        self._nvml = None
+        self._handle = None
+        try:
+            import pynvml
+        except ImportError:
+            self.reason = "pynvml is not installed (pip install nvidia-ml-py)"
+            return
+        try:
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+            self._nvml = pynvml
+        except Exception as e:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
+            self.reason = f"NVML has no GPU here ({type(e).__name__}: {e})"
+
+    @property
+    def available(self) -> bool:
+        return self._nvml is not None
+
+    def start(self) -> "NvmlSampler":
+        if self.available and self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        n, h = self._nvml, self._handle
+        while not self._stop.is_set():
+            t = time.perf_counter_ns()
+            try:
+                rx = n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_RX_BYTES) * 1024.0
+                tx = n.nvmlDeviceGetPcieThroughput(h, n.NVML_PCIE_UTIL_TX_BYTES) * 1024.0
+                clock = n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM)
+                mem = n.nvmlDeviceGetMemoryInfo(h).used
+                power = n.nvmlDeviceGetPowerUsage(h) / 1000.0
+            except Exception as e:
+                self.reason = f"sampling failed: {type(e).__name__}: {e}"
+                break
+            s = self.samples
+            s["t_s"].append((t - self.t0_ns) * 1e-9)
+            s["pcie_rx_bytes_per_s"].append(rx)
+            s["pcie_tx_bytes_per_s"].append(tx)
+            s["sm_clock_mhz"].append(clock)
+            s["memory_used_bytes"].append(mem)
+            s["power_w"].append(power)
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> dict:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        if not self.available:
+            return {"available": False, "reason": self.reason}
+        out = {"available": True, "interval_s": self.interval_s, **self.samples}
+        if self.reason:
+            out["error"] = self.reason
+        return out
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _host_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def describe_machine(device=None) -> dict:
+    """What the run ran on: GPU (via torch and NVML), CPU, host memory, versions."""
+    out = {
+        "cpu_model": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "host_memory_bytes": _host_memory_bytes(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    try:
+        import numba
+
+        out["numba"] = numba.__version__
+        out["numba_threads"] = numba.config.NUMBA_NUM_THREADS
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+        out["torch_threads"] = torch.get_num_threads()
+        out["cuda_available"] = torch.cuda.is_available()
+        if torch.cuda.is_available():
+            idx = torch.device(device).index if device is not None and torch.device(device).index is not None \
+                else torch.cuda.current_device()
+            props = torch.cuda.get_device_properties(idx)
+            out.update(gpu_name=props.name, gpu_memory_bytes=props.total_memory,
+                       gpu_sm_count=props.multi_processor_count, cuda_runtime=torch.version.cuda,
+                       gpu_capability=f"{props.major}.{props.minor}")
+    except ImportError:
+        out["torch"] = None
+    out["device"] = str(device) if device is not None else None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        name = pynvml.nvmlDeviceGetName(h)
+        out["gpu_name_nvml"] = name.decode() if isinstance(name, bytes) else name
+        drv = pynvml.nvmlSystemGetDriverVersion()
+        out["driver"] = drv.decode() if isinstance(drv, bytes) else drv
+        for key, fn in (("pcie_gen", "nvmlDeviceGetCurrPcieLinkGeneration"),
+                        ("pcie_width", "nvmlDeviceGetCurrPcieLinkWidth"),
+                        ("pcie_gen_max", "nvmlDeviceGetMaxPcieLinkGeneration"),
+                        ("pcie_width_max", "nvmlDeviceGetMaxPcieLinkWidth")):
+            try:
+                out[key] = getattr(pynvml, fn)(h)
+            except Exception:
+                out[key] = None
+    except ImportError:
+        out["nvml"] = "pynvml is not installed"
+    except Exception as e:
+        out["nvml"] = f"no GPU for NVML ({type(e).__name__})"
+    return out

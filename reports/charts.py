@@ -1,0 +1,286 @@
+"""Altair charts over a simulator sweep.
+
+A sweep DataFrame has one row per (table size, placement, phase) with the
+columns listed in ``SWEEP_COLUMNS``.  Every chart function takes such a frame
+and returns an Altair chart; none of them touches the disk (see reports.html).
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+GIB = 2**30
+MIB = 2**20
+
+PLACEMENTS = ["hbm", "host_dma", "host_uva", "hbm_cache"]
+PHASES = ["prefill", "decode"]
+ACTORS = ["gpu compute", "cpu hash", "cpu gather", "h2d link", "uva gather", "stall"]
+
+SWEEP_COLUMNS = [
+    "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s",
+    "exposed_stall_s", "fetch_time_s", "overlap_fraction", "overhead_vs_hbm",
+    "host_bytes_per_step", "hbm_bytes_per_step", "link_utilisation",
+    "fits_hbm", "fits_host", "hidden",
+]
+
+WIDTH, HEIGHT = 320, 220
+
+_PLACEMENT_COLOR = alt.Color(
+    "placement:N", title="placement",
+    scale=alt.Scale(domain=PLACEMENTS, range=["#4c78a8", "#f58518", "#e45756", "#54a24b"]),
+)
+_SIZE_X = alt.X("table_gib:Q", title="Engram table size (GiB)",
+                scale=alt.Scale(type="log", base=2), axis=alt.Axis(format="~g"))
+_PHASE_COLUMN = alt.Column("phase:N", title=None, sort=PHASES)
+
+
+def _check(df: pd.DataFrame, columns) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"sweep frame lacks columns {missing}")
+
+
+def _by_size(df: pd.DataFrame, y: alt.Y, tooltip: list) -> alt.Chart:
+    """Lines over table size, one per placement (not yet faceted)."""
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=_SIZE_X, y=y, color=_PLACEMENT_COLOR,
+        tooltip=["placement:N", "phase:N", alt.Tooltip("table_gib:Q", title="GiB", format=",.4~g"), *tooltip],
+    ).properties(width=WIDTH, height=HEIGHT)
+
+
+def throughput_chart(df: pd.DataFrame) -> alt.FacetChart:
+    """Tokens/s against table size, one line per placement, a column per phase."""
+    _check(df, ["table_gib", "placement", "phase", "tokens_per_s", "step_time_s"])
+    chart = _by_size(
+        df,
+        alt.Y("tokens_per_s:Q", title="tokens / s"),
+        [alt.Tooltip("tokens_per_s:Q", title="tokens/s", format=",.0f"),
+         alt.Tooltip("step_time_s:Q", title="step time (s)", format=".4g")],
+    )
+    return chart.facet(column=_PHASE_COLUMN).resolve_scale(y="independent").properties(
+        title="Throughput vs Engram table size")
+
+
+def _first_unhidden(df: pd.DataFrame, threshold: float) -> pd.Series:
+    """Boolean mask: the row is the first size of its (placement, phase) over threshold."""
+    over = df["overhead_vs_hbm"] > threshold
+    mask = pd.Series(False, index=df.index)
+    for _, group in df[over].groupby(["placement", "phase"]):
+        mask[group["table_bytes"].idxmin()] = True
+    return mask
+
+
+def overhead_chart(df: pd.DataFrame, threshold: float) -> alt.FacetChart:
+    """Overhead vs all-in-HBM (%) against table size, with the threshold rule and a
+    point where each placement first stops being hidden."""
+    _check(df, ["table_bytes", "table_gib", "placement", "phase", "overhead_vs_hbm"])
+    data = df.assign(
+        overhead_pct=df["overhead_vs_hbm"] * 100,
+        threshold_pct=threshold * 100,
+        first_unhidden=_first_unhidden(df, threshold),
+    )
+    y = alt.Y("overhead_pct:Q", title="overhead vs HBM (%, symlog)", scale=alt.Scale(type="symlog"))
+    lines = _by_size(data, y, [alt.Tooltip("overhead_pct:Q", title="overhead %", format=".3g")])
+    rule = alt.Chart(data).mark_rule(strokeDash=[6, 4], color="black").encode(
+        y=alt.Y("mean(threshold_pct):Q"),
+        tooltip=[alt.Tooltip("mean(threshold_pct):Q", title="threshold %")],
+    )
+    marks = alt.Chart(data).transform_filter(alt.datum.first_unhidden).mark_point(
+        shape="diamond", size=160, filled=True, stroke="black", strokeWidth=1,
+    ).encode(x=_SIZE_X, y=y, color=_PLACEMENT_COLOR, tooltip=[
+        "placement:N", alt.Tooltip("table_gib:Q", title="first GiB not hidden", format=",.4~g"),
+        alt.Tooltip("overhead_pct:Q", title="overhead %", format=".3g")])
+    title = alt.TitleParams(
+        f"Overhead vs HBM-resident table (dashed: hidden threshold {threshold * 100:g} %)",
+        subtitle="Diamonds mark the first table size where each placement stops being hidden")
+    return alt.layer(lines, rule, marks, data=data).facet(column=_PHASE_COLUMN).properties(title=title)
+
+
+def stall_chart(df: pd.DataFrame) -> alt.FacetChart:
+    """Exposed stall (ms per step, all Engram layers) against table size."""
+    _check(df, ["table_gib", "placement", "phase", "exposed_stall_s"])
+    data = df.assign(exposed_stall_ms=df["exposed_stall_s"] * 1e3)
+    tooltip = [alt.Tooltip("exposed_stall_ms:Q", title="stall ms/step", format=".4g")]
+    if "overlap_fraction" in df:
+        tooltip.append(alt.Tooltip("overlap_fraction:Q", title="overlap", format=".1%"))
+    chart = _by_size(data, alt.Y("exposed_stall_ms:Q", title="exposed stall (ms / step)"), tooltip)
+    return chart.facet(column=_PHASE_COLUMN).resolve_scale(y="independent").properties(
+        title="Exposed Engram stall per step")
+
+
+def bytes_chart(df: pd.DataFrame, table_bytes: int | None = None) -> alt.FacetChart:
+    """Stacked host vs HBM bytes per step by placement for one table size
+    (the largest in the sweep unless ``table_bytes`` is given)."""
+    _check(df, ["table_bytes", "placement", "phase", "host_bytes_per_step", "hbm_bytes_per_step"])
+    size = int(df["table_bytes"].max() if table_bytes is None else table_bytes)
+    rows = df[df["table_bytes"] == size]
+    if rows.empty:
+        raise ValueError(f"no rows with table_bytes == {size}")
+    data = rows.melt(id_vars=["placement", "phase"], value_vars=["host_bytes_per_step", "hbm_bytes_per_step"],
+                     var_name="memory", value_name="bytes")
+    data["memory"] = data["memory"].map({"host_bytes_per_step": "host (PCIe)", "hbm_bytes_per_step": "HBM"})
+    data["mib"] = data["bytes"] / MIB
+    chart = alt.Chart(data).mark_bar().encode(
+        x=alt.X("placement:N", sort=PLACEMENTS, title=None, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("sum(mib):Q", title="MiB per step"),
+        color=alt.Color("memory:N", sort=["HBM", "host (PCIe)"],
+                        scale=alt.Scale(domain=["HBM", "host (PCIe)"], range=["#4c78a8", "#f58518"])),
+        tooltip=["placement:N", "memory:N", alt.Tooltip("mib:Q", title="MiB/step", format=",.2f")],
+    ).properties(width=WIDTH, height=HEIGHT)
+    return chart.facet(column=_PHASE_COLUMN).resolve_scale(y="independent").properties(
+        title=f"Engram bytes per step at {size / GIB:,.4g} GiB table")
+
+
+def timeline_chart(events_df: pd.DataFrame, title: str, color_by: str = "actor") -> alt.Chart | alt.FacetChart:
+    """Gantt chart of one step: a row per actor, bars from start_s to end_s.
+
+    If the frame has a ``source`` column (predicted / measured), the sources are
+    stacked vertically with a shared time axis.  Time is shown in µs for steps
+    shorter than 2 ms, otherwise in ms.
+    """
+    _check(events_df, ["actor", "name", "start_s", "end_s"])
+    if color_by not in ("actor", "name"):
+        raise ValueError("color_by must be 'actor' or 'name'")
+    span = float(events_df["end_s"].max() - min(events_df["start_s"].min(), 0.0))
+    unit, scale = ("µs", 1e6) if span < 2e-3 else ("ms", 1e3)
+    data = events_df.assign(start=events_df["start_s"] * scale, end=events_df["end_s"] * scale,
+                            duration=(events_df["end_s"] - events_df["start_s"]) * scale)
+    present = list(dict.fromkeys(data["actor"]))
+    actor_order = [a for a in ACTORS if a in present] + [a for a in present if a not in ACTORS]
+    color = alt.Color(f"{color_by}:N", title=color_by)
+    if color_by == "actor":  # fixed colours for the known actors, stall in red
+        palette = dict(zip(ACTORS, ["#4c78a8", "#72b7b2", "#54a24b", "#f58518", "#b279a2", "#e45756"]))
+        spare = iter(["#9d755d", "#bab0ac", "#eeca3b", "#ff9da6", "#79706e"] * 10)
+        color = alt.Color("actor:N", sort=actor_order, scale=alt.Scale(
+            domain=actor_order, range=[palette.get(a) or next(spare) for a in actor_order]))
+    tooltip = ["actor:N", "name:N", alt.Tooltip("start:Q", title=f"start ({unit})", format=",.1f"),
+               alt.Tooltip("end:Q", title=f"end ({unit})", format=",.1f"),
+               alt.Tooltip("duration:Q", title=f"duration ({unit})", format=",.1f")]
+    if "source" in data:
+        tooltip.append("source:N")
+    chart = alt.Chart(data).mark_bar(height={"band": 0.7}).encode(
+        x=alt.X("start:Q", title=f"time in step ({unit})"), x2="end:Q",
+        y=alt.Y("actor:N", sort=actor_order, title=None), color=color, tooltip=tooltip,
+    ).properties(width=640, height=max(60, 24 * len(actor_order)))
+    if "source" in data:
+        sources = list(dict.fromkeys(data["source"]))
+        return chart.facet(row=alt.Row("source:N", sort=sources, title=None)).properties(title=title)
+    return chart.properties(title=title)
+
+
+def hidden_summary(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Per (placement, phase): the largest table size still hidden and the first
+    size where it stops being hidden (overhead_vs_hbm > threshold).
+
+    ``largest_hidden_*`` is the last hidden size before the first unhidden one
+    (None if the smallest size is already not hidden); ``first_unhidden_*`` is
+    None if every size is hidden.  Rows with NaN overhead (no data, e.g. an
+    all-HBM table that does not fit) are ignored.
+    """
+    _check(df, ["table_bytes", "placement", "phase", "overhead_vs_hbm"])
+    rows = []
+    order = {p: i for i, p in enumerate(PLACEMENTS + PHASES)}
+    groups = sorted(df.dropna(subset=["overhead_vs_hbm"]).groupby(["placement", "phase"]),
+                    key=lambda kv: (order.get(kv[0][0], 99), kv[0][0], order.get(kv[0][1], 99), kv[0][1]))
+    for (placement, phase), group in groups:
+        group = group.sort_values("table_bytes")
+        sizes = group["table_bytes"].astype(int).tolist()
+        over = (group["overhead_vs_hbm"] > threshold).tolist()
+        first = over.index(True) if True in over else None
+        last_hidden = (len(sizes) - 1 if first is None else first - 1)
+        largest = sizes[last_hidden] if last_hidden >= 0 else None
+        first_size = sizes[first] if first is not None else None
+        rows.append({
+            "placement": placement, "phase": phase,
+            "largest_hidden_bytes": largest,
+            "largest_hidden_gib": None if largest is None else largest / GIB,
+            "first_unhidden_bytes": first_size,
+            "first_unhidden_gib": None if first_size is None else first_size / GIB,
+            "overhead_at_first_unhidden": None if first is None else float(group["overhead_vs_hbm"].iloc[first]),
+        })
+    columns = ["placement", "phase", "largest_hidden_bytes", "largest_hidden_gib",
+               "first_unhidden_bytes", "first_unhidden_gib", "overhead_at_first_unhidden"]
+    return pd.DataFrame(rows, columns=columns, dtype=object)
+
+
+def sweep_sections(df: pd.DataFrame, threshold: float, timeline: pd.DataFrame | None = None,
+                   timeline_title: str = "One step") -> list[tuple[str, object]]:
+    """The standard report layout, ready for ``reports.html.write_report``."""
+    summary = hidden_summary(df, threshold).drop(columns=["largest_hidden_bytes", "first_unhidden_bytes"])
+    sections = [
+        ("Summary", f"A placement counts as hidden while its step-time overhead versus an all-HBM table "
+                    f"stays at or below {threshold * 100:g} %."),
+        ("Hidden up to", summary),
+        ("Overhead", overhead_chart(df, threshold)),
+        ("Throughput", throughput_chart(df)),
+        ("Exposed stall", stall_chart(df)),
+        ("Bytes per step", bytes_chart(df)),
+    ]
+    if timeline is not None:
+        sections.append(("Timeline", timeline_chart(timeline, timeline_title)))
+    return sections
+
+
+# --------------------------------------------------------------------------
+# Synthetic data (tests, demos)
+# --------------------------------------------------------------------------
+
+def synthetic_sweep(sizes_gib=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), threshold: float = 0.01,
+                    hbm_gib: float = 60.0, host_gib: float = 1024.0) -> pd.DataFrame:
+    """A plausible-looking sweep frame with every column in SWEEP_COLUMNS.
+
+    Overheads grow with table size at placement-specific rates so that the
+    placements cross ``threshold`` at different sizes.  The all-HBM rows have
+    NaN throughput/overhead where the table does not fit in HBM.
+    """
+    compute = {"prefill": 0.25, "decode": 0.030}
+    tokens = {"prefill": 8192, "decode": 64}
+    fetch_bytes = {"prefill": 2.0 * GIB, "decode": 24.0 * MIB}
+    base = {"host_dma": 0.002, "host_uva": 0.006, "hbm_cache": 0.0005}
+    rows = []
+    for gib in sizes_gib:
+        for phase in PHASES:
+            for placement in PLACEMENTS:
+                hit = 0.0 if placement != "hbm_cache" else min(1.0, 16.0 / gib)
+                host = {"hbm": 0.0, "hbm_cache": 1.0 - hit}.get(placement, 1.0) * fetch_bytes[phase]
+                overhead = 0.0 if placement == "hbm" else base[placement] * (gib / 4) ** 0.8 * (1.5 if phase == "decode" else 1.0)
+                if placement == "hbm" and gib > hbm_gib:
+                    overhead = np.nan
+                step = compute[phase] * (1 + overhead)
+                fetch = host / (50e9 if placement != "host_uva" else 20e9)
+                stall = step - compute[phase]
+                rows.append({
+                    "table_bytes": int(gib * GIB), "table_gib": float(gib), "placement": placement, "phase": phase,
+                    "step_time_s": step, "tokens_per_s": tokens[phase] / step, "exposed_stall_s": stall,
+                    "fetch_time_s": fetch,
+                    "overlap_fraction": np.nan if placement == "hbm" or fetch == 0 else max(0.0, 1 - stall / fetch),
+                    "overhead_vs_hbm": overhead, "host_bytes_per_step": host,
+                    "hbm_bytes_per_step": fetch_bytes[phase] - host,
+                    "link_utilisation": host / step / 55e9 if step == step else np.nan,
+                    "fits_hbm": gib <= hbm_gib, "fits_host": gib <= host_gib,
+                    "hidden": bool(overhead <= threshold),
+                })
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+def synthetic_timeline(with_source: bool = True) -> pd.DataFrame:
+    """Events of one decode step across the Engram actors (seconds)."""
+    events = []
+    for source, slow in (("predicted", 1.0), ("measured", 1.15)):
+        for i, layer in enumerate((2, 15)):
+            t = i * 500e-6
+            events += [
+                ("cpu hash", f"L{layer} hash", t, t + 40e-6 * slow, source),
+                ("cpu gather", f"L{layer} gather", t + 40e-6 * slow, t + 160e-6 * slow, source),
+                ("h2d link", f"L{layer} copy", t + 160e-6 * slow, t + 420e-6 * slow, source),
+                ("gpu compute", f"layers before L{layer}", t, t + 400e-6, source),
+            ]
+            if slow > 1:
+                events.append(("stall", f"L{layer} wait", t + 400e-6, t + 420e-6 * slow, source))
+        events.append(("gpu compute", "tail", 1000e-6, 1300e-6, source))
+        if not with_source:
+            break
+    df = pd.DataFrame(events, columns=["actor", "name", "start_s", "end_s", "source"])
+    return df if with_source else df.drop(columns="source")

@@ -1,0 +1,153 @@
+"""Table stores: identical rows from every placement, bounds errors before any read."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from real_runs.cuda_gather import uva_unavailable_reason  # noqa: E402
+from real_runs.stores import (  # noqa: E402
+    HBMCacheStore, HBMStore, HostDMAStore, HostTable, HostUVAStore, dedup, make_store,
+)
+from sim.config import load_config  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+needs_uva = pytest.mark.skipif(uva_unavailable_reason() is not None,
+                               reason=str(uva_unavailable_reason()))
+
+ROWS, VPR = 997, 20          # 40 B rows (bf16)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return HostTable(ROWS, VPR, "bf16", seed=11)
+
+
+def _ids(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.zipf(1.3, size=n).astype(np.int64) % ROWS     # repeats, unsorted
+
+
+def _cpu_stores(table):
+    return [
+        HBMStore(table),
+        HostDMAStore(table),
+        HostDMAStore(table, chunk_mib=64 * 40 / (1 << 20), buffers=2),       # many 64-row chunks
+        HBMCacheStore(table, capacity=50, policy="static_topk", hot_rows=_ids(2000, seed=9)),
+        HBMCacheStore(table, capacity=50, policy="lru"),
+        HBMCacheStore(table, capacity=0, policy="lru"),
+    ]
+
+
+def test_table_is_deterministic_and_seeded():
+    a, b, c = HostTable(64, 8, "bf16", seed=1), HostTable(64, 8, "bf16", seed=1), HostTable(64, 8, "bf16", seed=2)
+    assert torch.equal(a.tensor.view(torch.int16), b.tensor.view(torch.int16))
+    assert not torch.equal(a.tensor.view(torch.int16), c.tensor.view(torch.int16))
+    for dtype in ("bf16", "fp16", "fp32", "fp8", "int8"):
+        t = HostTable(16, 8, dtype, seed=3)
+        v = t.tensor.float()
+        assert torch.isfinite(v).all() and v.abs().max() <= 128 and t.tensor.shape == (16, 8)
+
+
+def test_all_cpu_stores_return_identical_rows(table):
+    want = table.row_values(_ids())
+    for store in _cpu_stores(table):
+        for rep in range(3):       # caches warm up; results must not change
+            ids = _ids(seed=rep)
+            got = store.wait(store.prefetch(ids))
+            assert got.shape == (ids.size, VPR)
+            assert torch.equal(got.view(torch.int16), table.row_values(ids).view(torch.int16)), (store.kind, rep)
+    assert torch.equal(store.wait(store.prefetch(_ids())).view(torch.int16), want.view(torch.int16))
+
+
+def test_fetch_counts(table):
+    ids = np.array([5, 3, 5, 900, 3, 3], dtype=np.int64)
+    f = HostDMAStore(table).prefetch(ids)
+    assert (f.lookups, f.unique_rows, f.host_rows, f.cache_hits) == (6, 3, 3, 0)
+    f = HBMStore(table).prefetch(ids)
+    assert (f.lookups, f.unique_rows, f.host_rows) == (6, 3, 0)
+    cache = HBMCacheStore(table, capacity=2, policy="static_topk", hot_rows=[3, 7])
+    f = cache.prefetch(ids)
+    assert (f.unique_rows, f.host_rows, f.cache_hits) == (3, 2, 1)
+    cache.wait(f)
+
+
+def test_lru_keeps_rows_that_prefetches_ahead_still_need(table):
+    """Two prefetches before their waits (prefetch ahead): the second must not evict the first's rows."""
+    store = HBMCacheStore(table, capacity=4, policy="lru", protect=2)
+    a, b = np.array([1, 2, 3, 4]), np.array([5, 6, 7, 8])
+    store.wait(store.prefetch(a))                 # cache: 1..4
+    fa = store.prefetch(a)                         # all hits
+    fb = store.prefetch(b)                         # misses; may not evict 1..4 (touched one prefetch ago)
+    assert fa.cache_hits == 4 and fb.cache_hits == 0
+    ra, rb = store.wait(fa), store.wait(fb)
+    assert torch.equal(ra.view(torch.int16), table.row_values(a).view(torch.int16))
+    assert torch.equal(rb.view(torch.int16), table.row_values(b).view(torch.int16))
+
+
+@pytest.mark.parametrize("bad", [ROWS, ROWS + 12345, -1, np.iinfo(np.int64).max])
+def test_out_of_range_ids_raise_before_any_read(table, bad):
+    for store in _cpu_stores(table):
+        ids = np.array([0, 5, bad, 7], dtype=np.int64)
+        with pytest.raises(ValueError, match=rf"row id {bad} is outside .* of {ROWS} rows"):
+            store.prefetch(ids)
+
+
+def test_dedup_rejects_non_integer_ids():
+    with pytest.raises(ValueError, match="integers"):
+        dedup(np.array([1.5]), 10)
+    u, inv = dedup(np.array([[4, 2], [2, 9]]), 10)
+    assert u.tolist() == [2, 4, 9] and u[inv].tolist() == [4, 2, 2, 9]
+
+
+def test_empty_prefetch(table):
+    for store in _cpu_stores(table):
+        assert store.wait(store.prefetch(np.zeros(0, np.int64))).shape == (0, VPR)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU-only error")
+def test_host_uva_needs_a_gpu(table):
+    with pytest.raises(RuntimeError, match="host_uva needs a CUDA GPU"):
+        HostUVAStore(table, "cpu")
+    with pytest.raises(RuntimeError, match="host_uva needs a CUDA GPU"):
+        HBMCacheStore(table, capacity=10, miss_path="host_uva")
+
+
+def test_make_store_uses_the_placement_config(table):
+    p = load_config("tiny").placement
+    s = make_store("host_dma", table, placement=p)
+    assert isinstance(s, HostDMAStore) and s.threads == p.gather_threads and len(s.staging) == p.staging_buffers
+    with pytest.raises(ValueError, match="placement"):
+        make_store("ssd", table)
+
+
+@needs_cuda
+def test_cuda_stores_match_host_rows(table):
+    t = HostTable(ROWS, VPR, "bf16", seed=11, pin=True)
+    stream = torch.cuda.Stream()
+    stores = [HBMStore(t, "cuda", stream), HostDMAStore(t, "cuda", stream),
+              HBMCacheStore(t, "cuda", stream, capacity=50, policy="lru", miss_path="host_dma")]
+    if uva_unavailable_reason() is None:
+        stores += [HostUVAStore(t, "cuda", stream),
+                   HBMCacheStore(t, "cuda", stream, capacity=50, policy="static_topk", miss_path="host_uva",
+                                 hot_rows=_ids(2000, seed=9))]
+    for store in stores:
+        for rep in range(3):
+            ids = _ids(seed=rep)
+            got = store.wait(store.prefetch(ids)).cpu()
+            assert torch.equal(got.view(torch.int16), table.row_values(ids).view(torch.int16)), store.kind
+    t.close()
+
+
+@needs_uva
+def test_uva_gather_kernel_row_sizes():
+    from real_runs.cuda_gather import uva_gather
+
+    for vpr in (80, 128, 512, 6):        # 160 B, 256 B, 1 KB, 12 B rows
+        t = HostTable(4099, vpr, "bf16", seed=vpr, pin=True)
+        ids = torch.from_numpy(np.unique(np.random.default_rng(vpr).integers(0, 4099, 1000))).cuda()
+        out = torch.empty((ids.numel(), vpr), dtype=torch.bfloat16, device="cuda")
+        uva_gather(t.ptr, t.row_bytes, ids, out)
+        assert torch.equal(out.cpu().view(torch.int16), t.tensor[ids.cpu()].view(torch.int16))
+        t.close()

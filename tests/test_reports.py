@@ -1,0 +1,236 @@
+"""Reporting layer: chart specs, hidden_summary, and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import re
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import pytest
+
+import reports
+import reports.html as rhtml
+from reports.charts import GIB, PLACEMENTS, SWEEP_COLUMNS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep() -> pd.DataFrame:
+    return reports.synthetic_sweep()
+
+
+def _spec(chart) -> dict:
+    return chart.to_dict()
+
+
+def _rows(spec: dict) -> list[dict]:
+    """All inline data rows of a spec (Altair stores them under 'datasets')."""
+    return [row for rows in spec.get("datasets", {}).values() for row in rows]
+
+
+# --------------------------------------------------------------------------- data
+
+def test_synthetic_sweep_has_every_column(sweep):
+    assert list(sweep.columns) == SWEEP_COLUMNS
+    assert set(sweep["placement"]) == set(PLACEMENTS)
+    assert set(sweep["phase"]) == {"prefill", "decode"}
+    assert sweep.loc[sweep["placement"] == "hbm", "overlap_fraction"].isna().all()
+    assert (sweep["hidden"] == (sweep["overhead_vs_hbm"] <= 0.01)).all()
+
+
+# --------------------------------------------------------------------------- charts
+
+@pytest.mark.parametrize("make, y_field", [
+    (reports.throughput_chart, "tokens_per_s"),
+    (reports.stall_chart, "exposed_stall_ms"),
+])
+def test_line_charts_facet_by_phase_with_log_size_axis(sweep, make, y_field):
+    spec = _spec(make(sweep))
+    assert spec["facet"]["column"]["field"] == "phase"
+    enc = spec["spec"]["encoding"]
+    assert enc["x"]["field"] == "table_gib" and enc["x"]["scale"]["type"] == "log"
+    assert enc["y"]["field"] == y_field
+    assert enc["color"]["field"] == "placement"
+    assert enc["tooltip"]
+    assert spec["spec"]["mark"]["type"] == "line"
+
+
+def test_stall_chart_is_in_milliseconds(sweep):
+    rows = [r for r in _rows(_spec(reports.stall_chart(sweep))) if r["exposed_stall_s"] is not None]
+    assert rows and all(r["exposed_stall_ms"] == pytest.approx(r["exposed_stall_s"] * 1e3) for r in rows)
+
+
+def test_overhead_chart_has_threshold_rule_and_first_unhidden_points(sweep):
+    spec = _spec(reports.overhead_chart(sweep, 0.01))
+    assert spec["facet"]["column"]["field"] == "phase"
+    assert "1 %" in spec["title"]["text"] and "stops being hidden" in spec["title"]["subtitle"]
+    lines, rule, points = spec["spec"]["layer"]
+    assert lines["encoding"]["y"]["field"] == "overhead_pct"
+    assert rule["mark"]["type"] == "rule" and rule["encoding"]["y"]["field"] == "threshold_pct"
+    assert points["transform"] == [{"filter": "datum.first_unhidden"}]
+    rows = _rows(spec)
+    assert all(r["threshold_pct"] == 1.0 for r in rows)
+    # the flagged points are exactly hidden_summary's first-unhidden sizes
+    flagged = {(r["placement"], r["phase"], r["table_bytes"]) for r in rows if r["first_unhidden"]}
+    summary = reports.hidden_summary(sweep, 0.01)
+    expected = {(s.placement, s.phase, s.first_unhidden_bytes)
+                for s in summary.itertuples() if s.first_unhidden_bytes is not None}
+    assert flagged == expected and expected
+
+
+def test_bytes_chart_stacks_host_and_hbm_for_largest_size(sweep):
+    spec = _spec(reports.bytes_chart(sweep))
+    enc = spec["spec"]["encoding"]
+    assert spec["facet"]["column"]["field"] == "phase"
+    assert spec["spec"]["mark"]["type"] == "bar"
+    assert enc["x"]["field"] == "placement" and enc["color"]["field"] == "memory"
+    assert enc["y"]["aggregate"] == "sum"
+    rows = _rows(spec)
+    assert {r["memory"] for r in rows} == {"HBM", "host (PCIe)"}
+    assert len(rows) == 2 * 2 * len(PLACEMENTS)          # memory x phase x placement
+    assert "512 GiB" in spec["title"]
+
+
+def test_bytes_chart_chosen_size(sweep):
+    assert "4 GiB" in _spec(reports.bytes_chart(sweep, table_bytes=4 * GIB))["title"]
+    with pytest.raises(ValueError):
+        reports.bytes_chart(sweep, table_bytes=3 * GIB)
+
+
+def test_timeline_faceted_by_source_with_shared_x():
+    spec = _spec(reports.timeline_chart(reports.synthetic_timeline(), "step"))
+    assert spec["facet"]["row"]["field"] == "source"
+    assert spec.get("resolve", {}).get("scale", {}).get("x", "shared") == "shared"
+    enc = spec["spec"]["encoding"]
+    assert enc["x"]["field"] == "start" and enc["x2"]["field"] == "end"
+    assert enc["y"]["field"] == "actor" and enc["color"]["field"] == "actor"
+    assert "µs" in enc["x"]["title"]                      # a 1.3 ms step is shown in µs
+    assert spec["title"] == "step"
+
+
+def test_timeline_without_source_and_in_ms():
+    events = reports.synthetic_timeline(with_source=False)
+    spec = _spec(reports.timeline_chart(events, "predicted", color_by="name"))
+    assert "facet" not in spec and spec["encoding"]["color"]["field"] == "name"
+    longer = events.assign(start_s=events["start_s"] * 10, end_s=events["end_s"] * 10)
+    assert "(ms)" in _spec(reports.timeline_chart(longer, "t"))["encoding"]["x"]["title"]
+
+
+def test_charts_reject_missing_columns(sweep):
+    with pytest.raises(ValueError, match="tokens_per_s"):
+        reports.throughput_chart(sweep.drop(columns="tokens_per_s"))
+
+
+# --------------------------------------------------------------------------- hidden_summary
+
+def _frame(overheads_by_placement: dict[str, list[float]]) -> pd.DataFrame:
+    rows = [{"table_bytes": (2**i) * GIB, "placement": p, "phase": "decode", "overhead_vs_hbm": o}
+            for p, overheads in overheads_by_placement.items() for i, o in enumerate(overheads)]
+    return pd.DataFrame(rows).sample(frac=1, random_state=0)   # order must not matter
+
+
+def test_hidden_summary_hand_made():
+    summary = reports.hidden_summary(_frame({
+        "host_dma": [0.001, 0.005, 0.03, 0.2],    # stops at the 3rd size
+        "hbm_cache": [0.0, 0.001, 0.002, 0.01],   # always hidden (<= is hidden)
+        "host_uva": [0.05, 0.1, 0.2, 0.4],        # never hidden
+        "hbm": [0.0, 0.0, np.nan, np.nan],        # NaN = no data (does not fit): ignored
+    }), threshold=0.01).set_index("placement")
+    assert list(summary.index) == ["hbm", "host_dma", "host_uva", "hbm_cache"]
+    dma = summary.loc["host_dma"]
+    assert dma.largest_hidden_bytes == 2 * GIB and dma.largest_hidden_gib == 2.0
+    assert dma.first_unhidden_bytes == 4 * GIB and dma.first_unhidden_gib == 4.0
+    assert dma.overhead_at_first_unhidden == 0.03
+    cache = summary.loc["hbm_cache"]
+    assert cache.largest_hidden_bytes == 8 * GIB and cache.first_unhidden_bytes is None
+    uva = summary.loc["host_uva"]
+    assert uva.largest_hidden_bytes is None and uva.first_unhidden_bytes == 1 * GIB
+    hbm = summary.loc["hbm"]
+    assert hbm.largest_hidden_bytes == 2 * GIB and hbm.first_unhidden_bytes is None
+
+
+def test_hidden_summary_one_row_per_placement_and_phase(sweep):
+    summary = reports.hidden_summary(sweep, 0.01)
+    assert len(summary) == len(PLACEMENTS) * 2
+    assert not summary.duplicated(["placement", "phase"]).any()
+
+
+# --------------------------------------------------------------------------- HTML report
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, sweep):
+    out = tmp_path_factory.mktemp("report") / "out"
+    sections = reports.sweep_sections(sweep, 0.01, reports.synthetic_timeline(), "One decode step")
+    sections.append(("Notes", "First <paragraph>.\n\nSecond paragraph."))
+    written = reports.write_report(out, "Engram sweep", sections)
+    n_charts = sum(isinstance(c, alt.TopLevelMixin) for _, c in sections)
+    return out, written, n_charts
+
+
+def test_report_files(report):
+    out, written, n_charts = report
+    assert written["report.html"] == out / "report.html"
+    pngs = sorted(name for name in written if name.endswith(".png"))
+    assert len(pngs) == n_charts
+    assert sorted(p.name for p in out.iterdir()) == sorted(written)
+    for name in pngs:
+        data = written[name].read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+
+def test_report_html_is_self_contained(report):
+    out, written, n_charts = report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)            # nothing loaded
+    assert not re.search(r"""<(link|img|iframe)[^>]*(src|href)\s*=\s*["']?https?:""", page, re.I)
+    assert "window.vegaEmbed=" in page                                      # bundle inline
+    assert page.count("vegaEmbed(document.getElementById(") == n_charts
+    assert len(re.findall(r'<div class="chart" id="[^"]+"', page)) == n_charts
+    assert "<h1>Engram sweep</h1>" in page and "<h2>Overhead</h2>" in page
+    assert '<table class="dataframe"' in page                               # hidden_summary table
+    assert "<p>First &lt;paragraph&gt;.</p>" in page and "<p>Second paragraph.</p>" in page
+
+
+def test_write_report_is_atomic(tmp_path, sweep, monkeypatch):
+    out = tmp_path / "out"
+    calls = []
+
+    def flaky_png(spec, scale=2):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("renderer died")
+        return PNG_MAGIC + b"fake"
+
+    monkeypatch.setattr(rhtml, "chart_png", flaky_png)
+    sections = [("A", reports.stall_chart(sweep)), ("B", reports.throughput_chart(sweep))]
+    with pytest.raises(RuntimeError, match="renderer died"):
+        reports.write_report(out, "t", sections)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []                                   # no temp dir left
+
+    # an existing report survives a failed rewrite untouched
+    out.mkdir()
+    (out / "report.html").write_text("old")
+    calls.clear()
+    with pytest.raises(RuntimeError):
+        reports.write_report(out, "t", sections)
+    assert [p.name for p in out.iterdir()] == ["report.html"]
+    assert (out / "report.html").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_write_report_rejects_unknown_content(tmp_path):
+    with pytest.raises(TypeError):
+        reports.write_report(tmp_path / "out", "t", [("x", 42)])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_chart(tmp_path, sweep):
+    written = reports.write_chart(reports.bytes_chart(sweep), tmp_path / "charts" / "bytes")
+    assert set(written) == {"bytes.png", "bytes.html"}
+    assert written["bytes.png"].read_bytes().startswith(PNG_MAGIC)
+    page = written["bytes.html"].read_text(encoding="utf-8")
+    assert "window.vegaEmbed=" in page and not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
+    assert sorted(p.name for p in (tmp_path / "charts").iterdir()) == ["bytes.html", "bytes.png"]

@@ -1,0 +1,258 @@
+"""Replay of an HBM row cache over a trace of Engram row accesses.
+
+Each step brings a set of unique row ids of one Engram layer. A row is a hit
+if it is in the cache when the step begins. Then, in this order:
+  1. every hit is touched (its recency and frequency are updated, in step order);
+  2. every miss is inserted (in step order); when the cache is full the
+     policy's victim is evicted first. A step with more misses than the cache
+     holds evicts rows it inserted itself, so the cache ends with the last ones.
+Policies:
+  - "lru": evict the least recently touched row.
+  - "lfu": evict the row with the fewest accesses so far, counted over the whole
+    trace up to now (counts survive eviction, so a returning hot row keeps its
+    rank); ties go to the least recently touched.
+  - "static_topk": an ORACLE, not a real policy. The cache holds the `capacity`
+    rows most frequently accessed over the whole trace (ties: first accessed first),
+    filled before step 0 and never changed. It bounds what a
+    frequency-based cache could achieve, first touches included.
+
+Row ids are first mapped to dense ints (by first access), then one Numba loop runs
+the policy with doubly linked lists in arrays, O(1) per access: LRU one list
+in recency order, LFU one such list per access count.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from numba import njit
+
+POLICIES = ("static_topk", "lru", "lfu")
+
+
+@njit(cache=True, nogil=True)
+def _mark_hits(dense, bounds, cached, is_hit, hits, s):
+    """Record which of step s's rows are in the cache as the step begins."""
+    for i in range(bounds[s], bounds[s + 1]):
+        if cached[dense[i]] >= 0:
+            is_hit[i] = True
+            hits[s] += 1
+
+
+@njit(cache=True, nogil=True)
+def _append(nxt, prv, head, row):
+    """Link row in as the most recent."""
+    tail = prv[head]
+    nxt[tail] = row
+    prv[row] = tail
+    nxt[row] = head
+    prv[head] = row
+
+
+@njit(cache=True, nogil=True)
+def _unlink(nxt, prv, row):
+    nxt[prv[row]] = nxt[row]
+    prv[nxt[row]] = prv[row]
+
+
+@njit(cache=True, nogil=True)
+def _replay_lru(dense, bounds, n_rows, capacity):
+    """LRU over dense row ids: a doubly linked list in arrays, O(1) per access.
+
+    Node n_rows is the sentinel: its next is the least recent row, its prev the most recent.
+    """
+    n_steps = bounds.size - 1
+    hits = np.zeros(n_steps, dtype=np.int64)
+    is_hit = np.zeros(dense.size, dtype=np.bool_)
+    head = n_rows
+    nxt = np.full(n_rows + 1, -1, dtype=np.int64)  # -1: not cached
+    prv = np.full(n_rows + 1, -1, dtype=np.int64)
+    nxt[head] = head
+    prv[head] = head
+    size = 0
+    for s in range(n_steps):
+        _mark_hits(dense, bounds, nxt, is_hit, hits, s)
+        if capacity == 0:
+            continue
+        # Touch the hits: move each to the most recent end.
+        for i in range(bounds[s], bounds[s + 1]):
+            if is_hit[i]:
+                _unlink(nxt, prv, dense[i])
+                _append(nxt, prv, head, dense[i])
+        # Insert the misses, evicting the least recent when full.
+        for i in range(bounds[s], bounds[s + 1]):
+            if is_hit[i] or nxt[dense[i]] >= 0:  # (the second test only guards against repeated ids)
+                continue
+            if size == capacity:
+                victim = nxt[head]
+                _unlink(nxt, prv, victim)
+                nxt[victim] = -1
+            else:
+                size += 1
+            _append(nxt, prv, head, dense[i])
+    return hits
+
+
+@njit(cache=True, nogil=True)
+def _replay_lfu(dense, bounds, n_rows, capacity, max_count):
+    """LFU over dense row ids: one LRU-ordered linked list per access count, O(1) per access
+    (plus a scan up the counts when the lowest list empties, at most max_count steps).
+
+    Node n_rows + c is the sentinel of the list of cached rows accessed c times.
+    """
+    n_steps = bounds.size - 1
+    hits = np.zeros(n_steps, dtype=np.int64)
+    is_hit = np.zeros(dense.size, dtype=np.bool_)
+    nxt = np.full(n_rows + max_count + 1, -1, dtype=np.int64)  # -1: not cached
+    prv = np.full(n_rows + max_count + 1, -1, dtype=np.int64)
+    for c in range(max_count + 1):
+        nxt[n_rows + c] = n_rows + c
+        prv[n_rows + c] = n_rows + c
+    count = np.zeros(n_rows, dtype=np.int64)  # never reset: counts span the whole trace
+    lowest = 0  # no cached row has fewer accesses than this
+    size = 0
+    for s in range(n_steps):
+        _mark_hits(dense, bounds, nxt, is_hit, hits, s)
+        if capacity == 0:
+            continue
+        # Touch the hits: each moves up to the next count's list, as its most recent row.
+        for i in range(bounds[s], bounds[s + 1]):
+            if is_hit[i]:
+                row = dense[i]
+                _unlink(nxt, prv, row)
+                count[row] += 1
+                _append(nxt, prv, n_rows + count[row], row)
+        # Insert the misses, evicting the least recent row of the lowest count when full.
+        for i in range(bounds[s], bounds[s + 1]):
+            row = dense[i]
+            if is_hit[i] or nxt[row] >= 0:  # (the second test only guards against repeated ids)
+                continue
+            if size == capacity:
+                while nxt[n_rows + lowest] == n_rows + lowest:
+                    lowest += 1
+                victim = nxt[n_rows + lowest]
+                _unlink(nxt, prv, victim)
+                nxt[victim] = -1
+            else:
+                size += 1
+            count[row] += 1
+            lowest = min(lowest, count[row])
+            _append(nxt, prv, n_rows + count[row], row)
+    return hits
+
+
+def _static_topk(dense, bounds, n_rows, capacity):
+    """The oracle: the `capacity` most accessed rows (ties: first accessed first) are always cached."""
+    counts = np.bincount(dense, minlength=n_rows)
+    cached = np.zeros(n_rows, dtype=bool)
+    if 0 < capacity < n_rows:
+        # O(n): every row above the capacity-th largest count, then the earliest rows at that count.
+        threshold = np.partition(counts, n_rows - capacity)[n_rows - capacity]
+        cached[counts > threshold] = True
+        at_threshold = np.flatnonzero(counts == threshold)  # dense ids are in first-access order
+        cached[at_threshold[: capacity - int(cached.sum())]] = True
+    elif capacity >= n_rows:
+        cached[:] = True
+    hits_so_far = np.concatenate(([0], np.cumsum(cached[dense], dtype=np.int64)))
+    return hits_so_far[bounds[1:]] - hits_so_far[bounds[:-1]]
+
+
+# Below this many possible row ids (and not far more than there are ids), dense ids come from a
+# direct lookup array (O(n)) rather than a sort.
+DIRECT_MAX_ROWS = 1 << 26
+
+
+@njit(cache=True, nogil=True)
+def _first_seen_ids(row_ids, high):
+    label = np.full(high + 1, -1, dtype=np.int32)
+    dense = np.empty(row_ids.size, dtype=np.int64)
+    n = 0
+    for i in range(row_ids.size):
+        if label[row_ids[i]] < 0:
+            label[row_ids[i]] = n
+            n += 1
+        dense[i] = label[row_ids[i]]
+    return dense, n
+
+
+def dense_ids(row_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Row ids relabelled 0..n_distinct-1 in order of first access, and n_distinct.
+
+    First-access order keeps rows touched at about the same time close in memory,
+    which makes the policy loops several times faster than row id order.
+    """
+    row_ids = np.asarray(row_ids, dtype=np.int64).ravel()
+    if row_ids.size == 0:
+        return row_ids, 0
+    low, high = int(row_ids.min()), int(row_ids.max())
+    if low >= 0 and high < min(DIRECT_MAX_ROWS, 16 * row_ids.size + (1 << 20)):
+        return _first_seen_ids(row_ids, high)
+    _, first, inverse = np.unique(row_ids, return_index=True, return_inverse=True)
+    relabel = np.empty(first.size, dtype=np.int64)
+    relabel[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return relabel[inverse.ravel()], first.size
+
+
+def replay_dense(dense: np.ndarray, counts: np.ndarray, n_rows: int, capacity: int, policy: str) -> np.ndarray:
+    """Hits per step for dense row ids in 0..n_rows-1, steps given by their lengths `counts`."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown cache policy {policy!r}; use one of {POLICIES}")
+    if capacity < 0:
+        raise ValueError(f"cache capacity must be >= 0 rows, got {capacity}")
+    bounds = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    if policy == "static_topk":
+        return _static_topk(dense, bounds, n_rows, capacity)
+    if policy == "lfu":
+        max_count = int(np.bincount(dense).max()) if dense.size else 0
+        return _replay_lfu(dense, bounds, n_rows, int(capacity), max_count)
+    return _replay_lru(dense, bounds, n_rows, int(capacity))
+
+
+def replay_flat(row_ids: np.ndarray, counts: np.ndarray, capacity: int, policy: str) -> np.ndarray:
+    """Like replay, with the steps given as one flat array and each step's length."""
+    dense, n_rows = dense_ids(row_ids)
+    return replay_dense(dense, np.asarray(counts, dtype=np.int64), n_rows, capacity, policy)
+
+
+def replay(steps: list[np.ndarray], capacity: int, policy: str) -> np.ndarray:
+    """Hits per step for per-step arrays of UNIQUE global row ids of one layer."""
+    counts = np.array([len(s) for s in steps], dtype=np.int64)
+    flat = np.concatenate(steps) if steps else np.zeros(0, dtype=np.int64)
+    return replay_flat(flat, counts, capacity, policy)
+
+
+def zipf_trace(n_accesses: int, n_rows: int, draws_per_step: int, s: float = 1.1, seed: int = 0) -> list[np.ndarray]:
+    """Steps of unique row ids drawn from a Zipf law over n_rows, about n_accesses in all (tests, benchmarks)."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, n_rows + 1) ** s
+    cdf = np.cumsum(weights) / weights.sum()
+    perm = rng.permutation(n_rows)  # so hot rows are not simply the low ids
+    steps, total = [], 0
+    while total < n_accesses:
+        draws = np.minimum(np.searchsorted(cdf, rng.random(draws_per_step)), n_rows - 1)
+        steps.append(np.unique(perm[draws]))
+        total += steps[-1].size
+    return steps
+
+
+def bench_cache(n_accesses: int = 5_000_000, n_rows: int = 10_000_000, draws_per_step: int = 65536,
+                capacity_fraction: float = 0.1) -> dict:
+    """Accesses/s per policy on a Zipf trace: the policy loop alone, and with the np.unique mapping."""
+    steps = zipf_trace(n_accesses, n_rows, draws_per_step)
+    counts = np.array([len(s) for s in steps], dtype=np.int64)
+    flat = np.concatenate(steps)
+    start = time.perf_counter()
+    dense, distinct = dense_ids(flat)
+    map_s = time.perf_counter() - start
+    capacity = int(capacity_fraction * distinct)
+    out = {"accesses": flat.size, "distinct_rows": distinct, "capacity": capacity, "map_s": map_s}
+    for policy in POLICIES:
+        replay_dense(dense[:10], np.array([10]), distinct, 5, policy)  # compile outside the timing
+        start = time.perf_counter()
+        hits = replay_dense(dense, counts, distinct, capacity, policy)
+        loop_s = time.perf_counter() - start
+        out[f"{policy}_accesses_per_s"] = flat.size / loop_s
+        out[f"{policy}_with_map_accesses_per_s"] = flat.size / (loop_s + map_s)
+        out[f"{policy}_hit_rate"] = float(hits.sum() / flat.size)
+    return out

@@ -1,0 +1,262 @@
+"""The per-step workload the simulator consumes: tokens, attention work, and Engram row traffic.
+
+A trace covers S = min(workload.steps, workload.tokens.trace_steps) distinct
+steps, hashed exactly with the official rule; the simulator cycles them for
+longer runs (`Trace.at(step)`).
+
+Decode: `workload.sequences` sequences start with context lengths from
+`workload.lengths`; every step each sequence adds one token. Contexts just
+grow: no sequence finishes or is replaced within the trace (S is short next
+to the lengths). The new token's N-grams use that sequence's previous tokens,
+left-padded with the compressed pad id where the context is shorter.
+
+Prefill: an endless stream of prompts (lengths from `workload.lengths`) is
+packed into steps of exactly `workload.tokens_per_step` tokens (chunked
+prefill: a prompt may span steps and share a step with others). Every prompt
+token's N-grams are hashed, padded at the prompt's start.
+
+Per-layer arrays are [S, n_layers], columns in `layer_ids` order
+(= cfg.engram.layer_ids). Rows are global row ids in the layer's one big table
+(head offset + hashed row). Traces are memoised per configuration; their
+arrays are read-only.
+
+Distinct rows are counted with two bitmaps over the layer's rows: building a
+trace briefly needs n_rows / 4 bytes per Engram layer (a 1.25 G-row layer: 312 MB).
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from sim.config import RunConfig
+from workloads.cache import replay_flat
+from workloads.hashing import layer_multipliers, table_offsets
+from workloads.requests import sample_lengths
+from workloads.tokens import make_token_source
+
+
+@dataclass(frozen=True)
+class Trace:
+    phase: str                    # "decode" or "prefill"
+    layer_ids: list[int]          # column order of the per-layer arrays
+    tokens: np.ndarray            # [S] new tokens processed in the step
+    sequences: np.ndarray         # [S] sequences (decode) or prompt chunks (prefill) in the step
+    attn_context_sum: np.ndarray  # [S] sum over new tokens of the keys each attends to (itself included)
+    kv_tokens: np.ndarray         # [S] tokens in the KV cache at the end of the step
+    lookups: np.ndarray           # [S, n_layers] tokens * tables_per_layer
+    unique_rows: np.ndarray       # [S, n_layers] rows fetched: distinct_rows if placement.dedup, else lookups
+    distinct_rows: np.ndarray     # [S, n_layers] distinct global row ids in the step
+    reused_rows: np.ndarray       # [S, n_layers] distinct rows also in the previous step (step 0: 0)
+    cache_hits: np.ndarray        # [S, n_layers] distinct rows in the HBM cache as the step begins (zeros if none)
+    cache_rows: int | None        # cache capacity per Engram layer, in rows (None: no cache replayed)
+
+    @property
+    def steps(self) -> int:
+        return self.tokens.size
+
+    def at(self, step: int) -> int:
+        """Index into the trace for a simulated step (the trace repeats)."""
+        return step % self.steps
+
+    def column(self, layer_id: int) -> int:
+        return self.layer_ids.index(layer_id)
+
+
+_MEMO: OrderedDict[str, Trace] = OrderedDict()
+_MEMO_SIZE = 8
+
+
+def build_trace(cfg: RunConfig, cache_rows: int | None = None) -> Trace:
+    """Trace for cfg; with cache_rows, also replay an HBM cache of that many rows PER LAYER
+    with cfg.placement.cache_policy (each Engram layer's table has its own cache)."""
+    key = json.dumps([asdict(cfg.engram), asdict(cfg.workload), cfg.placement.dedup, cfg.placement.cache_policy,
+                      cache_rows], sort_keys=True)
+    if key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
+    trace = _build(cfg, cache_rows)
+    for value in trace.__dict__.values():
+        if isinstance(value, np.ndarray):
+            value.setflags(write=False)
+    _MEMO[key] = trace
+    if len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
+    return trace
+
+
+def _build(cfg: RunConfig, cache_rows: int | None) -> Trace:
+    eng, work = cfg.engram, cfg.workload
+    n_steps = min(work.steps, work.tokens.trace_steps)
+    rng = np.random.default_rng(work.seed)
+    source = make_token_source(cfg)
+    if work.phase == "decode":
+        ctx, bounds, step = _decode_tokens(cfg, n_steps, source, rng)
+    else:
+        ctx, bounds, step = _prefill_tokens(cfg, n_steps, source, rng)
+
+    sizes = [eng.table_sizes[layer] for layer in eng.layer_ids]
+    multipliers = np.stack([layer_multipliers(eng.seed, layer, eng.max_ngram_size, eng.compressed_vocab_size)
+                            for layer in eng.layer_ids])
+    primes = np.array(sizes, dtype=np.int64)  # [layers, orders, heads]
+    offsets = np.stack([table_offsets(s) for s in sizes])
+    distinct = np.zeros((n_steps, len(sizes)), dtype=np.int64)
+    reused = np.zeros_like(distinct)
+    n_rows = np.array([eng.layer_rows(layer) for layer in eng.layer_ids], dtype=np.int64)
+    _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, distinct, reused)
+
+    hits = np.zeros_like(distinct)
+    if cache_rows is not None:
+        ids = np.empty((len(sizes), int(distinct.sum(axis=0).max())), dtype=np.int64)
+        _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, distinct.sum(axis=0), ids)
+
+        def replay_layer(col: int) -> None:
+            row_ids = ids[col, : distinct[:, col].sum()]
+            counts = distinct[:, col]
+            got = replay_flat(row_ids, counts, cache_rows, cfg.placement.cache_policy)
+            # A serving cache is warm, but replaying the cycle twice would make every row a
+            # repeat. So the first half of the trace warms the cache from cold, and its
+            # steps take the hit rate that the second half measured.
+            half = len(counts) // 2
+            if half:
+                rate = got[half:].sum() / max(counts[half:].sum(), 1)
+                got[:half] = np.rint(counts[:half] * rate).astype(got.dtype)
+            hits[:, col] = got
+
+        # The replay loops release the GIL, so layers replay side by side.
+        with ThreadPoolExecutor(max_workers=numba.get_num_threads()) as pool:
+            list(pool.map(replay_layer, range(len(sizes))))
+
+    lookups = np.repeat(np.diff(bounds)[:, None] * eng.tables_per_layer, len(sizes), axis=1)
+    return Trace(
+        phase=work.phase, layer_ids=list(eng.layer_ids), tokens=np.diff(bounds), **step,
+        lookups=lookups, unique_rows=distinct.copy() if cfg.placement.dedup else lookups.copy(),
+        distinct_rows=distinct, reused_rows=reused, cache_hits=hits, cache_rows=cache_rows,
+    )
+
+
+def _decode_tokens(cfg: RunConfig, n_steps: int, source, rng):
+    """Context matrix for S steps x B sequences, step-major; ctx[i, k] = token k places before token i."""
+    eng, work = cfg.engram, cfg.workload
+    back = eng.max_ngram_size - 1
+    ctx0 = sample_lengths(work.lengths, work.sequences, rng)
+    # Only the last `back` context tokens matter for the hashes, then the S new ones.
+    kept = np.minimum(ctx0, back)
+    streams = source.sequences(kept + n_steps, rng)
+    flat = np.concatenate(streams)
+    starts = np.cumsum(kept + n_steps) - (kept + n_steps)
+    # Index in a sequence's stream of step s's new token: kept + s.
+    within = kept[None, :] + np.arange(n_steps)[:, None]  # [S, B]
+    ctx = np.empty((n_steps * work.sequences, back + 1), dtype=np.int64)
+    for k in range(back + 1):
+        idx = within - k
+        ctx[:, k] = np.where(idx >= 0, flat[starts[None, :] + np.maximum(idx, 0)], eng.compressed_pad_id).ravel()
+    bounds = np.arange(n_steps + 1, dtype=np.int64) * work.sequences
+    seen = (ctx0[None, :] + np.arange(1, n_steps + 1)[:, None]).sum(axis=1)  # context incl. the new token
+    step = dict(sequences=np.full(n_steps, work.sequences, dtype=np.int64), attn_context_sum=seen, kv_tokens=seen)
+    return ctx, bounds, step
+
+
+def _prefill_tokens(cfg: RunConfig, n_steps: int, source, rng):
+    """Context matrix for S full steps of packed prompts, and the per-step attention and KV sums."""
+    eng, work = cfg.engram, cfg.workload
+    back = eng.max_ngram_size - 1
+    need = n_steps * work.tokens_per_step
+    batches, total = [], 0
+    while total < need:  # draw prompts a batch at a time until the steps are full
+        batches.append(sample_lengths(work.lengths, work.sequences, rng))
+        total += int(batches[-1].sum())
+    lengths = np.concatenate(batches)
+    lengths = lengths[: np.searchsorted(np.cumsum(lengths), need) + 1]
+    lengths[-1] -= int(lengths.sum()) - need  # the last prompt is cut where the trace ends
+    flat = np.concatenate(source.sequences(lengths, rng))
+    pos = np.arange(need) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position within its prompt
+    ctx = np.empty((need, back + 1), dtype=np.int64)
+    ctx[:, 0] = flat
+    for k in range(1, back + 1):
+        ctx[k:, k] = flat[:-k]
+        ctx[pos < k, k] = eng.compressed_pad_id  # before its prompt's start (covers rows 0..k-1 too)
+    bounds = np.arange(n_steps + 1, dtype=np.int64) * work.tokens_per_step
+    # A chunk ends at a step's last token or where the next token starts a new prompt.
+    chunk_end = np.ones(need, dtype=bool)
+    chunk_end[:-1] = pos[1:] == 0
+    chunk_end[bounds[1:] - 1] = True
+    per_step = (n_steps, work.tokens_per_step)
+    step = dict(
+        sequences=chunk_end.reshape(per_step).sum(axis=1),
+        attn_context_sum=(pos + 1).reshape(per_step).sum(axis=1),
+        kv_tokens=np.where(chunk_end, pos + 1, 0).reshape(per_step).sum(axis=1),
+    )
+    return ctx, bounds, step
+
+
+@njit(cache=True)
+def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, distinct, reused, ids_out):
+    """Hash every token's N-grams into global rows; count distinct rows per step and those also in the
+    previous step. If ids_out is not empty, write each step's distinct rows into it, in step order.
+
+    Two bitmaps over the layer's rows (this step, previous step) alternate: 2 bits per table row,
+    small enough to stay mostly in the CPU cache, and several times faster than a hash set.
+    A bitmap is cleared by unsetting only the rows its step set.
+    """
+    n_steps = bounds.size - 1
+    n_orders, n_heads = primes.shape
+    widest = 0
+    for s in range(n_steps):
+        widest = max(widest, bounds[s + 1] - bounds[s])
+    bits = np.zeros((2, (n_rows + 63) // 64), dtype=np.uint64)
+    seen = np.empty((2, widest * n_orders * n_heads), dtype=np.int64)  # rows set in each bitmap
+    n_seen = np.zeros(2, dtype=np.int64)
+    n_out = 0
+    for s in range(n_steps):
+        cur = s & 1
+        prev = cur ^ 1
+        for k in range(n_seen[cur]):  # forget step s - 2
+            bits[cur, seen[cur, k] >> 6] = 0
+        n_seen[cur] = 0
+        for i in range(bounds[s], bounds[s + 1]):
+            mix = ctx[i, 0] * multipliers[0]
+            for o in range(n_orders):
+                mix ^= ctx[i, o + 1] * multipliers[o + 1]
+                for j in range(n_heads):
+                    row = offsets[o * n_heads + j] + mix % primes[o, j]
+                    word = row >> 6
+                    bit = np.uint64(1) << np.uint64(row & 63)
+                    if bits[cur, word] & bit:
+                        continue  # already seen this step
+                    bits[cur, word] |= bit
+                    seen[cur, n_seen[cur]] = row
+                    n_seen[cur] += 1
+                    distinct[s] += 1
+                    if bits[prev, word] & bit:
+                        reused[s] += 1
+                    if ids_out.size:
+                        ids_out[n_out] = row
+                        n_out += 1
+
+
+@njit(parallel=True, cache=True)
+def _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, distinct, reused):
+    """_layer_rows for every layer, one layer per thread."""
+    for layer in prange(primes.shape[0]):
+        d = np.zeros(distinct.shape[0], dtype=np.int64)
+        r = np.zeros(distinct.shape[0], dtype=np.int64)
+        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer], d, r,
+                    np.empty(0, np.int64))
+        distinct[:, layer] = d
+        reused[:, layer] = r
+
+
+@njit(parallel=True, cache=True)
+def _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, totals, ids):
+    """Each layer's distinct rows per step, in step order, into ids[layer, :totals[layer]]."""
+    n_steps = bounds.size - 1
+    for layer in prange(primes.shape[0]):
+        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer],
+                    np.zeros(n_steps, np.int64), np.zeros(n_steps, np.int64), ids[layer, : totals[layer]])
