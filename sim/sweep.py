@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import pandas as pd
@@ -35,12 +36,17 @@ def point_config(cfg: RunConfig, table_gib: float, placement: str, phase: str, c
 
 
 def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase: str, placements: list[str],
-              steps: int, threshold: float, cache_gib: float) -> list[dict]:
+              steps: int, threshold: float, cache_gib: float) -> tuple[list[dict], float]:
+    """Rows for one (table size, phase), and the seconds spent in the event simulation itself."""
     from workloads.trace import build_trace
+
+    sim_s = 0.0
 
     base = point_config(cfg, table_gib, "hbm", phase, cache_gib)
     trace = build_trace(base)
+    t0 = time.perf_counter()
     baseline = simulate(base, profile, trace, steps=steps, check_capacity=False)
+    sim_s += time.perf_counter() - t0
     rows = []
     for placement in placements:
         pcfg = point_config(cfg, table_gib, placement, phase, cache_gib)
@@ -48,7 +54,9 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
             result = baseline
         else:
             ptrace = trace if placement != "hbm_cache" else build_trace(pcfg, cache_rows=cache_rows_per_layer(pcfg))
+            t0 = time.perf_counter()
             result = simulate(pcfg, profile, ptrace, steps=steps, check_capacity=False)
+            sim_s += time.perf_counter() - t0
         s = result.summary
         overhead = 1.0 - s["tokens_per_s"] / baseline.summary["tokens_per_s"]
         rows.append({
@@ -72,10 +80,10 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
             "sim_events": result.sim_events,
             "replayed_steps": result.replayed_steps,
         })
-    return rows
+    return rows, sim_s
 
 
-def _run_point_args(args) -> list[dict]:
+def _run_point_args(args) -> tuple[list[dict], float]:
     return run_point(*args)
 
 
@@ -92,17 +100,25 @@ def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None =
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     bar = tqdm(total=len(tasks) * len(placements), desc="sweep", unit="run", disable=not progress)
     results: list[dict] = []
+    simulate_s = 0.0
+    pool = None
     if jobs == 1:
-        for task in tasks:
-            rows = run_point(*task)
-            results.extend(rows)
-            bar.update(len(rows))
+        outcomes = map(_run_point_args, tasks)
     else:
         # spawn, not fork: Numba's parallel threading layer is not fork-safe once used.
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for rows in pool.map(_run_point_args, tasks):
-                results.extend(rows)
-                bar.update(len(rows))
-    bar.close()
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        outcomes = pool.map(_run_point_args, tasks)
+    try:
+        for rows, sim_s in outcomes:
+            results.extend(rows)
+            simulate_s += sim_s
+            bar.update(len(rows))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
     df = pd.DataFrame(results, columns=SWEEP_COLUMNS)
-    return df.sort_values(["phase", "placement", "table_bytes"], kind="stable").reset_index(drop=True)
+    df = df.sort_values(["phase", "placement", "table_bytes"], kind="stable").reset_index(drop=True)
+    # CPU seconds inside the event simulation; kept out of the table since timings vary run to run.
+    df.attrs["simulate_s"] = simulate_s
+    return df

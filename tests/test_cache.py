@@ -136,3 +136,16 @@ def test_bad_arguments():
 def test_bench_runs():
     out = bench_cache(n_accesses=20_000, n_rows=10_000, draws_per_step=2_000)
     assert all(out[f"{p}_accesses_per_s"] > 0 for p in REFERENCES)
+
+
+def test_dense_ids_of_sparse_huge_ids_match_first_seen_order():
+    from workloads.cache import dense_ids
+
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 40_000_000_000, 50_000)
+    ids[::4] = ids[1::4][: ids[::4].size]  # repeats
+    dense, n = dense_ids(ids)
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    relabel = np.empty(first.size, dtype=np.int64)
+    relabel[np.argsort(first, kind="stable")] = np.arange(first.size)
+    assert n == first.size and np.array_equal(dense, relabel[inverse.ravel()])

@@ -178,7 +178,11 @@ def token_contexts(cfg):
 
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 @pytest.mark.parametrize("zipf_s", [0.6, 1.5])
-def test_trace_matches_reference_hashing(phase, zipf_s):
+@pytest.mark.parametrize("sets", ["bitmap", "hash"])
+def test_trace_matches_reference_hashing(phase, zipf_s, sets, monkeypatch):
+    # Small tables use bitmaps; forcing the threshold to 0 runs the hash sets big tables use.
+    monkeypatch.setattr(trace_mod, "BITMAP_MAX_ROWS", 0 if sets == "hash" else trace_mod.BITMAP_MAX_ROWS)
+    monkeypatch.setattr(trace_mod, "_MEMO", type(trace_mod._MEMO)())
     cfg = make_cfg(workload={"phase": phase}, tokens={"zipf_s": zipf_s})
     trace = build_trace(cfg, cache_rows=10**9)  # a cache bigger than the table
     ctx, bounds, _ = token_contexts(cfg)

@@ -188,10 +188,35 @@ def dense_ids(row_ids: np.ndarray) -> tuple[np.ndarray, int]:
     low, high = int(row_ids.min()), int(row_ids.max())
     if low >= 0 and high < min(DIRECT_MAX_ROWS, 16 * row_ids.size + (1 << 20)):
         return _first_seen_ids(row_ids, high)
-    _, first, inverse = np.unique(row_ids, return_index=True, return_inverse=True)
-    relabel = np.empty(first.size, dtype=np.int64)
-    relabel[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return relabel[inverse.ravel()], first.size
+    return _hashed_first_seen_ids(row_ids)
+
+
+@njit(cache=True, nogil=True)
+def _hashed_first_seen_ids(row_ids):
+    """First-seen relabelling through an open-addressing hash table (sparse ids, O(n))."""
+    slots, bits = 2, 1
+    while slots < 2 * row_ids.size:
+        slots *= 2
+        bits += 1
+    mask = slots - 1
+    shift = np.uint64(64 - bits)
+    keys = np.empty(slots, dtype=np.int64)
+    labels = np.full(slots, -1, dtype=np.int64)
+    dense = np.empty(row_ids.size, dtype=np.int64)
+    n = 0
+    for i in range(row_ids.size):
+        key = row_ids[i]
+        # Fibonacci hashing spreads consecutive ids over the table.
+        h = (np.uint64(key) * np.uint64(11400714819323198485)) >> shift
+        j = np.int64(h) & mask
+        while labels[j] >= 0 and keys[j] != key:
+            j = (j + 1) & mask
+        if labels[j] < 0:
+            keys[j] = key
+            labels[j] = n
+            n += 1
+        dense[i] = labels[j]
+    return dense, n
 
 
 def replay_dense(dense: np.ndarray, counts: np.ndarray, n_rows: int, capacity: int, policy: str) -> np.ndarray:

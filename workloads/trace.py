@@ -109,12 +109,14 @@ def _build(cfg: RunConfig, cache_rows: int | None) -> Trace:
     distinct = np.zeros((n_steps, len(sizes)), dtype=np.int64)
     reused = np.zeros_like(distinct)
     n_rows = np.array([eng.layer_rows(layer) for layer in eng.layer_ids], dtype=np.int64)
-    _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, distinct, reused)
-
+    bitmap = n_rows <= BITMAP_MAX_ROWS
     hits = np.zeros_like(distinct)
-    if cache_rows is not None:
-        ids = np.empty((len(sizes), int(distinct.sum(axis=0).max())), dtype=np.int64)
-        _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, distinct.sum(axis=0), ids)
+    if cache_rows is None:
+        _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused)
+    else:
+        # One pass counts and lists the distinct rows; lookups bound how many there can be.
+        ids = np.empty((len(sizes), int(bounds[-1]) * eng.tables_per_layer), dtype=np.int64)
+        _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused, ids)
 
         def replay_layer(col: int) -> None:
             row_ids = ids[col, : distinct[:, col].sum()]
@@ -196,45 +198,79 @@ def _prefill_tokens(cfg: RunConfig, n_steps: int, source, rng):
     return ctx, bounds, step
 
 
+# Above this many rows a layer's two bitmaps (n_rows / 4 bytes) cost more in page faults
+# than they save; per-step hash sets are used instead.
+BITMAP_MAX_ROWS = 1 << 28
+
+
 @njit(cache=True)
-def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, distinct, reused, ids_out):
+def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, distinct, reused, ids_out):
     """Hash every token's N-grams into global rows; count distinct rows per step and those also in the
     previous step. If ids_out is not empty, write each step's distinct rows into it, in step order.
 
-    Two bitmaps over the layer's rows (this step, previous step) alternate: 2 bits per table row,
-    small enough to stay mostly in the CPU cache, and several times faster than a hash set.
-    A bitmap is cleared by unsetting only the rows its step set.
+    Two sets (this step, previous step) alternate. For tables up to BITMAP_MAX_ROWS rows they are
+    bitmaps: 2 bits per table row, mostly cache-resident, several times faster than a hash set; a
+    bitmap is cleared by unsetting only the rows its step set. Larger tables use open-addressing
+    hash sets whose slots are stamped with their step, so nothing needs clearing.
     """
     n_steps = bounds.size - 1
     n_orders, n_heads = primes.shape
     widest = 0
     for s in range(n_steps):
         widest = max(widest, bounds[s + 1] - bounds[s])
-    bits = np.zeros((2, (n_rows + 63) // 64), dtype=np.uint64)
-    seen = np.empty((2, widest * n_orders * n_heads), dtype=np.int64)  # rows set in each bitmap
+    per_step = max(1, widest * n_orders * n_heads)
+    bits = np.zeros((2, (n_rows + 63) // 64 if use_bitmap else 1), dtype=np.uint64)
+    seen = np.empty((2, per_step if use_bitmap else 1), dtype=np.int64)  # rows set in each bitmap
     n_seen = np.zeros(2, dtype=np.int64)
+    slots, bits_log2 = 2, 1
+    while not use_bitmap and slots < 2 * per_step:
+        slots *= 2
+        bits_log2 += 1
+    keys = np.empty((2, slots if not use_bitmap else 1), dtype=np.int64)
+    stamp = np.full((2, slots if not use_bitmap else 1), -2, dtype=np.int64)
+    mask = slots - 1
+    shift = np.uint64(64 - bits_log2)
     n_out = 0
     for s in range(n_steps):
         cur = s & 1
         prev = cur ^ 1
-        for k in range(n_seen[cur]):  # forget step s - 2
-            bits[cur, seen[cur, k] >> 6] = 0
-        n_seen[cur] = 0
+        if use_bitmap:
+            for k in range(n_seen[cur]):  # forget step s - 2
+                bits[cur, seen[cur, k] >> 6] = 0
+            n_seen[cur] = 0
         for i in range(bounds[s], bounds[s + 1]):
             mix = ctx[i, 0] * multipliers[0]
             for o in range(n_orders):
                 mix ^= ctx[i, o + 1] * multipliers[o + 1]
                 for j in range(n_heads):
                     row = offsets[o * n_heads + j] + mix % primes[o, j]
-                    word = row >> 6
-                    bit = np.uint64(1) << np.uint64(row & 63)
-                    if bits[cur, word] & bit:
-                        continue  # already seen this step
-                    bits[cur, word] |= bit
-                    seen[cur, n_seen[cur]] = row
-                    n_seen[cur] += 1
+                    if use_bitmap:
+                        word = row >> 6
+                        bit = np.uint64(1) << np.uint64(row & 63)
+                        if bits[cur, word] & bit:
+                            continue  # already seen this step
+                        bits[cur, word] |= bit
+                        seen[cur, n_seen[cur]] = row
+                        n_seen[cur] += 1
+                        in_prev = (bits[prev, word] & bit) != 0
+                    else:
+                        start = np.int64((np.uint64(row) * np.uint64(11400714819323198485)) >> shift)
+                        h = start
+                        while stamp[cur, h] == s and keys[cur, h] != row:
+                            h = (h + 1) & mask
+                        if stamp[cur, h] == s:
+                            continue  # already seen this step
+                        stamp[cur, h] = s
+                        keys[cur, h] = row
+                        h = start
+                        in_prev = False
+                        while stamp[prev, h] == s - 1:
+                            if keys[prev, h] == row:
+                                in_prev = True
+                                break
+                            h = (h + 1) & mask
                     distinct[s] += 1
-                    if bits[prev, word] & bit:
+                    if in_prev:
                         reused[s] += 1
                     if ids_out.size:
                         ids_out[n_out] = row
@@ -242,21 +278,24 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, distinct, reu
 
 
 @njit(parallel=True, cache=True)
-def _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, distinct, reused):
+def _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused):
     """_layer_rows for every layer, one layer per thread."""
     for layer in prange(primes.shape[0]):
         d = np.zeros(distinct.shape[0], dtype=np.int64)
         r = np.zeros(distinct.shape[0], dtype=np.int64)
-        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer], d, r,
+        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer], bitmap[layer], d, r,
                     np.empty(0, np.int64))
         distinct[:, layer] = d
         reused[:, layer] = r
 
 
 @njit(parallel=True, cache=True)
-def _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, totals, ids):
-    """Each layer's distinct rows per step, in step order, into ids[layer, :totals[layer]]."""
-    n_steps = bounds.size - 1
+def _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused, ids):
+    """_count_all_layers, also listing each layer's distinct rows per step, in step order, in ids[layer]."""
     for layer in prange(primes.shape[0]):
-        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer],
-                    np.zeros(n_steps, np.int64), np.zeros(n_steps, np.int64), ids[layer, : totals[layer]])
+        d = np.zeros(distinct.shape[0], dtype=np.int64)
+        r = np.zeros(distinct.shape[0], dtype=np.int64)
+        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer], bitmap[layer],
+                    d, r, ids[layer])
+        distinct[:, layer] = d
+        reused[:, layer] = r
