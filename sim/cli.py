@@ -294,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list shipped configurations")
     p.set_defaults(func=cmd_presets)
 
+    from profiles.calibrate import register as register_calibrate
+    from sim.compare import register as register_compare
+
+    register_calibrate(sub)
+    register_compare(sub)
+
     p = sub.add_parser("bench", help="benchmark the simulator's own speed")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--jobs", type=int, default=None)

@@ -77,16 +77,12 @@ class _Charts(HTMLParser):
             self._stack.pop()
 
 
-def test_every_chart_renders_without_console_errors(tmp_path):
+def check_report_renders(report_html, tmp_path, expected_charts: int) -> None:
+    """Open ``report_html`` in headless Chromium (offline) and assert that exactly ``expected_charts``
+    charts rendered, each with an <svg>/<canvas>, and that nothing logged an error."""
     chromium = _chromium()
-    sweep = reports.synthetic_sweep()
-    sections = reports.sweep_sections(sweep, 0.01, reports.synthetic_timeline(), "One decode step")
-    sections.append(("Predicted only", reports.timeline_chart(reports.synthetic_timeline(False), "predicted")))
-    written = reports.write_report(tmp_path / "out", "Engram sweep", sections)
-    expected = [c for _, c in sections if isinstance(c, alt.TopLevelMixin)]
-
     # Test copy with the error capture first in <head>; the report itself is untouched.
-    page = written["report.html"].read_text(encoding="utf-8")
+    page = report_html.read_text(encoding="utf-8")
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("<head>", "<head>\n" + _CAPTURE, 1), encoding="utf-8")
 
@@ -99,7 +95,7 @@ def test_every_chart_renders_without_console_errors(tmp_path):
 
     parser = _Charts()
     parser.feed(proc.stdout)
-    assert len(parser.charts) == len(expected), f"chart containers found: {list(parser.charts)}"
+    assert len(parser.charts) == expected_charts, f"chart containers found: {list(parser.charts)}"
     for chart_id, chart in parser.charts.items():
         assert chart["attrs"].get("data-rendered") == "true", f"{chart_id} did not finish rendering"
         assert chart["graphics"] >= 1, f"{chart_id} has no <svg>/<canvas>"
@@ -109,3 +105,13 @@ def test_every_chart_renders_without_console_errors(tmp_path):
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     uncaught = [line for line in console if "Uncaught" in line or "Failed to load resource" in line]
     assert not errors and not uncaught, "\n".join(errors + uncaught)
+
+
+def test_every_chart_renders_without_console_errors(tmp_path):
+    _chromium()
+    sweep = reports.synthetic_sweep()
+    sections = reports.sweep_sections(sweep, 0.01, reports.synthetic_timeline(), "One decode step")
+    sections.append(("Predicted only", reports.timeline_chart(reports.synthetic_timeline(False), "predicted")))
+    written = reports.write_report(tmp_path / "out", "Engram sweep", sections)
+    expected = [c for _, c in sections if isinstance(c, alt.TopLevelMixin)]
+    check_report_renders(written["report.html"], tmp_path, len(expected))

@@ -1,0 +1,505 @@
+"""Predicted versus measured: simulate what a measured run ran, and line the two up.
+
+    engram-sim compare RECORDS... [--profile P] [--out DIR] [--trace]
+    engram-sim report [SWEEP.csv] [COMPARE.csv] --out DIR
+
+`compare` reads measured run records (written by `engram-sim run`), rebuilds
+each record's configuration (sim.config.from_dict), simulates exactly that
+configuration (the recorded number of steps, the same placement, the same
+workload seed, so the same token trace from workloads.trace; capacity not
+checked) and also the same run with the table in HBM (the predicted
+`overhead_vs_hbm`). The measured overhead comes from a measured `hbm` record of
+the same configuration (sections other than placement), phase, step count and
+machine among the inputs, else NaN.
+
+The hardware profile: --profile if given, else the profile whose GPU matches
+the record's machine (the config's own profile first, then the shipped ones;
+by full GPU name, then by model, e.g. "H100" -> h100-sxm), else the config's
+profile. A CPU run has no hardware profile: it is predicted with the config's
+profile and flagged `profile_matched = False`, so its errors measure how far
+a CPU is from the profiled GPU, not the model.
+
+Errors are relative, predicted / measured - 1; the overhead error is in
+percentage points (predicted - measured) * 100.
+
+`report` writes one self-contained report.html (reports.html.write_report)
+and a PNG per chart from a sweep CSV (`engram-sim sweep`), a compare CSV, or
+both. The timeline of one step comes from timelines.csv beside the compare
+CSV (or --timelines).
+
+The CLI wires both commands in with `register(subparsers)`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.errors import UserError
+
+GiB = 1 << 30
+
+# Metrics compared; each gets predicted_<m>, measured_<m> and rel_err_<m> columns.
+METRICS = ["step_time_s", "tokens_per_s", "exposed_stall_s", "overlap_fraction", "overhead_vs_hbm"]
+# Also carried predicted and measured (no error column): the bytes per tier and the fetch time.
+EXTRA_METRICS = ["fetch_time_s", "host_bytes_per_step", "hbm_bytes_per_step"]
+
+COMPARE_COLUMNS = [
+    "record", "config", "placement", "phase", "table_bytes", "table_gib", "steps", "device", "machine",
+    "profile", "profile_matched",
+    *[f"{side}_{m}" for m in METRICS for side in ("predicted", "measured")],
+    *[f"rel_err_{m}" for m in METRICS],
+    "overhead_error_pp",
+    *[f"{side}_{m}" for m in EXTRA_METRICS for side in ("predicted", "measured")],
+    "note",
+]
+TIMELINE_COLUMNS = ["source", "record", "step", "actor", "name", "start_s", "end_s"]
+
+# What `report` needs of each input.
+REPORT_COMPARE_COLUMNS = [
+    "record", "config", "placement", "phase", "table_gib", "predicted_tokens_per_s", "measured_tokens_per_s",
+    "rel_err_tokens_per_s", "predicted_overhead_vs_hbm", "measured_overhead_vs_hbm",
+    "predicted_exposed_stall_s", "measured_exposed_stall_s", "profile", "profile_matched",
+]
+REPORT_SWEEP_COLUMNS = [
+    "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
+    "overhead_vs_hbm", "host_bytes_per_step", "hbm_bytes_per_step",
+]
+
+
+class CompareError(UserError):
+    """Nothing could be compared, or a report input is unusable."""
+
+
+class _Skip(Exception):
+    """A record that cannot be compared; the message says why."""
+
+
+# -- profile matching ---------------------------------------------------------------------------
+
+_MODEL = re.compile(r"\b([A-Z]{1,2}\d{2,3}[A-Z]?)\b")
+
+
+def _model(name: str) -> str | None:
+    """The GPU model token of a device name: 'NVIDIA H100 80GB HBM3' -> 'H100', 'NVIDIA GH200 ...' -> 'GH200'."""
+    m = _MODEL.search(name.upper())
+    return m.group(1) if m else None
+
+
+def machine_gpu(record) -> str | None:
+    """The GPU a record ran on (None for a CPU run)."""
+    device = str(record.extra.get("device") or record.machine.get("device") or "")
+    if device.startswith("cpu"):
+        return None
+    name = record.machine.get("gpu_name") or record.machine.get("gpu_name_nvml")
+    return str(name) if name else None
+
+
+def match_profile(record, config_profile: str) -> tuple[str, bool, str]:
+    """(profile name or path, matched to the record's machine?, note)."""
+    from profiles import load_profile, shipped_names
+
+    gpu = machine_gpu(record)
+    if gpu is None:
+        return (config_profile, False,
+                f"CPU run: no hardware profile describes this machine; predicted with the config's profile "
+                f"{config_profile}, so the error is CPU versus that GPU, not the model's error")
+    candidates = []
+    for name in dict.fromkeys([config_profile, *shipped_names()]):
+        try:
+            candidates.append((name, load_profile(name).gpu.name))
+        except UserError:
+            continue
+    for name, gpu_name in candidates:
+        if gpu_name.strip().lower() == gpu.strip().lower():
+            return name, True, ""
+    model = _model(gpu)
+    if model:
+        for name, gpu_name in candidates:
+            if _model(gpu_name) == model:
+                return name, True, f"profile {name} matched by GPU model {model} ({gpu!r} vs {gpu_name!r})"
+    return (config_profile, False,
+            f"no profile matches GPU {gpu!r}; predicted with the config's profile {config_profile}")
+
+
+# -- one record -----------------------------------------------------------------------------------
+
+def _baseline_key(record) -> str:
+    """What must agree for a measured hbm record to be another record's baseline."""
+    import json
+
+    cfg = {k: v for k, v in record.config.items() if k not in ("name", "profile", "placement")}
+    machine = machine_gpu(record) or f"cpu:{record.machine.get('cpu_model')}"
+    return json.dumps([cfg, len(record.steps), machine], sort_keys=True, default=str)
+
+
+def _rel(pred: float, meas: float) -> float:
+    if pred is None or meas is None or not (math.isfinite(pred) and math.isfinite(meas)) or meas == 0:
+        return math.nan
+    return pred / meas - 1.0
+
+
+def _load(path: Path):
+    """(record, RunConfig) of a measured record, or _Skip with the reason."""
+    from sim.config import from_dict
+    from sim.record import read_record
+
+    try:
+        record = read_record(path)
+    except UserError as e:
+        raise _Skip(e.problem) from None
+    except (ValueError, TypeError, AttributeError) as e:  # JSON that is not an object, ragged columns, ...
+        raise _Skip(f"not a run record ({type(e).__name__}: {e})") from None
+    if record.kind != "measured":
+        raise _Skip(f"a {record.kind!r} record, not a measured one; compare takes records from `engram-sim run`")
+    if any("placement none" in str(n) for n in record.extra.get("notes") or []):
+        raise _Skip("a backbone-only run (placement none) has no simulated counterpart")
+    if record.steps.empty:
+        raise _Skip("the record has no steps")
+    try:
+        cfg = from_dict(record.config)
+    except UserError as e:
+        raise _Skip(f"its config does not load ({e})") from None
+    except (TypeError, AttributeError, KeyError) as e:
+        raise _Skip(f"its config does not load ({type(e).__name__}: {e})") from None
+    return record, cfg
+
+
+def _chosen_step(n: int) -> int:
+    return n // 2
+
+
+def _one_step(source: str, name: str, step: int, events: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """The events of `step`, times from that step's start."""
+    if events is None or events.empty:
+        return pd.DataFrame(columns=TIMELINE_COLUMNS)
+    start = float(steps.loc[steps["step"] == step, "start_s"].iloc[0])
+    ev = events[events["step"] == step]
+    return pd.DataFrame({
+        "source": source, "record": name, "step": step, "actor": ev["actor"].astype(str),
+        "name": ev["name"].astype(str), "start_s": ev["start_s"].astype(float) - start,
+        "end_s": ev["end_s"].astype(float) - start,
+    }, columns=TIMELINE_COLUMNS)
+
+
+def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[dict, pd.DataFrame, object]:
+    """(table row, one-step timelines, the predicted SimResult) for a loaded measured record."""
+    from profiles import load_profile
+    from sim.engine import simulate
+
+    n = len(record.steps)
+    cfg = cfg.replace(**{"workload.steps": n})
+    if profile:
+        profile_name, matched, note = profile, True, f"profile {profile} given with --profile"
+        if machine_gpu(record) is None:
+            matched, note = False, (f"CPU run: no hardware profile describes this machine; predicted with "
+                                    f"{profile} (--profile), so the error is CPU versus that GPU")
+    else:
+        profile_name, matched, note = match_profile(record, cfg.profile)
+    prof = load_profile(profile_name)
+    predicted = simulate(cfg, prof, steps=n, record_events=True, check_capacity=False)
+    if cfg.placement.kind == "hbm":
+        hbm = predicted
+    else:
+        hbm = simulate(cfg.replace(**{"placement.kind": "hbm"}), prof, steps=n, check_capacity=False)
+    ps, ms = predicted.summary, record.summary
+    pred = {m: float(ps[m]) for m in METRICS if m != "overhead_vs_hbm"}
+    meas = {m: float(ms.get(m, math.nan)) for m in METRICS if m != "overhead_vs_hbm"}
+    pred["overhead_vs_hbm"] = 1.0 - ps["tokens_per_s"] / hbm.summary["tokens_per_s"]
+    meas["overhead_vs_hbm"] = math.nan  # filled in once every record is read
+    gpu = machine_gpu(record)
+    row = {
+        "record": path.name, "config": cfg.name, "placement": cfg.placement.kind, "phase": cfg.workload.phase,
+        "table_bytes": int(cfg.engram.total_table_bytes), "table_gib": cfg.engram.total_table_bytes / GiB,
+        "steps": n, "device": str(record.extra.get("device") or record.machine.get("device") or ""),
+        "machine": gpu or str(record.machine.get("cpu_model") or "unknown CPU"),
+        "profile": prof.name, "profile_matched": bool(matched), "note": note,
+    }
+    for m in METRICS:
+        row[f"predicted_{m}"] = pred[m]
+        row[f"measured_{m}"] = meas[m]
+    for m in EXTRA_METRICS:
+        row[f"predicted_{m}"] = float(ps.get(m, math.nan))
+        row[f"measured_{m}"] = float(ms.get(m, math.nan))
+    step = _chosen_step(n)
+    timeline = pd.concat([
+        _one_step("predicted", path.name, step, predicted.events, predicted.steps),
+        _one_step("measured", path.name, step, record.events, record.steps),
+    ], ignore_index=True)
+    return row, timeline, predicted
+
+
+def _errors(df: pd.DataFrame) -> pd.DataFrame:
+    for m in METRICS:
+        df[f"rel_err_{m}"] = [_rel(p, q) for p, q in zip(df[f"predicted_{m}"], df[f"measured_{m}"])]
+    df["overhead_error_pp"] = (df["predicted_overhead_vs_hbm"] - df["measured_overhead_vs_hbm"]) * 100
+    return df
+
+
+def summarise_errors(df: pd.DataFrame) -> dict:
+    """Median and max absolute relative throughput error, and the overhead error in points."""
+    thr = df["rel_err_tokens_per_s"].abs().dropna() if len(df) else pd.Series(dtype=float)
+    # An hbm record is its own baseline (0 vs 0): only the other placements say anything about the overhead.
+    pp = (df.loc[df["placement"] != "hbm", "overhead_error_pp"].abs().dropna() if len(df)
+          else pd.Series(dtype=float))
+    nan = float("nan")
+    return {
+        "compared": int(len(df)),
+        "throughput_abs_rel_err_median": float(thr.median()) if len(thr) else nan,
+        "throughput_abs_rel_err_max": float(thr.max()) if len(thr) else nan,
+        "overhead_abs_err_pp_median": float(pp.median()) if len(pp) else nan,
+        "overhead_abs_err_pp_max": float(pp.max()) if len(pp) else nan,
+        "overhead_pairs": int(len(pp)),
+        "all_profiles_matched": bool(df["profile_matched"].all()) if len(df) else False,
+    }
+
+
+def compare_records(paths, profile: str | None = None, *, keep_results: bool = False):
+    """Compare measured records with their simulation.
+
+    Returns (table, summary, timelines, skipped): the table has COMPARE_COLUMNS, one row per compared
+    record; summary is summarise_errors(table) plus "skipped"; timelines has TIMELINE_COLUMNS (one
+    step in the middle of each run, predicted and measured, from the step's start); skipped is a list
+    of (path, reason). With keep_results, summary["_runs"] maps a record's path to (record, SimResult).
+    """
+    rows, timelines, skipped, runs = [], [], [], {}
+    loaded = []
+    for p in map(Path, paths):
+        try:
+            loaded.append((p, *_load(p)))
+        except _Skip as e:
+            skipped.append((str(p), str(e)))
+    if profile:  # fail once, as a one-line error, on a bad --profile
+        from profiles import load_profile
+
+        load_profile(profile)
+    baselines: dict[str, float] = {}
+    for p, record, cfg in loaded:
+        if cfg.placement.kind == "hbm":
+            baselines.setdefault(_baseline_key(record), float(record.summary.get("tokens_per_s", math.nan)))
+    for p, record, cfg in loaded:
+        try:
+            row, timeline, predicted = compare_one(p, record, cfg, profile)
+        except UserError as e:  # e.g. the config's profile does not exist here
+            skipped.append((str(p), f"cannot simulate it ({e})"))
+            continue
+        base = baselines.get(_baseline_key(record))
+        if base is not None and base > 0 and math.isfinite(row["measured_tokens_per_s"]):
+            row["measured_overhead_vs_hbm"] = 1.0 - row["measured_tokens_per_s"] / base
+        rows.append(row)
+        if not timeline.empty:
+            timelines.append(timeline)
+        if keep_results:
+            runs[str(p)] = (record, predicted)
+    df = _errors(pd.DataFrame(rows, columns=COMPARE_COLUMNS)) if rows else pd.DataFrame(columns=COMPARE_COLUMNS)
+    df = df[COMPARE_COLUMNS]
+    summary = summarise_errors(df)
+    summary["skipped"] = len(skipped)
+    if keep_results:
+        summary["_runs"] = runs
+    tl = pd.concat(timelines, ignore_index=True) if timelines else pd.DataFrame(columns=TIMELINE_COLUMNS)
+    return df, summary, tl, skipped
+
+
+# -- printing -------------------------------------------------------------------------------------
+
+def _pct(x) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x * 100:+.1f}%"
+
+
+def _abs_pct(x) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x * 100:.1f}%"
+
+
+def format_table(df: pd.DataFrame) -> str:
+    def f(x, scale=1.0, fmt="{:,.3f}"):
+        return "–" if x is None or not np.isfinite(x) else fmt.format(x * scale)
+
+    view = pd.DataFrame({
+        "record": df["record"], "placement": df["placement"], "phase": df["phase"], "profile": df["profile"]
+        + np.where(df["profile_matched"].astype(bool), "", "*"),
+        "tok/s pred": [f(x, fmt="{:,.0f}") for x in df["predicted_tokens_per_s"]],
+        "tok/s meas": [f(x, fmt="{:,.0f}") for x in df["measured_tokens_per_s"]],
+        "tok/s err": [_pct(x) for x in df["rel_err_tokens_per_s"]],
+        "step ms pred": [f(x, 1e3) for x in df["predicted_step_time_s"]],
+        "step ms meas": [f(x, 1e3) for x in df["measured_step_time_s"]],
+        "stall ms pred": [f(x, 1e3, "{:,.4f}") for x in df["predicted_exposed_stall_s"]],
+        "stall ms meas": [f(x, 1e3, "{:,.4f}") for x in df["measured_exposed_stall_s"]],
+        "overlap pred": [f(x, fmt="{:.2f}") for x in df["predicted_overlap_fraction"]],
+        "overlap meas": [f(x, fmt="{:.2f}") for x in df["measured_overlap_fraction"]],
+        "ovh% pred": [f(x, 100, "{:+.1f}") for x in df["predicted_overhead_vs_hbm"]],
+        "ovh% meas": [f(x, 100, "{:+.1f}") for x in df["measured_overhead_vs_hbm"]],
+    })
+    with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_rows", 500):
+        return view.to_string(index=False)
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"Compared {summary['compared']} record(s)"
+             + (f", skipped {summary['skipped']}" if summary.get("skipped") else "") + "."]
+    lines.append(f"  throughput |pred/meas - 1|: median {_abs_pct(summary['throughput_abs_rel_err_median'])}, "
+                 f"max {_abs_pct(summary['throughput_abs_rel_err_max'])}")
+    if summary["overhead_pairs"]:
+        lines.append(f"  overhead vs HBM |pred - meas|: median {summary['overhead_abs_err_pp_median']:.2f} pp, "
+                     f"max {summary['overhead_abs_err_pp_max']:.2f} pp ({summary['overhead_pairs']} non-hbm record(s) "
+                     f"with a measured hbm baseline)")
+    else:
+        lines.append(("  overhead vs HBM: no non-hbm record has a measured hbm record of the same configuration "
+                     "among the inputs"))
+    if not summary["all_profiles_matched"]:
+        lines.append("  * no hardware profile matches the machine (CPU runs, or an unknown GPU): those rows were "
+                     "predicted with the config's profile, so their error is not the model's error")
+    return "\n".join(lines)
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+def cmd_compare(args) -> int:
+    from reports.trace import write_chrome_trace
+    from sim.cli import staged_dir
+
+    df, summary, timelines, skipped = compare_records(args.records, args.profile, keep_results=bool(args.trace))
+    if df.empty:
+        reasons = "; ".join(f"{p}: {why}" for p, why in skipped) or "no records given"
+        raise CompareError("RECORDS", f"none could be compared ({reasons})",
+                           "give measured records written by `engram-sim run`")
+    runs = summary.pop("_runs", {})
+    out = Path(args.out)
+    written = []
+    with staged_dir(out) as tmp:
+        df.to_csv(tmp / "compare.csv", index=False)
+        timelines.to_csv(tmp / "timelines.csv", index=False)
+        written += ["compare.csv", "timelines.csv"]
+        if args.trace:
+            for path, (record, predicted) in runs.items():
+                name = f"{Path(path).stem}.trace.json"
+                write_chrome_trace({"predicted": predicted.events, "measured": record.events}, tmp / name)
+                written.append(name)
+    for p, why in skipped:
+        print(f"skipped {p}: {why}")
+    print(format_table(df))
+    print()
+    print(format_summary(summary))
+    for note in dict.fromkeys(n for n in df["note"] if n):
+        print(f"  note: {note}")
+    print(f"\nwrote {', '.join(str(out / n) for n in written)}")
+    return 0
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise CompareError(str(path), "no such file", "give a sweep.csv or compare.csv")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise CompareError(str(path), f"not a readable CSV ({type(e).__name__})",
+                           "give a sweep.csv or compare.csv") from None
+
+
+def _require(df: pd.DataFrame, path: Path, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise CompareError(str(path), f"lacks column {missing[0]!r}" + (f" (and {len(missing) - 1} more)"
+                                                                          if len(missing) > 1 else ""),
+                           f"give a {what} CSV")
+
+
+def classify_inputs(paths, timelines: str | None = None):
+    """(sweep df or None, compare df or None, timelines df or None) from the report's CSV inputs."""
+    sweep = compare = tl = None
+    compare_path = None
+    for p in map(Path, paths):
+        df = _read_csv(p)
+        is_compare = "record" in df.columns or "compare" in p.name
+        if is_compare:
+            if compare is not None:
+                raise CompareError(str(p), "a second compare CSV", "give at most one sweep and one compare CSV")
+            _require(df, p, REPORT_COMPARE_COLUMNS, "compare (`engram-sim compare`)")
+            compare, compare_path = df, p
+        else:
+            if sweep is not None:
+                raise CompareError(str(p), "a second sweep CSV", "give at most one sweep and one compare CSV")
+            _require(df, p, REPORT_SWEEP_COLUMNS, "sweep (`engram-sim sweep`)")
+            sweep = df
+    if timelines:
+        tpath = Path(timelines)
+        tl = _read_csv(tpath)
+        _require(tl, tpath, TIMELINE_COLUMNS, "timelines (`engram-sim compare`)")
+    elif compare_path is not None and (compare_path.parent / "timelines.csv").is_file():
+        tpath = compare_path.parent / "timelines.csv"
+        tl = _read_csv(tpath)
+        _require(tl, tpath, TIMELINE_COLUMNS, "timelines (`engram-sim compare`)")
+    return sweep, compare, tl
+
+
+def cmd_report(args) -> int:
+    from reports.compare_charts import report_sections
+    from reports.html import write_report
+
+    if not args.inputs:
+        raise CompareError("report", "needs a sweep CSV, a compare CSV or both",
+                           "e.g. engram-sim report out/sweep/sweep.csv out/compare/compare.csv --out out/report")
+    if len(args.inputs) > 2:
+        raise CompareError("report", f"{len(args.inputs)} CSVs given", "give at most one sweep and one compare CSV")
+    sweep, compare, timelines = classify_inputs(args.inputs, args.timelines)
+    if args.record is not None:
+        names = [] if timelines is None else list(dict.fromkeys(timelines["record"]))
+        if args.record not in names:
+            raise CompareError("--record", f"no timeline for {args.record!r}",
+                               f"use one of: {', '.join(names)}" if names else "give a compare CSV with timelines.csv")
+    sections = report_sections(sweep, compare, timelines, threshold=args.threshold, record=args.record)
+    title = args.title or ("engram-sim: predicted versus measured" if compare is not None
+                           else "engram-sim: predicted sweep")
+    written = write_report(args.out, title, sections)
+    pngs = [n for n in written if n.endswith(".png")]
+    print(f"wrote {Path(args.out) / 'report.html'} and {len(pngs)} PNG chart(s): {', '.join(pngs)}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add `compare` and `report` to the CLI's subparsers (set_defaults(func=...))."""
+    p = subparsers.add_parser("compare", help="predicted versus measured: simulate what measured records ran")
+    p.add_argument("records", nargs="+", metavar="RECORDS", help="measured run records (JSON from `engram-sim run`)")
+    p.add_argument("--profile", help="hardware profile for every record (default: the one matching each "
+                                     "record's GPU, else the config's)")
+    p.add_argument("--out", default="out/compare", help="output folder: compare.csv, timelines.csv "
+                                                        "(default out/compare)")
+    p.add_argument("--trace", action="store_true",
+                   help="also write <record>.trace.json: predicted and measured timelines (Chrome trace)")
+    p.set_defaults(func=cmd_compare)
+
+    p = subparsers.add_parser("report", help="HTML report + PNGs from a sweep CSV and/or a compare CSV")
+    p.add_argument("inputs", nargs="*", metavar="CSV", help="SWEEP.csv and/or COMPARE.csv (either order)")
+    p.add_argument("--out", required=True, help="output folder (report.html, PNGs)")
+    p.add_argument("--timelines", help="timelines CSV (default: timelines.csv beside the compare CSV)")
+    p.add_argument("--record", help="which record's step to draw in the timeline (default: the first "
+                                    "non-hbm record)")
+    p.add_argument("--threshold", type=float, default=0.01,
+                   help="overhead versus HBM above which a placement is not hidden (default 0.01)")
+    p.add_argument("--title", help="page title")
+    p.set_defaults(func=cmd_report)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sim.compare compare|report ...`: the two commands on their own (same rules as engram-sim:
+    one-line errors, exit 2)."""
+    import sys
+
+    from sim.cli import _Parser
+
+    parser = _Parser(prog="engram-sim", description="predicted versus measured")
+    register(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"engram-sim: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
