@@ -296,12 +296,6 @@ def best_per_core(rates_by_threads: dict) -> tuple[float, int]:
     return rates_by_threads[best_t] / best_t, int(best_t)
 
 
-def saturation_threads(rates_by_threads: dict, within: float = 0.95) -> int:
-    """The fewest threads that reach `within` of the best rate."""
-    best = max(rates_by_threads.values())
-    return int(min(t for t, r in rates_by_threads.items() if r >= within * best))
-
-
 def fit_gather_curve(gbps: dict, within: float = 0.95) -> tuple[list[dict], int]:
     """CPU gather points {(row_bytes, threads): GB/s} -> (per-thread curve, max threads).
 
@@ -324,10 +318,51 @@ def copy_engines_from(h2d_gbps: float, d2h_gbps: float, both_gbps: float) -> int
     return 2 if both_gbps > 1.3 * max(h2d_gbps, d2h_gbps) else 1
 
 
-def uva_translation_points(points: list[dict], max_gbps: float, limit: float = 0.8) -> list[dict]:
-    """Points not limited by the payload rate (those are what the translation model describes)."""
-    keep = [p for p in points if p["rows"] * p["row_bytes"] / (p["us"] * 1e-6) < limit * max_gbps * 1e9]
-    return keep if len(keep) >= 4 else list(points)
+def _uva_translation_us(fit, p: dict) -> float:
+    from profiles.fit import miss_fraction, units_touched
+
+    footprint = p["table_gib"] * GiB
+    walks = float(units_touched(p["rows"], footprint, fit.translation_unit_kib * 1024)
+                  * miss_fraction(footprint, fit.tlb_reach_gib * GiB, fit.miss_exponent))
+    return (p["rows"] * fit.row_ns * 1e-3 + p["rows"] * p["row_bytes"] * fit.byte_ps * 1e-6
+            + walks * fit.walk_ns * 1e-3)
+
+
+def fit_uva_points(points: list[dict], iterations: int = 10):
+    """Fit the whole zero-copy model, payload limit included, to measured points.
+
+    profiles.fit.fit_uva fits the translation part only, so the points limited by the
+    payload rate must be left out of it, and which ones those are depends on the fit:
+    start from the points below 80 % of the best payload rate, then alternate (fit the
+    translation part; max_gbps = best bytes / (us - fixed); keep the points whose
+    predicted translation time is at least their payload time) until the set settles.
+    Returns (UvaFit, max_gbps, points used, max relative error of the whole model over
+    all points), from the iteration with the smallest such error.
+    """
+    from profiles.fit import fit_uva
+
+    def rate(p):
+        return p["rows"] * p["row_bytes"] / (p["us"] * 1e-6) / 1e9
+
+    best_rate = max(rate(p) for p in points)
+    keep = [p for p in points if rate(p) < 0.8 * best_rate]
+    if len(keep) < 4:
+        keep = list(points)
+    best = None
+    for _ in range(iterations):
+        fit = fit_uva([p["table_gib"] for p in keep], [p["row_bytes"] for p in keep], [p["rows"] for p in keep],
+                      [p["us"] for p in keep])
+        max_gbps = max(p["rows"] * p["row_bytes"] / max(p["us"] - fit.fixed_us, 0.02 * p["us"]) * 1e-3
+                       for p in points)
+        err = max(abs(fit.fixed_us + max(_uva_translation_us(fit, p), p["rows"] * p["row_bytes"] / (max_gbps * 1e3))
+                      - p["us"]) / p["us"] for p in points)
+        if best is None or err < best[3]:
+            best = (fit, max_gbps, list(keep), err)
+        new = [p for p in points if _uva_translation_us(fit, p) >= p["rows"] * p["row_bytes"] / (max_gbps * 1e3)]
+        if len(new) < 4 or new == keep:
+            break
+        keep = new
+    return best
 
 
 # -- TOML writer -----------------------------------------------------------------------------------------
@@ -601,7 +636,7 @@ def cpu_measurements(sizes: Sizes, plan: dict, raw: dict, pin_staging: bool):
 # -- GPU measurements ---------------------------------------------------------------------------------
 
 def nvml_info() -> dict:
-    """GPU name, driver, PCIe generation and width from NVML; {} where NVML is missing."""
+    """GPU name, driver, PCIe generation and width from NVML; {"reason": why not} where NVML is missing."""
     try:
         import pynvml
     except ImportError:
@@ -896,7 +931,7 @@ def host_section(raw: dict) -> tuple[dict, list[str]]:
 
 def gpu_sections(raw: dict, base) -> tuple[dict, dict, dict, dict, list[str]]:
     """(gpu, link, uva, comments by table, notes) from the GPU measurements."""
-    from profiles.fit import fit_copy, fit_uva
+    from profiles.fit import fit_copy
 
     info = raw["gpu_info"]
     nv = info.get("nvml", {})
@@ -958,10 +993,7 @@ def gpu_sections(raw: dict, base) -> tuple[dict, dict, dict, dict, list[str]]:
     notes = []
     if raw.get("uva"):
         pts = raw["uva"]
-        max_gbps = max(p["rows"] * p["row_bytes"] / (p["us"] * 1e-6) for p in pts) / 1e9
-        fit_pts = uva_translation_points(pts, max_gbps)
-        fit = fit_uva([p["table_gib"] for p in fit_pts], [p["row_bytes"] for p in fit_pts],
-                      [p["rows"] for p in fit_pts], [p["us"] for p in fit_pts])
+        fit, max_gbps, fit_pts, max_err = fit_uva_points(pts)
         uva = {"fixed_us": sig(fit.fixed_us), "row_ns": sig(fit.row_ns), "byte_ps": sig(fit.byte_ps),
                "walk_ns": sig(fit.walk_ns), "translation_unit_kib": fit.translation_unit_kib,
                "tlb_reach_gib": fit.tlb_reach_gib, "miss_exponent": fit.miss_exponent, "max_gbps": sig(max_gbps),
@@ -970,8 +1002,8 @@ def gpu_sections(raw: dict, base) -> tuple[dict, dict, dict, dict, list[str]]:
         comments["uva"] = [
             "uva_gather (Triton) from one pinned host table (mmap + MADV_HUGEPAGE + cudaHostRegister), sorted "
             "fresh ids every step; smaller footprints use the table's first part",
-            f"fitted on {len(fit_pts)} of {len(pts)} points (those below 80 % of max_gbps); "
-            f"max relative error {fit.max_rel_error:.1%}",
+            f"translation part fitted on the {len(fit_pts)} of {len(pts)} points not limited by max_gbps; "
+            f"the whole model's max relative error over all points {max_err:.1%}",
         ]
     else:
         uva = dataclasses.asdict(base.uva)
@@ -997,7 +1029,7 @@ def assemble(raw: dict, base, base_name: str, out_name: str, today: str, quick: 
         "raw points without a schema field (hashing and gather by threads, gather call times, memcpy) are "
         "comments in this file",
     ] + ([numba_note] if numba_note else [])
-    machine = f"{sysinfo['cpu']}, {sysinfo['cores']} cores, {sysinfo['memory_gib']:.0f} GiB"
+    machine = f"{sysinfo['cpu']}, {sysinfo['cores']} cores, {sysinfo['memory_gib']:.1f} GiB"
     comments = {"host": host_comments}
     if cpu_only:
         gpu, link, uva = (_plain(base.gpu), _plain(base.link), _plain(base.uva))
@@ -1158,10 +1190,16 @@ def cmd_calibrate(args) -> int:
         steps = [cpu_measurements(sizes, cplan, raw, pin_staging=cuda)]
         if cuda:
             steps.append(gpu_measurements(sizes, gplan, raw))
-        for gen in steps:
-            for label in gen:
-                bar.set_postfix_str(label, refresh=False)
-                bar.update(1)
+        label = "start"
+        try:
+            for gen in steps:
+                for label in gen:
+                    bar.set_postfix_str(label, refresh=False)
+                    bar.update(1)
+        except (RuntimeError, OSError, MemoryError, ValueError) as e:   # CUDA errors are RuntimeErrors
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CalibrateError("calibrate", f"a measurement failed after '{label}' ({type(e).__name__}: {first})",
+                                 "nothing was written; try --quick, or free memory and run again") from None
     wall = time.perf_counter() - t0
     profile, comments, header = assemble(raw, base, base_name, out.stem, today, quick, cpu_only=not cuda)
     write_profile_atomic(dump_toml(profile, comments, header), out)
@@ -1183,24 +1221,10 @@ def cmd_calibrate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m profiles.calibrate ...`: the same command outside the engram-sim CLI."""
+    """`python -m profiles.calibrate ...`: the same as `engram-sim calibrate ...`."""
+    from sim.cli import main as cli_main
 
-    class _Parser(argparse.ArgumentParser):
-        def error(self, message):
-            self.exit(2, f"engram-sim: error: {message} (see: {self.prog} --help)\n")
-
-    parser = _Parser(prog="engram-sim")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    register(sub)
-    args = parser.parse_args(["calibrate", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"engram-sim: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("engram-sim: interrupted", file=sys.stderr)
-        return 130
+    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ def bench_simulator(steps: int = 1000, jobs: int | None = None, config: str = "e
     # Token traces (hashing real token streams, dedup) are part of every sweep point;
     # time them once on their own here so that the report can split the two costs.
     from sim.sweep import point_config
-    from sim.memory import cache_rows_per_layer
     from workloads.trace import build_trace
 
     t0 = time.perf_counter()

@@ -482,24 +482,3 @@ def register(subparsers) -> None:
                    help="overhead versus HBM above which a placement is not hidden (default 0.01)")
     p.add_argument("--title", help="page title")
     p.set_defaults(func=cmd_report)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m sim.compare compare|report ...`: the two commands on their own (same rules as engram-sim:
-    one-line errors, exit 2)."""
-    import sys
-
-    from sim.cli import _Parser
-
-    parser = _Parser(prog="engram-sim", description="predicted versus measured")
-    register(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"engram-sim: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,7 +10,6 @@ Layer ids are zero-based indices into the backbone's layers (the paper's
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -13,18 +12,14 @@ import pandas as pd
 import pytest
 
 from sim.compare import COMPARE_COLUMNS, TIMELINE_COLUMNS, compare_records, match_profile
-from sim.compare import main as compare_main
 
 RECORDS = sorted((Path(__file__).resolve().parents[1] / "real_runs" / "records").glob("tiny-cpu-*.json"))
 
 
 def run_cli(capsys, *argv):
-    """Through engram-sim once the commands are wired into sim.cli, else through sim.compare's own main."""
     from sim import cli
 
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    code = (cli.main if argv[0] in sub.choices else compare_main)(list(argv))
+    code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 

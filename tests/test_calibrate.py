@@ -1,0 +1,325 @@
+"""`engram-sim calibrate`: the profile it writes, its errors, its TOML writer and its fits.
+
+The measurements run for real (CPU side) at tiny sizes; the GPU side's assembly is
+tested on synthetic measurements, so the whole file runs on a machine without a GPU.
+"""
+
+import argparse
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from profiles import calibrate, load_profile, shipped_names
+from profiles.fit import GiB
+from sim import costs
+
+MiB = 1 << 20
+NO_GPU_LINE = "engram-sim: error: calibrate: no CUDA GPU found; use --cpu-only to measure the CPU side only\n"
+
+TINY = dataclasses.replace(
+    calibrate.QUICK, warmup=1, repeats=2, hash_tokens=1 << 12, gather_table_bytes=8 * MiB,
+    gather_row_bytes=(64, 256, 4096), gather_payload_bytes=256 << 10, gather_fixed_rows=(16, 256, 2048),
+    dedup_lookups=1 << 14, memcpy_bytes=4 * MiB, all_thread_counts=True)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Measurement sizes small enough for a test; no minimum warm-up or timing window."""
+    monkeypatch.setattr(calibrate, "QUICK", TINY)
+    monkeypatch.setattr(calibrate, "FULL", TINY)
+    monkeypatch.setattr(calibrate, "WARM_S", 0.0)
+    monkeypatch.setattr(calibrate, "TIMED_S", 0.0)
+
+
+def run_calibrate(argv: list[str]) -> int:
+    """Through `engram-sim calibrate` when sim/cli.py registers it, else the module's own entry point."""
+    from sim import cli
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if "calibrate" in sub.choices:
+        return cli.main(["calibrate", *argv])
+    return calibrate.main(argv)
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """One tiny --cpu-only --quick calibration shared by the tests that read its profile."""
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setattr(calibrate, "QUICK", TINY)
+        mp.setattr(calibrate, "WARM_S", 0.0)
+        mp.setattr(calibrate, "TIMED_S", 0.0)
+        out = tmp_path_factory.mktemp("cal") / "cpu.toml"
+        assert run_calibrate(["--cpu-only", "--quick", "--out", str(out)]) == 0
+    finally:
+        mp.undo()
+    return out
+
+
+def test_cpu_only_quick_writes_a_valid_profile_that_says_what_was_measured(measured):
+    p = load_profile(measured)
+    base = load_profile("h100-sxm")
+    assert p.name == "cpu"
+    assert p.provenance.source == "measured"
+    notes = p.provenance.notes
+    assert "measured here: host" in notes
+    assert "NOT measured (--cpu-only): gpu, link and uva are copied unchanged from the base profile 'h100-sxm'" in notes
+    assert base.provenance.machine in notes and base.provenance.date in notes
+    assert "dram_gbps is an estimate" in notes
+    assert "--cpu-only" in p.provenance.method and "engram-sim calibrate" in p.provenance.method
+    h = p.host
+    for name in ("memory_gib", "dram_gbps", "hash_tokens_per_s_per_core", "dedup_rows_per_s_per_core"):
+        assert getattr(h, name) > 0, name
+    assert h.cpu_cores >= 1 and h.cpu_gather_fixed_us >= 0 and h.cpu_gather_max_threads >= 1
+    assert [q.x for q in h.cpu_gather_per_thread] == [64, 256, 4096]
+    assert all(q.y > 0 for q in h.cpu_gather_per_thread)
+    # The unmeasured sections are the base's, unchanged.
+    assert (p.gpu, p.link, p.uva) == (base.gpu, base.link, base.uva)
+
+
+def test_raw_points_are_kept_in_the_profile(measured):
+    text = measured.read_text()
+    data = tomllib.loads(text)
+    assert len(data["host"]["cpu_gather_per_thread"]) == 3
+    assert len(data["uva"]["points"]) == 11 and len(data["link"]["h2d_points"]) == 8
+    # Points with no schema field are comments in the host table.
+    assert "# hashing, tokens/s by threads" in text
+    assert "#   64 B: 1T" in text and "#   4096 B: 1T" in text
+    assert "# CPU gather call, us by rows" in text and "# memcpy payload GB/s by threads" in text
+
+
+def test_the_simulator_accepts_the_measured_profile(measured, tmp_path, capsys):
+    from sim import cli
+
+    assert cli.main(["simulate", "tiny", "--profile", str(measured)]) == 0
+    out = tmp_path / "sweep"
+    assert cli.main(["sweep", "tiny", "--table-gib", "0.01", "--placements", "hbm,host_dma", "--phases", "decode",
+                     "--steps", "3", "--jobs", "1", "--quiet", "--profile", str(measured), "--out", str(out)]) == 0
+    assert (out / "sweep.csv").is_file()
+
+
+def test_cpu_only_compares_only_cpu_figures_and_says_the_machines_differ(tiny, tmp_path, capsys):
+    assert run_calibrate(["--cpu-only", "--quick", "--out", str(tmp_path / "p.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "the machines differ" in out
+    assert "N-gram hashing, 16 threads" in out and "CPU gather 4 KB rows" in out
+    assert "H2D" not in out and "bf16" not in out
+
+
+def test_default_out_is_under_profiles_in_the_current_folder(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_calibrate(["--cpu-only", "--quick"]) == 0
+    (written,) = (tmp_path / "profiles").iterdir()
+    assert written.name.startswith(calibrate.slug(calibrate.cpu_model()) + "-measured-")
+    assert written.suffix == ".toml"
+    load_profile(written)
+
+
+def test_without_a_gpu_and_without_cpu_only_exits_2_with_one_line(tiny, tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "p.toml"
+    assert run_calibrate(["--quick", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == NO_GPU_LINE
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["folder", "under_a_file", "proc"])
+def test_an_unwritable_out_is_one_line_exit_2_and_nothing_written(tiny, tmp_path, capsys, where):
+    (tmp_path / "file.txt").write_text("x")
+    out = {"folder": tmp_path, "under_a_file": tmp_path / "file.txt" / "p.toml",
+           "proc": Path("/proc/engram-sim-no-such-folder/p.toml")}[where]
+    before = sorted(tmp_path.rglob("*"))
+    assert run_calibrate(["--cpu-only", "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("engram-sim: error: --out: ") and err.count("\n") == 1
+    assert sorted(tmp_path.rglob("*")) == before
+    assert not out.exists() or out.is_dir()
+
+
+def test_a_failing_measurement_is_one_line_exit_2_and_nothing_written(tiny, tmp_path, monkeypatch, capsys):
+    def broken(sizes, plan, raw):
+        yield "dedup"
+        raise RuntimeError("CUDA error: out of memory\nmore detail")
+
+    monkeypatch.setattr(calibrate, "measure_dedup", broken)
+    assert run_calibrate(["--cpu-only", "--quick", "--out", str(tmp_path / "p.toml")]) == 2
+    last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]    # after the progress bar
+    assert last.startswith("engram-sim: error: calibrate: a measurement failed after 'dedup' "
+                           "(RuntimeError: CUDA error: out of memory); nothing was written")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_base_profile_is_one_line_exit_2(tiny, tmp_path, capsys):
+    assert run_calibrate(["--cpu-only", "--quick", "--base", "no-such", "--out", str(tmp_path / "p.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "no profile named or at 'no-such'" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_profile_that_does_not_validate_is_not_written(tmp_path):
+    out = tmp_path / "bad.toml"
+    bad = calibrate.dump_toml({"name": "bad"})
+    with pytest.raises(calibrate.CalibrateError, match="does not validate"):
+        calibrate.write_profile_atomic(bad, out)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- the TOML writer -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", shipped_names())
+def test_toml_writer_round_trips_every_shipped_profile(name, tmp_path):
+    p = load_profile(name)
+    out = tmp_path / f"{name}.toml"
+    out.write_text(calibrate.dump_toml(p.to_dict(), comments={"host": ["a comment"]}, header=["top"]))
+    assert load_profile(out) == p
+
+
+def test_toml_writer_escapes_strings_and_nests_tables():
+    data = {
+        "s": 'quote " backslash \\ newline \n tab \t bell \x07 del \x7f unicode é ✓',
+        "f": [1e-05, 1e300, 0.1, -2.0, 3.0], "i": [0, -7, 1 << 40], "b": [True, False], "empty": [],
+        "key with space": 1,
+        "pts": [{"x": 1, "y": 2.5}, {"x": 2, "y": 3.5}],
+        "t": {"a": 1, "u": {"v": "w", "deeper": {"z": [1, 2]}}, "after": 2},
+    }
+    text = calibrate.dump_toml(data, comments={"t.u": ["nested # comment"]}, header=["header line"])
+    assert tomllib.loads(text) == data
+    assert text.startswith("# header line\n") and "[t.u]\n# nested # comment\n" in text
+
+
+# -- fitting helpers, on synthetic points with known answers -------------------------------------
+
+def test_best_per_core_is_the_rate_per_thread_at_the_best_thread_count():
+    rates = {1: 10.0, 2: 20.0, 4: 38.0, 8: 40.0, 16: 39.0}
+    assert calibrate.best_per_core(rates) == (5.0, 8)
+    assert calibrate.best_per_core({1: 9.0, 2: 9.0}) == (9.0, 1)   # a tie: the fewer threads
+
+
+def test_fit_gather_curve_finds_where_threads_stop_helping():
+    # Per thread 2 GB/s at 256 B and 3 GB/s at 4 KB, linear up to 4 threads, flat beyond.
+    per = {256: 2.0, 4096: 3.0}
+    pts = {(rb, t): per[rb] * min(t, 4) for rb in per for t in (1, 2, 4, 8, 16)}
+    curve, max_threads = calibrate.fit_gather_curve(pts)
+    assert max_threads == 4
+    assert curve == [{"x": 256, "y": 2.0}, {"x": 4096, "y": 3.0}]
+
+
+def test_copy_engines_from_both_directions_at_once():
+    assert calibrate.copy_engines_from(50.0, 52.0, 100.0) == 2
+    assert calibrate.copy_engines_from(50.0, 52.0, 53.0) == 1
+
+
+def test_fresh_ids_are_distinct_sorted_and_in_range():
+    rng = np.random.default_rng(0)
+    for rows, n in ((1000, 10), (1000, 500), (1000, 1000), (10, 50)):
+        ids = calibrate.fresh_ids(rng, rows, n)
+        assert ids.size == min(n, rows) and ids.dtype == np.int64
+        assert (np.diff(ids) > 0).all() and ids.min() >= 0 and ids.max() < rows
+
+
+def test_thread_counts_and_slug():
+    assert calibrate.thread_counts(16, True) == [1, 2, 4, 8, 16]
+    assert calibrate.thread_counts(12, True) == [1, 2, 4, 8, 12]
+    assert calibrate.thread_counts(16, False) == [1, 16]
+    assert calibrate.thread_counts(1, True) == [1]
+    assert calibrate.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert calibrate.slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "intel-xeon-platinum-8480"
+
+
+def synthetic_gpu_raw() -> dict:
+    """Measurements a GPU machine would give, made from known models (for the GPU-side assembly)."""
+    ref = load_profile("h100-sxm")
+    sizes = [4096 << (2 * i) for i in range(10)]
+    copy = {s: s / (20e-6 + s / 50e9) / 1e9 for s in sizes}            # fixed 20 us, peak 50 GB/s
+    down = {s: s / (20e-6 + s / 40e9) / 1e9 for s in sizes}            # peak 40 GB/s
+    uva = []
+    for g in (1, 4, 16, 64):
+        for rb in (256, 1024):
+            for n in (4096, 16384, 65536, 262144):
+                fixed, body = costs.uva_gather_time(ref, n, rb, g * GiB)
+                uva.append({"table_gib": g, "row_bytes": rb, "rows": n, "us": (fixed + body) * 1e6})
+    layers = {name: {"shape": list(shape), "s": 2 * np.prod(shape) / 500e12, "tflops": 500.0}
+              for name, shape in calibrate.LAYER_GEMMS.items()}
+    return {
+        "system": {"cpu": "Test CPU", "cores": 16, "memory_gib": 128.0, "numba_threads": 16, "threads": [1, 16]},
+        "hash": {1: 9e6, 16: 112e6}, "gather": {(256, 1): 3.0, (256, 16): 40.0, (4096, 1): 4.0, (4096, 16): 48.0},
+        "gather_table_bytes": 2 * GiB, "gather_fixed": {64: 3.0 + 64 * 0.01, 4096: 3.0 + 4096 * 0.01},
+        "memcpy": {1: 5.0, 16: 50.0}, "dedup": 5e7,
+        "gpu_info": {"name": "NVIDIA Test GPU", "total_bytes": 80 * GiB, "context_bytes": GiB // 2, "torch": "2.x",
+                     "cuda": "13.0", "nvml": {"name": "NVIDIA Test GPU", "driver": "580.1", "pcie_gen": 5,
+                                              "pcie_width": 16}, "uva_reason": None},
+        "h2d": copy, "d2h": down, "h2d_pageable": {256 * MiB: 9.5}, "d2h_pageable": {256 * MiB: 8.0},
+        "bidir_gbps": 90.0, "bidir_bytes": 512 * MiB, "d2d_gbps": 2900.0, "d2d_bytes": GiB,
+        "hbm_gather": {64: 100.0, 1024: 1150.0, 4096: 1200.0}, "hbm_table_bytes": 8 * GiB,
+        "gemm_large": {"n": 8192, "tflops": 750.0}, "gemm_layers": layers, "launch_us": 2.2,
+        "pin_torch_s_per_gib": 0.7, "pin_register_small_s_per_gib": 0.3, "pin_bytes": GiB,
+        "pin_register_s_per_gib": 0.5, "uva_table_pinned_gib": 64, "uva": uva,
+    }
+
+
+def test_gpu_side_assembly_fits_known_models(tmp_path):
+    raw = synthetic_gpu_raw()
+    base = load_profile("h100-sxm")
+    profile, comments, header = calibrate.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=False,
+                                                   cpu_only=False)
+    out = tmp_path / "gpu.toml"
+    calibrate.write_profile_atomic(calibrate.dump_toml(profile, comments, header), out)
+    p = load_profile(out)
+    assert p.link.kind == "PCIe Gen5 x16" and p.link.copy_engines == 2
+    assert p.link.h2d_gbps == pytest.approx(50.0, rel=0.02) and p.link.d2h_gbps == pytest.approx(40.0, rel=0.02)
+    assert p.link.copy_fixed_us == pytest.approx(20.0, rel=0.05)
+    assert len(p.link.h2d_points) == 10 and p.link.pageable_h2d_gbps == 9.5
+    assert p.gpu.bf16_tflops == 750.0 and p.gpu.matmul_efficiency == pytest.approx(500 / 750, rel=0.01)
+    assert p.gpu.hbm_gbps == 2900.0 and [q.x for q in p.gpu.hbm_gather] == [64, 1024, 4096]
+    assert p.gpu.kernels_per_layer == base.gpu.kernels_per_layer and p.gpu.fp8_tflops == base.gpu.fp8_tflops
+    assert p.gpu.hbm_gib == 80.0 and p.gpu.hbm_reserved_gib == base.gpu.hbm_reserved_gib
+    # The UVA model is refitted from its points: the H100 model's own parameters come back.
+    assert len(p.uva.points) == 32
+    assert p.uva.translation_unit_kib == base.uva.translation_unit_kib
+    assert p.uva.walk_ns == pytest.approx(base.uva.walk_ns, rel=0.02)
+    for q in p.uva.points:
+        assert sum(costs.uva_gather_time(p, q.rows, q.row_bytes, q.table_gib * GiB)) == pytest.approx(
+            q.us * 1e-6, rel=0.05)
+    notes = p.provenance.notes
+    assert "measured here: host, gpu, link, uva" in notes and "pin_memory" in notes
+    assert "driver 580.1" in p.provenance.machine
+    text = out.read_text()
+    assert "# D2H pinned GB/s by bytes" in text and "# H2D + D2H at once" in text
+    lines = calibrate.comparison(raw, gpu_measured=True)
+    assert any("H2D pinned copy, 1 GiB" in line for line in lines)
+    assert not any("machines differ" in line for line in lines)
+
+
+def test_gpu_side_without_uva_keeps_the_base_uva_and_says_so():
+    raw = synthetic_gpu_raw()
+    raw["uva"] = []
+    raw["gpu_info"]["uva_reason"] = "host_uva needs a CUDA GPU and Triton (pip install triton)"
+    raw["gpu_info"]["nvml"] = {"reason": "pynvml is not installed"}
+    base = load_profile("h100-sxm")
+    profile, _, _ = calibrate.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=True, cpu_only=False)
+    assert profile["uva"]["walk_ns"] == base.uva.walk_ns
+    assert "uva copied from the base profile" in profile["provenance"]["notes"]
+    assert "measured here: host, gpu, link;" in profile["provenance"]["notes"]
+    assert profile["link"]["kind"].startswith("PCIe (generation and width not read")
+
+
+def test_fit_uva_points_separates_payload_bound_points_and_recovers_the_model():
+    raw = synthetic_gpu_raw()          # made from the H100 model, payload limit (49 GB/s) included
+    ref = load_profile("h100-sxm").uva
+    fit, max_gbps, used, err = calibrate.fit_uva_points(raw["uva"])
+    assert (fit.translation_unit_kib, fit.tlb_reach_gib, fit.miss_exponent) == (64.0, 1.0, 0.5)
+    assert fit.walk_ns == pytest.approx(ref.walk_ns, rel=0.01) and fit.fixed_us == pytest.approx(ref.fixed_us, rel=0.01)
+    assert max_gbps == pytest.approx(ref.max_gbps, rel=0.01)
+    assert err < 0.01 and 4 <= len(used) < len(raw["uva"])
+    # The reference step table itself: within 10 % like the shipped fit.
+    pts = [dataclasses.asdict(q) for q in ref.points]
+    fit, max_gbps, used, err = calibrate.fit_uva_points(pts)
+    assert err < 0.10 and fit.walk_ns == pytest.approx(ref.walk_ns, rel=0.02)
