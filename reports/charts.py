@@ -110,6 +110,17 @@ def stall_chart(df: pd.DataFrame) -> alt.FacetChart:
         title="Exposed Engram stall per step")
 
 
+def window_chart(df: pd.DataFrame) -> alt.FacetChart:
+    """How much of the time before its rows are needed each fetch uses (1 = just hidden)."""
+    _check(df, ["table_gib", "placement", "phase", "window_use"])
+    data = df[df["placement"] != "hbm"].assign(window_pct=lambda d: d["window_use"] * 100)
+    tooltip = [alt.Tooltip("window_pct:Q", title="window used %", format=".1f")]
+    lines = _by_size(data, alt.Y("window_pct:Q", title="fetch time / window (%)"), tooltip)
+    limit = alt.Chart(pd.DataFrame({"y": [100.0]})).mark_rule(strokeDash=[6, 4], color="black").encode(y="y:Q")
+    return alt.layer(lines, limit, data=data).facet(column=_PHASE_COLUMN).properties(
+        title="Fetch time as a share of its window (above 100 %: the GPU waits)")
+
+
 def bytes_chart(df: pd.DataFrame, table_bytes: int | None = None) -> alt.FacetChart:
     """Stacked host vs HBM bytes per step by placement for one table size
     (the largest in the sweep unless ``table_bytes`` is given)."""
@@ -216,8 +227,10 @@ def sweep_sections(df: pd.DataFrame, threshold: float, timeline: pd.DataFrame | 
         ("Overhead", overhead_chart(df, threshold)),
         ("Throughput", throughput_chart(df)),
         ("Exposed stall", stall_chart(df)),
-        ("Bytes per step", bytes_chart(df)),
     ]
+    if "window_use" in df:
+        sections.append(("Window used by the fetch", window_chart(df)))
+    sections.append(("Bytes per step", bytes_chart(df)))
     if timeline is not None:
         sections.append(("Timeline", timeline_chart(timeline, timeline_title)))
     return sections

@@ -138,7 +138,7 @@ def _print_sweep(df, threshold: float) -> None:
     from reports.charts import hidden_summary
 
     view = df[["phase", "placement", "table_gib", "tokens_per_s", "step_time_s", "exposed_stall_s",
-               "overlap_fraction", "overhead_vs_hbm", "fits_hbm", "fits_host"]].copy()
+               "overlap_fraction", "window_use", "overhead_vs_hbm", "fits_hbm", "fits_host"]].copy()
     view["step_ms"] = view.pop("step_time_s") * 1e3
     view["stall_us"] = view.pop("exposed_stall_s") * 1e6
     view["overhead_%"] = view.pop("overhead_vs_hbm") * 100
@@ -151,7 +151,9 @@ def _print_sweep(df, threshold: float) -> None:
         if row.placement == "hbm":
             continue
         if row.first_unhidden_gib is None:
-            verdict = f"hidden at every size swept (up to {largest:,.0f} GiB)"
+            g = df[(df.placement == row.placement) & (df.phase == row.phase)]
+            verdict = (f"hidden at every size swept (up to {largest:,.0f} GiB); its fetch uses at most "
+                       f"{g['window_use'].max():.0%} of the time before its rows are needed")
         elif row.largest_hidden_gib is None:
             verdict = f"not hidden even at {row.first_unhidden_gib:,.3g} GiB"
         else:

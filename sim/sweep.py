@@ -23,8 +23,16 @@ from sim.memory import cache_rows_per_layer
 SWEEP_COLUMNS = [
     "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
     "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "host_bytes_per_step", "hbm_bytes_per_step",
-    "link_utilisation", "fits_hbm", "fits_host", "hidden", "steps", "sim_events", "replayed_steps",
+    "link_utilisation", "window_use", "fits_hbm", "fits_host", "hidden", "steps", "sim_events", "replayed_steps",
 ]
+
+
+def window_use(fetches: pd.DataFrame) -> float:
+    """How much of its window a fetch uses: fetch time over the time from the fetch's start to when
+    the GPU needs the rows, worst Engram layer per step, median over steps (1.0 = just hidden)."""
+    window = fetches["wait_start_s"] - fetches["fetch_start_s"]
+    use = fetches["fetch_time_s"] / window.where(window > 0)
+    return float(use.groupby(fetches["step"]).max().median())
 DEFAULT_CACHE_GIB = 8.0
 
 
@@ -73,6 +81,7 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
             "host_bytes_per_step": s["host_bytes_per_step"],
             "hbm_bytes_per_step": s["hbm_bytes_per_step"],
             "link_utilisation": s["link_utilisation"],
+            "window_use": window_use(result.fetches),
             "fits_hbm": result.memory.fits_hbm,
             "fits_host": result.memory.fits_host,
             "hidden": bool(overhead <= threshold),
