@@ -51,7 +51,13 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
     sim_s = 0.0
 
     base = point_config(cfg, table_gib, "hbm", phase, cache_gib)
-    trace = build_trace(base)
+    # One hashing pass serves every placement: the cache trace holds all the fields the
+    # others read, and they ignore its cache hits.
+    if "hbm_cache" in placements:
+        ccfg = point_config(cfg, table_gib, "hbm_cache", phase, cache_gib)
+        trace = build_trace(ccfg, cache_rows=cache_rows_per_layer(ccfg))
+    else:
+        trace = build_trace(base)
     t0 = time.perf_counter()
     baseline = simulate(base, profile, trace, steps=steps, check_capacity=False)
     sim_s += time.perf_counter() - t0
@@ -61,9 +67,8 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
         if placement == "hbm":
             result = baseline
         else:
-            ptrace = trace if placement != "hbm_cache" else build_trace(pcfg, cache_rows=cache_rows_per_layer(pcfg))
             t0 = time.perf_counter()
-            result = simulate(pcfg, profile, ptrace, steps=steps, check_capacity=False)
+            result = simulate(pcfg, profile, trace, steps=steps, check_capacity=False)
             sim_s += time.perf_counter() - t0
         s = result.summary
         overhead = 1.0 - s["tokens_per_s"] / baseline.summary["tokens_per_s"]
@@ -105,7 +110,9 @@ def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None =
     placements = list(placements or PLACEMENTS)
     phases = list(phases or [cfg.workload.phase])
     steps = steps or cfg.workload.steps
-    tasks = [(cfg, profile, t, ph, placements, steps, threshold, cache_gib) for ph in phases for t in table_gib]
+    # Heaviest points first (prefill, big tables), so that workers finish together.
+    order = sorted(((ph, t) for ph in phases for t in table_gib), key=lambda p: (p[0] != "prefill", -p[1]))
+    tasks = [(cfg, profile, t, ph, placements, steps, threshold, cache_gib) for ph, t in order]
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     bar = tqdm(total=len(tasks) * len(placements), desc="sweep", unit="run", disable=not progress)
     results: list[dict] = []
