@@ -331,24 +331,39 @@ def simulate(cfg: RunConfig, profile: HardwareProfile | None = None, trace=None,
 
 
 def _collect(sim: Simulation, budget: MemoryBudget) -> SimResult:
-    cfg = sim.cfg
-    rb = cfg.engram.row_bytes
-    step_rows, fetch_rows = [], []
-    for step, log in enumerate(sim.logs):
-        plan = sim.plan(step)
-        fetch_times = [end - log.fetch_start for end in log.fetch_end]
-        fetch_total, stall_total = float(sum(fetch_times)), float(sum(log.stall))
-        host_bytes = int(plan.host_rows.sum()) * rb
-        step_rows.append((step, log.start, log.end - log.start, plan.compute_time, plan.tokens, stall_total,
-                          fetch_total, max(0.0, min(1.0, 1 - stall_total / fetch_total)) if fetch_total > 0 else math.nan,
-                          host_bytes, int(plan.lookups.sum()) * rb, host_bytes))
-        for k, layer in enumerate(sim.layer_ids):
-            fetch_rows.append((step, layer, log.fetch_start, log.fetch_end[k], fetch_times[k], log.wait_start[k],
-                               log.stall[k], int(plan.lookups[k]), int(plan.unique_rows[k]), int(plan.host_rows[k]),
-                               int(plan.cache_hits[k])))
-    steps = pd.DataFrame(step_rows, columns=STEP_COLUMNS)
-    fetches = pd.DataFrame(fetch_rows, columns=FETCH_COLUMNS)
+    rb = sim.cfg.engram.row_bytes
+    n, n_layers = len(sim.logs), len(sim.layer_ids)
+    idx = np.arange(n) % len(sim.plans)  # trace step behind each simulated step
+
+    def per_plan(attr):  # [n] or [n, layers] array of a StepPlan field, per simulated step
+        return np.array([getattr(p, attr) for p in sim.plans])[idx]
+
+    start = np.array([log.start for log in sim.logs])
+    fetch_start = np.array([log.fetch_start for log in sim.logs])
+    fetch_end = np.array([log.fetch_end for log in sim.logs]).reshape(n, n_layers)
+    wait_start = np.array([log.wait_start for log in sim.logs]).reshape(n, n_layers)
+    stall = np.array([log.stall for log in sim.logs]).reshape(n, n_layers)
+    fetch_time = fetch_end - fetch_start[:, None]
+    lookups, unique, host, hits = (per_plan(a) for a in ("lookups", "unique_rows", "host_rows", "cache_hits"))
+    fetch_total, stall_total = fetch_time.sum(axis=1), stall.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        overlap = np.where(fetch_total > 0, np.clip(1 - stall_total / fetch_total, 0.0, 1.0), np.nan)
+    host_bytes = host.sum(axis=1) * rb
+    steps = pd.DataFrame({
+        "step": np.arange(n), "start_s": start, "step_time_s": np.array([log.end for log in sim.logs]) - start,
+        "compute_time_s": per_plan("compute_time"), "tokens": per_plan("tokens"),
+        "exposed_stall_s": stall_total, "fetch_time_s": fetch_total, "overlap_fraction": overlap,
+        "host_bytes": host_bytes, "hbm_bytes": lookups.sum(axis=1) * rb, "link_bytes": host_bytes,
+    }, columns=STEP_COLUMNS)
+    fetches = pd.DataFrame({
+        "step": np.repeat(np.arange(n), n_layers), "layer": np.tile(sim.layer_ids, n),
+        "fetch_start_s": np.repeat(fetch_start, n_layers), "fetch_end_s": fetch_end.ravel(),
+        "fetch_time_s": fetch_time.ravel(), "wait_start_s": wait_start.ravel(), "exposed_stall_s": stall.ravel(),
+        "lookups": lookups.ravel(), "unique_rows": unique.ravel(), "host_rows": host.ravel(),
+        "cache_hits": hits.ravel(),
+    }, columns=FETCH_COLUMNS)
     events = pd.DataFrame(sim.events, columns=EVENT_COLUMNS)
     summary = summarise(steps, sim.profile.link.h2d_gbps * 1e9)
-    return SimResult(cfg, sim.profile, steps, fetches, events, summary, budget, sim_events=next(sim.env._eid), replayed_steps=sim.replayed_steps,
+    return SimResult(sim.cfg, sim.profile, steps, fetches, events, summary, budget,
+                     sim_events=next(sim.env._eid), replayed_steps=sim.replayed_steps,
                      pipe_bytes=dict(sim.net.bytes_moved))

@@ -97,6 +97,13 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
     return rows, sim_s
 
 
+def _one_numba_thread() -> None:
+    """Worker initialiser: the workers already fill the cores; nested Numba threads would oversubscribe."""
+    import numba
+
+    numba.set_num_threads(1)
+
+
 def _run_point_args(args) -> tuple[list[dict], float]:
     return run_point(*args)
 
@@ -122,7 +129,8 @@ def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None =
         outcomes = map(_run_point_args, tasks)
     else:
         # spawn, not fork: Numba's parallel threading layer is not fork-safe once used.
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_one_numba_thread)
         outcomes = pool.map(_run_point_args, tasks)
     try:
         for rows, sim_s in outcomes:
