@@ -341,7 +341,3 @@ def _merge(base: dict, over: dict) -> dict:
         elif "table_rows_per_order" in over["engram"]:
             eng.pop("table_gib", None)
     return out
-
-
-def gib(nbytes: float) -> float:
-    return nbytes / GiB
