@@ -806,9 +806,9 @@ def measure_uva(sizes: Sizes, plan: dict, raw: dict):
             sets = [torch.from_numpy(fresh_ids(rng, footprint_rows, n)).cuda() for _ in range(sizes.warmup
                                                                                            + sizes.repeats)]
             out = torch.empty(n * rb, dtype=torch.uint8, device="cuda")
-            uva_gather(table.ptr, rb, sets[0][:64], out[:64 * rb])   # compile outside the timing
+            uva_gather(table, rb, sets[0][:64], out[:64 * rb])   # compile outside the timing
             torch.cuda.synchronize()
-            s = cuda_median_time(lambda ids: uva_gather(table.ptr, rb, ids, out[:ids.numel() * rb]),
+            s = cuda_median_time(lambda ids: uva_gather(table, rb, ids, out[:ids.numel() * rb]),
                                  sizes.warmup, sizes.repeats, setup=lambda i: sets[i])
             raw["uva"].append({"table_gib": g, "row_bytes": rb, "rows": n, "us": s * 1e6})
             sets = out = None

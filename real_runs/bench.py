@@ -80,7 +80,7 @@ def bench_uva(table, quick: bool, reps: int) -> list[dict]:
                     ids = torch.from_numpy(_fresh_ids(rng, footprint_rows, n)).cuda()
                     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     a.record()
-                    uva_gather(table.ptr, row_bytes, ids, dst[:ids.numel() * row_bytes])
+                    uva_gather(table, row_bytes, ids, dst[:ids.numel() * row_bytes])
                     b.record()
                     b.synchronize()
                     if r:  # the first one compiles

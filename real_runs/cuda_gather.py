@@ -11,24 +11,28 @@ told so and emits 16-byte vector loads.
 
 Importable without CUDA or Triton: everything that needs them is imported on
 first use, and `uva_gather` raises RuntimeError("host_uva needs a CUDA GPU ...")
-where there is none.
+where there is none. With TRITON_INTERPRET=1 the same kernel runs on the CPU in
+Triton's interpreter: that is how the tests check it on machines without a GPU.
 """
 
 from __future__ import annotations
 
-import functools
+import os
 
 UVA_NEEDS_GPU = "host_uva needs a CUDA GPU"
 
 
 def uva_unavailable_reason() -> str | None:
-    """None when the UVA gather can run here, else why not."""
+    """None when the UVA gather can run here, else why not.
+
+    With TRITON_INTERPRET=1 the kernel runs in Triton's interpreter on the CPU (slowly: for tests and
+    tiny runs), reading the host table directly; then only Triton is needed."""
     try:
         import torch
     except ImportError:
         return f"{UVA_NEEDS_GPU} (PyTorch is not installed)"
-    if not torch.cuda.is_available():
-        return f"{UVA_NEEDS_GPU} (torch.cuda.is_available() is False)"
+    if not interpreting() and not torch.cuda.is_available():
+        return f"{UVA_NEEDS_GPU} (torch.cuda.is_available() is False; TRITON_INTERPRET=1 runs it on the CPU)"
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -48,37 +52,42 @@ class HostPointer:
         return self._ptr
 
 
-@functools.lru_cache(maxsize=1)
+def interpreting() -> bool:
+    """True when TRITON_INTERPRET=1: the kernel then runs in Triton's interpreter, on the CPU."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+_kernels: dict = {}
+
+
 def _kernel():
-    import triton
-    import triton.language as tl
+    """The kernel, compiled for the GPU or wrapped for the interpreter, whichever TRITON_INTERPRET asks now
+    (Triton decides at import; tests switch it after)."""
+    interp = interpreting()
+    if interp not in _kernels:
+        import triton
+        from triton.runtime.interpreter import InterpretedFunction
 
-    @triton.jit
-    def uva_gather_kernel(table_ptr, idx_ptr, out_ptr, n_rows, ROW_WORDS: tl.constexpr, VEC: tl.constexpr,
-                          BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-        pid = tl.program_id(0)
-        rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-        row_ok = rows < n_rows
-        src = tl.load(idx_ptr + rows, mask=row_ok, other=0).to(tl.int64)
-        cols = tl.max_contiguous(tl.multiple_of(tl.arange(0, BLOCK_COLS), VEC), VEC)
-        mask = row_ok[:, None] & (cols[None, :] < ROW_WORDS)
-        src_off = tl.multiple_of(src * ROW_WORDS, VEC)
-        dst_off = tl.multiple_of(rows.to(tl.int64) * ROW_WORDS, VEC)
-        vals = tl.load(table_ptr + src_off[:, None] + cols[None, :], mask=mask, other=0)
-        tl.store(out_ptr + dst_off[:, None] + cols[None, :], vals, mask=mask)
+        from real_runs import triton_gather
 
-    return uva_gather_kernel
+        k = triton_gather.uva_gather_kernel
+        if interp != isinstance(k, InterpretedFunction):
+            k = InterpretedFunction(k.fn) if interp else triton.jit(k.fn)
+        _kernels[interp] = k
+    return _kernels[interp]
 
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def uva_gather(table_ptr: int, row_bytes: int, idx, out) -> None:
-    """out[i] = table[idx[i]] for a host table at `table_ptr` (registered), on the current CUDA stream.
+def uva_gather(table, row_bytes: int, idx, out) -> None:
+    """out[i] = row idx[i] of the host table, on the current CUDA stream.
 
-    idx: int64 CUDA tensor [n] of row ids (bounds-checked by the caller); out: contiguous CUDA tensor
-    holding n * row_bytes bytes.
+    table: a real_runs.stores.HostTable, registered (pinned) on a GPU; its memory is read as rows of
+    `row_bytes` (which may differ from the table's own row size: benchmarks view one table at several).
+    idx: int64 tensor [n] of row ids, bounds-checked by the caller; out: contiguous tensor holding
+    n * row_bytes bytes. Both on the GPU, or both on the CPU under TRITON_INTERPRET=1.
     """
     reason = uva_unavailable_reason()
     if reason:
@@ -91,6 +100,17 @@ def uva_gather(table_ptr: int, row_bytes: int, idx, out) -> None:
     n = idx.numel()
     if out.numel() * out.element_size() != n * row_bytes or not out.is_contiguous():
         raise ValueError(f"out must be contiguous with {n} x {row_bytes} bytes")
+    if idx.dtype != torch.int64 or not idx.is_contiguous() or idx.device != out.device:
+        raise ValueError(f"idx must be a contiguous int64 tensor on {out.device} (got {idx.dtype} on {idx.device})")
+    if interpreting():
+        if out.is_cuda:
+            raise ValueError("under TRITON_INTERPRET=1 the UVA gather runs on CPU tensors")
+        # the interpreter reads tensors, not raw device pointers: hand it the table's memory as a tensor
+        src = torch.from_numpy(table.bytes.reshape(-1)).view(torch.int32)
+    else:
+        if not (out.is_cuda and getattr(table, "pinned", False)):
+            raise ValueError("the UVA gather needs CUDA tensors and a pinned (registered) host table")
+        src = HostPointer(table.ptr, torch.int32)
     if n == 0:
         return
     words = row_bytes // 4
@@ -98,5 +118,5 @@ def uva_gather(table_ptr: int, row_bytes: int, idx, out) -> None:
     block_cols = _pow2(words)
     block_rows = max(1, min(256, 4096 // block_cols))
     grid = (triton.cdiv(n, block_rows),)
-    _kernel()[grid](HostPointer(table_ptr, torch.int32), idx, out.view(torch.int32), n, ROW_WORDS=words,
-                    VEC=vec, BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=4)
+    _kernel()[grid](src, idx, out.view(torch.int32), n, ROW_WORDS=words, VEC=vec, BLOCK_ROWS=block_rows,
+                    BLOCK_COLS=block_cols, num_warps=4)

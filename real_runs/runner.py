@@ -197,6 +197,7 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
     import torch
 
     from real_runs.backbone import Backbone, memory_footprint
+    from real_runs.cuda_gather import interpreting
     from real_runs.hashing import NgramHasher
     from real_runs.instrument import NvmlSampler, Timeline, describe_machine
     from real_runs.stores import HostTable, make_store
@@ -208,9 +209,12 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
     device = resolve_device(device)
     cuda = torch.device(device).type == "cuda"
     what = None if baseline else _needs_gpu(cfg)
-    if what and not cuda:
+    if what and not cuda and not interpreting():
         raise RuntimeError(f"host_uva needs a CUDA GPU: {what} cannot run on {device!r}; on CPU use "
-                           "placement hbm or host_dma (or hbm_cache with miss_path = 'host_dma')")
+                           "placement hbm or host_dma (or hbm_cache with miss_path = 'host_dma'), or set "
+                           "TRITON_INTERPRET=1 to run its kernel in Triton's interpreter (slow)")
+    if what and cuda and interpreting():
+        raise RuntimeError(f"{what} on {device!r}: unset TRITON_INTERPRET (the interpreter runs on the CPU only)")
     steps = int(steps or cfg.workload.steps)
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -225,6 +229,9 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
         notes.append("cache_policy lfu is run as lru")
     if p.fetch_streams != 1:
         notes.append(f"fetch_streams = {p.fetch_streams}: the real run uses one fetch stream and one worker")
+    if what and interpreting():
+        notes.append("host_uva kernel run in Triton's interpreter on the CPU (TRITON_INTERPRET=1): correct rows, "
+                     "timings meaningless")
     max_threads = numba.config.NUMBA_NUM_THREADS
     hash_threads = min(p.hash_threads, max_threads)
     gather_threads = min(p.gather_threads, max_threads)

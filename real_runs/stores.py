@@ -16,7 +16,8 @@ streams: the fetch is done by the time `prefetch` returns.
              rows into double-buffered pinned staging chunks, each chunk copied
              H2D asynchronously on the fetch stream (on CPU: a memcpy).
 - host_uva   the table in pinned host memory, read by a GPU kernel through its
-             device pointer (real_runs/cuda_gather.py). Needs a CUDA GPU.
+             device pointer (real_runs/cuda_gather.py). Needs a CUDA GPU, or
+             TRITON_INTERPRET=1 to run the same kernel on the CPU (tests).
 - hbm_cache  hot rows in a device cache (static top-k by frequency, or LRU);
              misses through host_dma or host_uva.
 
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from real_runs.cuda_gather import UVA_NEEDS_GPU, uva_gather, uva_unavailable_reason
+from real_runs.cuda_gather import UVA_NEEDS_GPU, interpreting, uva_gather, uva_unavailable_reason
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                 "fp8": getattr(torch, "float8_e4m3fn", torch.uint8), "int8": torch.int8}
@@ -364,15 +365,17 @@ class HostUVAStore(TableStore):
 
     def __init__(self, table: HostTable, device="cuda", stream=None, timeline=None, name: str = "table"):
         reason = uva_unavailable_reason()
-        if reason or torch.device(device).type != "cuda":
-            raise RuntimeError(reason or f"{UVA_NEEDS_GPU} (device is {device!r})")
+        on_cuda = torch.device(device).type == "cuda"
+        if reason or on_cuda == interpreting():
+            raise RuntimeError(reason or (f"{UVA_NEEDS_GPU} (device is {device!r})" if not on_cuda else
+                                          "under TRITON_INTERPRET=1 host_uva runs on the CPU: use device 'cpu'"))
         super().__init__(table, device, stream, timeline, name)
-        if not table.pinned:
+        if self.cuda and not table.pinned:
             table.pin()
 
     def gather_into(self, f: Fetch, uniq_dev: torch.Tensor, dst: torch.Tensor) -> None:
         m0 = self._mark()
-        uva_gather(self.table.ptr, self.row_bytes, uniq_dev, dst)
+        uva_gather(self.table, self.row_bytes, uniq_dev, dst)
         f.events.append(("uva gather", f"gather {self.name}", m0, self._mark()))
 
     def _start(self, f, ids, uniq, inv):

@@ -121,7 +121,8 @@ def test_real_steps_match_the_simulator_trace(phase):
 @pytest.mark.parametrize("changes", [{"placement.kind": "host_uva"},
                                      {"placement.kind": "hbm_cache", "placement.cache_fraction": 0.1,
                                       "placement.miss_path": "host_uva"}])
-def test_gpu_only_placements_fail_clearly_on_cpu(changes):
+def test_gpu_only_placements_fail_clearly_on_cpu(changes, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(RuntimeError, match="host_uva needs a CUDA GPU"):
         run(tiny(**changes), steps=1, device="cpu")
 
@@ -132,7 +133,24 @@ def test_cuda_device_without_gpu():
         run(tiny(), steps=1, device="cuda")
 
 
-def test_main_run(tmp_path, capsys):
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+@pytest.mark.parametrize("changes", [{"placement.kind": "host_uva"},
+                                     {"placement.kind": "hbm_cache", "placement.cache_fraction": 0.05,
+                                      "placement.miss_path": "host_uva"}])
+def test_host_uva_runs_on_cpu_in_the_triton_interpreter(tmp_path, monkeypatch, phase, changes):
+    pytest.importorskip("triton", reason="the Triton interpreter needs Triton (pip install triton)")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    cfg = tiny(**{"workload.phase": phase, **changes})
+    out = tmp_path / "uva.json"
+    run(cfg, steps=3, out=out, device="cpu")
+    rec = _check_record(out, cfg, 3)
+    assert "uva gather" in set(rec.events["actor"]) and "cpu gather" not in set(rec.events["actor"])
+    assert (rec.fetches["host_rows"] > 0).all()
+    assert any("interpreter" in n for n in rec.extra["notes"])
+
+
+def test_main_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     out = tmp_path / "cli.json"
     code = main_run(SimpleNamespace(config="tiny", placement="hbm", steps=2, out=str(out), device="cpu"))
     assert code == 0 and out.is_file()

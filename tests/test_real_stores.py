@@ -19,6 +19,18 @@ needs_uva = pytest.mark.skipif(uva_unavailable_reason() is not None,
 ROWS, VPR = 997, 20          # 40 B rows (bf16)
 
 
+@pytest.fixture
+def interpret(monkeypatch):
+    """Run the host_uva Triton kernel in Triton's interpreter, on the CPU."""
+    pytest.importorskip("triton", reason="the Triton interpreter needs Triton (pip install triton)")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def no_interpret(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+
 @pytest.fixture(scope="module")
 def table():
     return HostTable(ROWS, VPR, "bf16", seed=11)
@@ -106,8 +118,78 @@ def test_empty_prefetch(table):
         assert store.wait(store.prefetch(np.zeros(0, np.int64))).shape == (0, VPR)
 
 
+def _uva_stores(table):
+    return [HostUVAStore(table, "cpu"),
+            HBMCacheStore(table, capacity=50, policy="lru", miss_path="host_uva"),
+            HBMCacheStore(table, capacity=50, policy="static_topk", miss_path="host_uva", hot_rows=_ids(2000, seed=9))]
+
+
+def test_host_uva_stores_in_the_interpreter_return_identical_rows(table, interpret):
+    for store in _uva_stores(table):
+        for rep in range(3):
+            ids = _ids(seed=rep)
+            f = store.prefetch(ids)
+            assert f.host_rows == f.unique_rows - f.cache_hits > 0
+            assert any(e[0] == "uva gather" for e in f.events)
+            got = store.wait(f)
+            assert torch.equal(got.view(torch.int16), table.row_values(ids).view(torch.int16)), (store.kind, rep)
+
+
+@pytest.mark.parametrize("bad", [ROWS, -1])
+def test_host_uva_bounds_errors_before_the_kernel_runs(table, interpret, bad, monkeypatch):
+    import real_runs.stores as stores_mod
+
+    def boom(*a, **k):
+        raise AssertionError("the kernel ran on an out-of-range id")
+    monkeypatch.setattr(stores_mod, "uva_gather", boom)
+    for store in _uva_stores(table):
+        with pytest.raises(ValueError, match=rf"row id {bad} is outside"):
+            store.prefetch(np.array([1, bad], dtype=np.int64))
+
+
+@pytest.mark.parametrize("vpr", [2, 6, 80, 128, 512, 2048])     # 4 B, 12 B, 160 B, 256 B, 1 KB, 4 KB rows
+def test_uva_kernel_in_the_interpreter_at_every_row_shape(interpret, vpr):
+    from real_runs.cuda_gather import uva_gather
+
+    t = HostTable(4099, vpr, "bf16", seed=vpr)
+    ids = torch.from_numpy(np.unique(np.random.default_rng(vpr).integers(0, 4099, 1100)))   # crosses blocks
+    ids = torch.cat([ids, torch.tensor([0, 4098])])                                          # both ends
+    out = torch.full((ids.numel(), vpr), 7.0, dtype=torch.bfloat16)
+    uva_gather(t, t.row_bytes, ids, out)
+    assert torch.equal(out.view(torch.int16), t.tensor[ids].view(torch.int16))
+
+
+def test_uva_kernel_reads_a_table_at_another_row_size(interpret):
+    """Benchmarks view one 256 B-row table as 64 B or 1 KB rows: row r of the view starts at byte r * row_bytes."""
+    from real_runs.cuda_gather import uva_gather
+
+    t = HostTable(1024, 128, "bf16", seed=5)
+    flat = t.tensor.reshape(-1)
+    for row_bytes in (64, 1024):
+        vals = row_bytes // 2
+        ids = torch.tensor([0, 3, 17, 1024 * 256 // row_bytes - 1])
+        out = torch.empty((ids.numel(), vals), dtype=torch.bfloat16)
+        uva_gather(t, row_bytes, ids, out)
+        assert torch.equal(out.view(torch.int16), flat.view(-1, vals)[ids].view(torch.int16))
+
+
+def test_uva_gather_argument_errors(interpret):
+    from real_runs.cuda_gather import uva_gather
+
+    t = HostTable(64, 8, "bf16")
+    ids = torch.arange(4)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        uva_gather(t, 6, ids, torch.empty(24, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="4 x 16 bytes"):
+        uva_gather(t, 16, ids, torch.empty(63, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="int64"):
+        uva_gather(t, 16, ids.int(), torch.empty(64, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="use device 'cpu'"):
+        HostUVAStore(t, "cuda")
+
+
 @pytest.mark.skipif(CUDA, reason="checks the CPU-only error")
-def test_host_uva_needs_a_gpu(table):
+def test_host_uva_needs_a_gpu(table, no_interpret):
     with pytest.raises(RuntimeError, match="host_uva needs a CUDA GPU"):
         HostUVAStore(table, "cpu")
     with pytest.raises(RuntimeError, match="host_uva needs a CUDA GPU"):
@@ -148,6 +230,6 @@ def test_uva_gather_kernel_row_sizes():
         t = HostTable(4099, vpr, "bf16", seed=vpr, pin=True)
         ids = torch.from_numpy(np.unique(np.random.default_rng(vpr).integers(0, 4099, 1000))).cuda()
         out = torch.empty((ids.numel(), vpr), dtype=torch.bfloat16, device="cuda")
-        uva_gather(t.ptr, t.row_bytes, ids, out)
+        uva_gather(t, t.row_bytes, ids, out)
         assert torch.equal(out.cpu().view(torch.int16), t.tensor[ids.cpu()].view(torch.int16))
         t.close()
