@@ -16,8 +16,11 @@ comments in the TOML.
 - GPU side (with a CUDA GPU, unless --cpu-only): H2D/D2H pinned and pageable
   copies versus size, both directions at once, device-to-device bandwidth, HBM
   gather versus row bytes, zero-copy gather versus row bytes x table footprint x
-  rows per step, bf16 matmul on a large GEMM and on real layer shapes, kernel
-  launch overhead, pinned-allocation rates, NVML facts.
+  rows per step (sorted ids, and random order at 16K rows), bf16 matmul on a
+  large GEMM and on real layer shapes, the backbone's own expert (grouped mm)
+  and attention kernels in prefill (-> matmul_efficiency) and decode
+  (memory-bound -> memory_efficiency), kernel launch overhead, pinned-allocation
+  rates, NVML facts.
   With --cpu-only the gpu, link and uva sections are copied from --base and the
   provenance says so.
 
@@ -64,6 +67,18 @@ LAYER_GEMMS = {
     "moe expert gate+up": (1792, 2560, 2 * 1536),
     "moe expert down": (1792, 1536, 2560),
 }
+
+# The rest of that layer as the backbone runs it (real_runs/backbone.py), so the rates are those of the
+# real run's own kernels: the 55 routed experts over the chunk's 16384 x top-6 rows (MoE._experts:
+# torch._grouped_mm where it works, else a loop over experts), and causal SDPA over the chunk.
+MOE_EXPERTS = dict(tokens=16384, hidden=2560, routed=55, top_k=6, inter=1536)
+PREFILL_ATTENTION = dict(tokens=16384, heads=32, head_dim=192)
+# Memory-bound work of a decode step: decode_attention reading a KV cache, and the qkv projection of
+# 512 sequences (reads its weights once). Their achieved read rate over hbm_gbps is memory_efficiency.
+DECODE_ATTENTION = dict(batch=64, heads=32, kv_heads=32, head_dim=192, context=2048)
+DECODE_GEMM = (512, 2560, 3 * 32 * 192)
+# Zero-copy gathers are also timed with the same ids in random order (sorted is what the stores do).
+UVA_RANDOM_ROWS = 16384
 
 # Reference figures of shared/reference/H100.md (one H100 SXM machine, 16 vCPU Xeon, 2026-11-24).
 REFERENCE = {
@@ -697,7 +712,8 @@ def gpu_plan(sizes: Sizes) -> dict:
         "d2d_bytes": int(min(sizes.d2d_bytes, free * 0.2)),
         "hbm_table_bytes": int(min(sizes.hbm_table_bytes, free * 0.4)),
         "count": (2 * len(copy_sizes) + 2 * len(pageable) + 1 + 1 + len(sizes.hbm_row_bytes) + len(uva_points)
-                  + 1 + len(LAYER_GEMMS) + 1 + 1),
+                  + sum(n == UVA_RANDOM_ROWS for _, _, n in uva_points)
+                  + 1 + len(LAYER_GEMMS) + 2 + 2 + 1 + 1),
     }
 
 
@@ -790,7 +806,7 @@ def measure_uva(sizes: Sizes, plan: dict, raw: dict):
     from real_runs.cuda_gather import uva_gather
     from real_runs.stores import HostTable
 
-    raw["uva"] = []
+    raw["uva"], raw["uva_random"] = [], []
     if not plan["uva_points"]:
         return
     gib = plan["uva_table_gib"]
@@ -811,8 +827,18 @@ def measure_uva(sizes: Sizes, plan: dict, raw: dict):
             s = cuda_median_time(lambda ids: uva_gather(table, rb, ids, out[:ids.numel() * rb]),
                                  sizes.warmup, sizes.repeats, setup=lambda i: sets[i])
             raw["uva"].append({"table_gib": g, "row_bytes": rb, "rows": n, "us": s * 1e6})
-            sets = out = None
             yield f"uva {g} GiB {rb} B x {n}"
+            if n == UVA_RANDOM_ROWS:
+                gen = torch.Generator(device="cuda")
+                gen.manual_seed(5)
+                shuffled = [ids[torch.randperm(n, device="cuda", generator=gen)] for ids in sets]
+                r = cuda_median_time(lambda ids: uva_gather(table, rb, ids, out[:ids.numel() * rb]),
+                                     sizes.warmup, sizes.repeats, setup=lambda i: shuffled[i])
+                raw["uva_random"].append({"table_gib": g, "row_bytes": rb, "rows": n, "us_sorted": s * 1e6,
+                                          "us_random": r * 1e6})
+                shuffled = None
+                yield f"uva {g} GiB {rb} B x {n}, random order"
+            sets = out = None
     finally:
         torch.cuda.synchronize()
         table.close()
@@ -838,6 +864,7 @@ def measure_compute(sizes: Sizes, plan: dict, raw: dict):
         raw["gemm_layers"][name] = {"shape": [m, k, nn], "s": s, "tflops": 2 * m * k * nn / s / 1e12}
         x = w = y = None
         yield f"bf16 {name}"
+    yield from measure_backbone_kernels(sizes, raw)
     torch.cuda.empty_cache()
     x = torch.zeros(1, device="cuda")
     k = sizes.launch_kernels
@@ -849,6 +876,62 @@ def measure_compute(sizes: Sizes, plan: dict, raw: dict):
     s = cuda_median_time(launches, 1, 3)
     raw["launch_us"] = s / k * 1e6
     yield "kernel launch"
+
+
+def measure_backbone_kernels(sizes: Sizes, raw: dict, device: str = "cuda", timer=cuda_median_time,
+                             moe_shape=MOE_EXPERTS, prefill=PREFILL_ATTENTION, decode=DECODE_ATTENTION,
+                             decode_gemm=DECODE_GEMM):
+    """The backbone's own expert and attention kernels (real_runs/backbone.py) at Engram-27B shapes.
+
+    (Tests run it on the CPU with small shapes and the host timer.)"""
+    import torch
+    import torch.nn.functional as F
+
+    from real_runs.backbone import MoE, decode_attention
+
+    bf16 = dict(device=device, dtype=torch.bfloat16)
+    m = moe_shape
+    gen = torch.Generator(device=device)
+    gen.manual_seed(6)
+    moe = MoE(m["hidden"], 0, m["routed"], m["top_k"], m["inter"], gen, device, torch.bfloat16)
+    rows = m["tokens"] * m["top_k"]
+    counts = torch.full((m["routed"],), rows // m["routed"], dtype=torch.int64, device=device)
+    counts[:rows % m["routed"]] += 1                          # balanced routing, every row placed
+    xs = torch.randn(rows, m["hidden"], **bf16)
+    s = timer(lambda: moe._experts(xs, counts), sizes.warmup + 2, sizes.repeats)
+    raw["gemm_layers"][f"moe experts ({moe.impl})"] = {
+        "shape": [rows, m["hidden"], 3 * m["inter"]], "s": s, "flops": 2 * rows * m["hidden"] * 3 * m["inter"],
+        "tflops": 2 * rows * m["hidden"] * 3 * m["inter"] / s / 1e12}
+    moe = xs = None
+    yield "moe experts"
+    a = prefill
+    q, k, v = (torch.randn(1, a["heads"], a["tokens"], a["head_dim"], **bf16) for _ in range(3))
+    s = timer(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), sizes.warmup + 2,
+                         sizes.repeats)
+    flops = 4 * a["heads"] * a["head_dim"] * a["tokens"] * (a["tokens"] + 1) / 2   # causal: half the pairs
+    raw["gemm_layers"]["attention prefill (causal SDPA)"] = {
+        "shape": [a["tokens"], a["head_dim"], a["tokens"]], "s": s, "flops": flops, "tflops": flops / s / 1e12}
+    q = k = v = None
+    yield "prefill attention"
+    d = decode
+    q = torch.randn(d["batch"], d["heads"], 1, d["head_dim"], **bf16)
+    keys, values = (torch.randn(d["batch"], d["kv_heads"], d["context"], d["head_dim"], **bf16) for _ in range(2))
+    pos = torch.full((d["batch"],), d["context"] - 1, dtype=torch.int64, device=device)
+    s = timer(lambda: decode_attention(q, keys, values, pos), sizes.warmup + 2, sizes.repeats)
+    kv_bytes = 2 * keys.numel() * keys.element_size()
+    raw["memory_bound"] = {"decode attention": {"shape": [d["batch"], d["heads"], d["context"], d["head_dim"]],
+                                                "bytes": kv_bytes, "s": s, "gbps": kv_bytes / s / 1e9}}
+    q = keys = values = None
+    yield "decode attention"
+    mm, kk, nn = decode_gemm
+    x = torch.randn(mm, kk, **bf16)
+    w = torch.randn(kk, nn, **bf16)
+    s = timer(lambda: x @ w, sizes.warmup + 2, sizes.repeats)
+    nbytes = 2 * (kk * nn + mm * kk + mm * nn)
+    raw["memory_bound"]["decode qkv projection"] = {"shape": [mm, kk, nn], "bytes": nbytes, "s": s,
+                                                    "gbps": nbytes / s / 1e9}
+    x = w = None
+    yield "decode projection"
 
 
 def measure_pinning(sizes: Sizes, plan: dict, raw: dict):
@@ -938,9 +1021,11 @@ def gpu_sections(raw: dict, base) -> tuple[dict, dict, dict, dict, list[str]]:
     hbm_gib = info["total_bytes"] / GiB
     reserved = min(max(base.gpu.hbm_reserved_gib, info["context_bytes"] / GiB + 1.0), hbm_gib / 2)
     layers = raw["gemm_layers"]
-    layer_tflops = (sum(2 * np.prod(v["shape"]) for v in layers.values()) / sum(v["s"] for v in layers.values())
-                    / 1e12)
+    layer_tflops = (sum(v.get("flops", 2 * np.prod(v["shape"])) for v in layers.values())
+                    / sum(v["s"] for v in layers.values()) / 1e12)
     large = raw["gemm_large"]["tflops"]
+    mem = raw.get("memory_bound") or {}
+    mem_gbps = sum(v["bytes"] for v in mem.values()) / sum(v["s"] for v in mem.values()) / 1e9 if mem else None
     gpu = {
         "name": nv.get("name") or info["name"],
         "hbm_gib": sig(hbm_gib, 3),
@@ -949,7 +1034,8 @@ def gpu_sections(raw: dict, base) -> tuple[dict, dict, dict, dict, list[str]]:
         "bf16_tflops": sig(large),
         "fp8_tflops": base.gpu.fp8_tflops,
         "matmul_efficiency": sig(min(1.0, layer_tflops / large), 3),
-        "memory_efficiency": base.gpu.memory_efficiency,
+        "memory_efficiency": (sig(min(1.0, mem_gbps / raw["d2d_gbps"]), 3) if mem_gbps
+                              else base.gpu.memory_efficiency),
         "kernel_launch_us": sig(raw["launch_us"], 3),
         "kernels_per_layer": base.gpu.kernels_per_layer,
         "hbm_gather": [{"x": rb, "y": sig(v)} for rb, v in sorted(raw["hbm_gather"].items())],
@@ -976,6 +1062,9 @@ def gpu_sections(raw: dict, base) -> tuple[dict, dict, dict, dict, list[str]]:
             f"chunk) {layer_tflops:.4g} TFLOP/s together:",
             *[f"  {name} {v['shape'][0]}x{v['shape'][1]} @ {v['shape'][1]}x{v['shape'][2]}: {v['tflops']:.4g} TFLOP/s"
               for name, v in layers.items()],
+            *([f"memory_efficiency: memory-bound decode work {mem_gbps:.4g} GB/s together / hbm_gbps:",
+               *[f"  {name} {'x'.join(map(str, v['shape']))}: {_human_bytes(v['bytes'])} read in "
+                 f"{v['s'] * 1e6:.4g} us, {v['gbps']:.4g} GB/s" for name, v in mem.items()]] if mem else []),
             f"hbm_gbps: device-to-device copy of {_human_bytes(raw['d2d_bytes'])}, read + write",
             f"hbm_gather: index_select (bf16 rows, random ids with repeats) from a "
             f"{_human_bytes(raw['hbm_table_bytes'])} table, payload GB/s",
@@ -1005,6 +1094,16 @@ def gpu_sections(raw: dict, base) -> tuple[dict, dict, dict, dict, list[str]]:
             f"translation part fitted on the {len(fit_pts)} of {len(pts)} points not limited by max_gbps; "
             f"the whole model's max relative error over all points {max_err:.1%}",
         ]
+        rand = raw.get("uva_random") or []
+        if rand:
+            slow = [p["us_random"] / p["us_sorted"] for p in rand]
+            comments["uva"] += [
+                f"the same ids in random order (the simulator assumes sorted, as the stores do): "
+                f"x{min(slow):.3g} to x{max(slow):.3g} the sorted time:",
+                *[f"  {p['table_gib']} GiB, {p['row_bytes']} B x {p['rows']}: sorted {p['us_sorted']:.4g} us, "
+                  f"random {p['us_random']:.4g} us" for p in rand]]
+            notes.append(f"zero-copy gathers in random id order took x{min(slow):.3g}-x{max(slow):.3g} the sorted "
+                         f"time ({len(rand)} points; the model is fitted on sorted ids)")
     else:
         uva = dataclasses.asdict(base.uva)
         notes.append(f"uva copied from the base profile: the zero-copy gather could not run here "
@@ -1046,7 +1145,8 @@ def assemble(raw: dict, base, base_name: str, out_name: str, today: str, quick: 
         nv = info.get("nvml", {})
         uva_measured = bool(raw.get("uva"))
         measured = "host, gpu, link" + (", uva" if uva_measured else "")
-        notes = [f"measured here: {measured}; gpu.fp8_tflops, gpu.memory_efficiency and gpu.kernels_per_layer "
+        from_base = "gpu.fp8_tflops, " + ("" if raw.get("memory_bound") else "gpu.memory_efficiency, ")
+        notes = [f"measured here: {measured}; {from_base}gpu.kernels_per_layer "
                  f"come from the {base_desc}; gpu.hbm_reserved_gib is the CUDA context measured "
                  f"({info['context_bytes'] / GiB:.2f} GiB) + 1 GiB, at least the base's"] + gpu_notes + common_notes
         pin_notes = [f"pinning with torch pin_memory: {raw['pin_torch_s_per_gib']:.3g} s/GiB"]

@@ -155,12 +155,19 @@ class Attention(nn.Module):
             cache.k[layer][b, :, pos] = k[:, :, 0]
             cache.v[layer][b, :, pos] = v[:, :, 0]
             L = max_len if max_len is not None else cache.capacity
-            keys, values = cache.k[layer][:, :, :L], cache.v[layer][:, :, :L]
-            mask = (torch.arange(L, device=x.device) <= pos.unsqueeze(1)).view(B, 1, 1, L)
-            # GQA for one query per sequence: the G query heads of a KV head become G query rows.
-            qg = q.reshape(B, KV, H // KV, hd)
-            o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask).reshape(B, H, 1, hd)
+            o = decode_attention(q, cache.k[layer][:, :, :L], cache.v[layer][:, :, :L], pos)
         return o.transpose(1, 2).reshape(B, T, H * hd) @ self.w_o
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """One query per sequence over its cached keys: q [B, H, 1, hd], keys/values [B, KV, L, hd], pos [B] (the
+    newest cached position; later slots are masked). Returns [B, H, 1, hd]. Calibration times this very call."""
+    B, H, _, hd = q.shape
+    KV, L = keys.shape[1], keys.shape[2]
+    mask = (torch.arange(L, device=q.device) <= pos.unsqueeze(1)).view(B, 1, 1, L)
+    # GQA for one query per sequence: the G query heads of a KV head become G query rows.
+    qg = q.reshape(B, KV, H // KV, hd)
+    return F.scaled_dot_product_attention(qg, keys, values, attn_mask=mask).reshape(B, H, 1, hd)
 
 
 class DecoderLayer(nn.Module):

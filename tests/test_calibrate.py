@@ -248,6 +248,14 @@ def synthetic_gpu_raw() -> dict:
                 uva.append({"table_gib": g, "row_bytes": rb, "rows": n, "us": (fixed + body) * 1e6})
     layers = {name: {"shape": list(shape), "s": 2 * np.prod(shape) / 500e12, "tflops": 500.0}
               for name, shape in calibrate.LAYER_GEMMS.items()}
+    layers["attention prefill (causal SDPA)"] = {"shape": [16384, 192, 16384], "flops": 1e12, "s": 1e12 / 500e12,
+                                                 "tflops": 500.0}
+    memory_bound = {"decode attention": {"shape": [64, 32, 2048, 192], "bytes": 3.2e9, "s": 3.2e9 / 2030e9,
+                                         "gbps": 2030.0},
+                    "decode qkv projection": {"shape": [512, 2560, 18432], "bytes": 1e8, "s": 1e8 / 2030e9,
+                                              "gbps": 2030.0}}
+    uva_random = [{"table_gib": 1, "row_bytes": 256, "rows": 16384, "us_sorted": 100.0, "us_random": 130.0},
+                  {"table_gib": 64, "row_bytes": 256, "rows": 16384, "us_sorted": 400.0, "us_random": 800.0}]
     return {
         "system": {"cpu": "Test CPU", "cores": 16, "memory_gib": 128.0, "numba_threads": 16, "threads": [1, 16]},
         "hash": {1: 9e6, 16: 112e6}, "gather": {(256, 1): 3.0, (256, 16): 40.0, (4096, 1): 4.0, (4096, 16): 48.0},
@@ -261,7 +269,8 @@ def synthetic_gpu_raw() -> dict:
         "hbm_gather": {64: 100.0, 1024: 1150.0, 4096: 1200.0}, "hbm_table_bytes": 8 * GiB,
         "gemm_large": {"n": 8192, "tflops": 750.0}, "gemm_layers": layers, "launch_us": 2.2,
         "pin_torch_s_per_gib": 0.7, "pin_register_small_s_per_gib": 0.3, "pin_bytes": GiB,
-        "pin_register_s_per_gib": 0.5, "uva_table_pinned_gib": 64, "uva": uva,
+        "pin_register_s_per_gib": 0.5, "uva_table_pinned_gib": 64, "uva": uva, "uva_random": uva_random,
+        "memory_bound": memory_bound,
     }
 
 
@@ -279,6 +288,7 @@ def test_gpu_side_assembly_fits_known_models(tmp_path):
     assert len(p.link.h2d_points) == 10 and p.link.pageable_h2d_gbps == 9.5
     assert p.gpu.bf16_tflops == 750.0 and p.gpu.matmul_efficiency == pytest.approx(500 / 750, rel=0.01)
     assert p.gpu.hbm_gbps == 2900.0 and [q.x for q in p.gpu.hbm_gather] == [64, 1024, 4096]
+    assert p.gpu.memory_efficiency == pytest.approx(2030 / 2900, rel=0.002)     # decode work / d2d
     assert p.gpu.kernels_per_layer == base.gpu.kernels_per_layer and p.gpu.fp8_tflops == base.gpu.fp8_tflops
     assert p.gpu.hbm_gib == 80.0 and p.gpu.hbm_reserved_gib == base.gpu.hbm_reserved_gib
     # The UVA model is refitted from its points: the H100 model's own parameters come back.
@@ -290,12 +300,41 @@ def test_gpu_side_assembly_fits_known_models(tmp_path):
             q.us * 1e-6, rel=0.05)
     notes = p.provenance.notes
     assert "measured here: host, gpu, link, uva" in notes and "pin_memory" in notes
+    assert "gpu.memory_efficiency" not in notes.split("come from")[0]       # measured, not from the base
+    assert "random id order took x1.3-x2" in notes
     assert "driver 580.1" in p.provenance.machine
     text = out.read_text()
     assert "# D2H pinned GB/s by bytes" in text and "# H2D + D2H at once" in text
+    assert "# memory_efficiency: memory-bound decode work" in text and "random 800 us" in text
     lines = calibrate.comparison(raw, gpu_measured=True)
     assert any("H2D pinned copy, 1 GiB" in line for line in lines)
     assert not any("machines differ" in line for line in lines)
+
+
+def test_backbone_kernels_are_measured_with_the_backbones_own_code(monkeypatch):
+    """On the CPU with small shapes and the host timer: what the GPU run records, and that it assembles."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(calibrate, "WARM_S", 0.0)
+    monkeypatch.setattr(calibrate, "TIMED_S", 0.0)
+    raw = {"gemm_layers": {}}
+    sizes = dataclasses.replace(calibrate.QUICK, warmup=0, repeats=1)
+    done = list(calibrate.measure_backbone_kernels(
+        sizes, raw, device="cpu", timer=calibrate.median_time,
+        moe_shape=dict(tokens=64, hidden=32, routed=4, top_k=2, inter=16),
+        prefill=dict(tokens=32, heads=2, head_dim=16),
+        decode=dict(batch=2, heads=4, kv_heads=2, head_dim=16, context=24), decode_gemm=(4, 32, 48)))
+    assert done == ["moe experts", "prefill attention", "decode attention", "decode projection"]
+    moe = next(v for k, v in raw["gemm_layers"].items() if k.startswith("moe experts ("))
+    assert moe["flops"] == 2 * 128 * 32 * 3 * 16 and moe["s"] > 0
+    att = raw["gemm_layers"]["attention prefill (causal SDPA)"]
+    assert att["flops"] == 4 * 2 * 16 * 32 * 33 / 2
+    dec = raw["memory_bound"]["decode attention"]
+    assert dec["bytes"] == 2 * 2 * 2 * 24 * 16 * 2 and dec["gbps"] == pytest.approx(dec["bytes"] / dec["s"] / 1e9)
+    assert raw["memory_bound"]["decode qkv projection"]["bytes"] == 2 * (32 * 48 + 4 * 32 + 4 * 48)
+    full = synthetic_gpu_raw()
+    full["gemm_layers"], full["memory_bound"] = raw["gemm_layers"], raw["memory_bound"]
+    gpu, *_ = calibrate.gpu_sections(full, load_profile("h100-sxm"))
+    assert 0 < gpu["matmul_efficiency"] <= 1 and 0 < gpu["memory_efficiency"] <= 1
 
 
 def test_gpu_side_without_uva_keeps_the_base_uva_and_says_so():
