@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 from real_runs.hashing import NgramHasher, bench_hashing
+from workloads.fastmod import mod_prime
 from workloads.hashing import hash_layer, layer_multipliers, table_offsets
 
 DEMO = dict(engram_vocab_size=[646400, 646400], max_ngram_size=3, n_head_per_ngram=8, layer_ids=[1, 15],
@@ -119,3 +121,45 @@ def test_rejects_unknown_layer(demo):
 def test_bench_runs():
     result = bench_hashing(tokens=4096, threads=1, repeats=1)
     assert result["numba_tokens_per_s"] > 0 and result["numpy_tokens_per_s"] > 0
+
+
+@njit
+def _mod_all(xs, ps):
+    out = np.empty((xs.size, ps.size), dtype=np.int64)
+    for i in range(xs.size):
+        for j in range(ps.size):
+            out[i, j] = mod_prime(xs[i], ps[j], 1.0 / np.float64(ps[j]))
+    return out
+
+
+# Primes around the fast path's threshold, the demo's, and large ones (tables of billions of rows).
+MOD_PRIMES = [2, 3, 8191, 8209, 646403, 646411, 2262401, 2147483647, 1000000000039, (1 << 61) - 1]
+EDGES = [0, 1, 8208, 8209, 8210, (1 << 53) - 1, 1 << 53, (1 << 53) + 1, (1 << 62) - 1, 1 << 62,
+         (1 << 63) - 2, (1 << 63) - 1]
+
+
+def test_fast_modulo_is_exact_at_the_extremes():
+    ps = np.array(MOD_PRIMES, dtype=np.int64)
+    xs = [x for x in EDGES] + [k * p + d for p in MOD_PRIMES[2:] for k in (1, 2, (1 << 62) // p, (1 << 63) // p - 1)
+                               for d in (-1, 0, 1) if 0 <= k * p + d < 1 << 63]
+    got = _mod_all(np.array(xs, dtype=np.int64), ps)
+    want = np.array([[x % p for p in MOD_PRIMES] for x in xs], dtype=np.int64)
+    assert np.array_equal(got, want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, (1 << 63) - 1), min_size=1, max_size=50), st.integers(1, (1 << 62)))
+def test_fast_modulo_matches_python(xs, p):
+    got = _mod_all(np.array(xs, dtype=np.int64), np.array([p], dtype=np.int64))[:, 0]
+    assert got.tolist() == [x % p for x in xs]
+
+
+def test_hash_into_a_reused_output(demo):
+    ids = np.random.default_rng(3).integers(0, 99092, size=(3, 17), dtype=np.int64)
+    out = np.full((3, 17, 16), -1, dtype=np.int64)
+    got = demo.hash(ids, 1, out=out)
+    assert got is out and np.array_equal(out, demo.hash_reference(ids, 1))
+    with pytest.raises(ValueError, match="out must be a C-contiguous int64 array of shape"):
+        demo.hash(ids, 1, out=np.empty((3, 17, 8), dtype=np.int64))
+    with pytest.raises(ValueError, match="int64"):
+        demo.hash(ids, 1, out=np.empty((3, 17, 16), dtype=np.int32))

@@ -37,6 +37,7 @@ from numba import njit, prange
 
 from sim.config import RunConfig
 from workloads.cache import replay_flat
+from workloads.fastmod import mod_prime
 from workloads.hashing import layer_multipliers, table_offsets
 from workloads.requests import sample_lengths
 from workloads.tokens import make_token_source
@@ -231,6 +232,7 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
     mask = slots - 1
     shift = np.uint64(64 - bits_log2)
     n_out = 0
+    inv = 1.0 / primes.astype(np.float64)
     for s in range(n_steps):
         cur = s & 1
         prev = cur ^ 1
@@ -243,7 +245,7 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
             for o in range(n_orders):
                 mix ^= ctx[i, o + 1] * multipliers[o + 1]
                 for j in range(n_heads):
-                    row = offsets[o * n_heads + j] + mix % primes[o, j]
+                    row = offsets[o * n_heads + j] + mod_prime(mix, primes[o, j], inv[o, j])
                     if use_bitmap:
                         word = row >> 6
                         bit = np.uint64(1) << np.uint64(row & 63)
