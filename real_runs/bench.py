@@ -8,11 +8,16 @@
 - dma:  host_dma end to end, 16K x 256 B rows from a 64 GiB table, host-timed (dedup, Numba gather
         into pinned staging, async H2D copy, expand), plus its gather and copy parts;
 - hbm:  index_select from an HBM table at 160 B / 256 B / 1 KB rows;
-- e2e:  Dense-4B decode with Engram at layer id 1 per placement (none = no Engram, hbm, host_dma,
-        host_uva): tokens/s and the overhead against the no-Engram baseline.
+- e2e:  Dense-4B decode (batch 256) with Engram at layer id 1 per placement (none = no Engram, hbm,
+        host_dma, host_uva, hbm_cache): tokens/s and the overhead of each against the table in HBM and
+        against no Engram; the table is the largest both host memory and the GPU (for the hbm run) hold.
 
 Without a CUDA GPU only `hash` runs; the other parts record {"skipped": "needs a CUDA GPU"}.
 Each part also records its own errors instead of stopping the others.
+
+Every figure is then checked, in the same run, against the issue's targets and the H100
+reference measurements shipped in profiles/reference/ (taken with simple kernels on one
+H100 SXM machine): `targets` in the JSON, one row per check, and a table on stdout.
 """
 
 from __future__ import annotations
@@ -154,37 +159,173 @@ def bench_hbm(quick: bool, reps: int) -> list[dict]:
     return out
 
 
-def bench_e2e(quick: bool, table_gib: float, placements: list[str]) -> dict:
-    import torch
-
-    from real_runs.runner import run
+def e2e_config(quick: bool, table_gib: float):
     from sim.config import load_config
 
-    cfg = load_config("dense-4b-100b").replace(**{
+    return load_config("dense-4b-100b").replace(**{
         "engram.table_gib": table_gib,
         "workload.sequences": 128 if quick else 256,
         "workload.lengths": {"dist": "uniform", "low": 100, "high": 1024},
         "workload.steps": 20 if quick else 50,
         "placement.hash_threads": 8, "placement.gather_threads": 8,
     })
-    out = {"config": cfg.to_dict(), "runs": {}}
+
+
+def largest_e2e_tables_gib(quick: bool, host_available_bytes: float, gpu_free_bytes: float) -> tuple[float, float]:
+    """(host, hbm): the largest table (whole GiB) host memory holds, and the largest the GPU holds beside the
+    model and its KV cache (as run: K and V), with margins for activations, staging and the OS."""
+    from real_runs.backbone import memory_footprint
+
+    fp = memory_footprint(e2e_config(quick, 1.0))
+    gpu_room = gpu_free_bytes * 0.9 - fp["weights_bytes"] - fp["kv_bytes_as_run"] - 4 * GiB
+    host_room = host_available_bytes * 0.6
+    return float(max(1, int(host_room // GiB))), float(max(1, int(min(gpu_room, host_room) // GiB)))
+
+
+def bench_e2e(quick: bool, table_gib: float | None, placements: list[str], records: Path | None = None) -> dict:
+    """Each placement's decode throughput. The host placements use the largest table host memory allows;
+    `hbm` the largest the GPU holds (the same when that is as large): the gather from HBM costs the same
+    whatever the table's size, so it stands for the table in HBM at the host size too."""
+    import torch
+
+    from profiles.calibrate import available_gib
+    from real_runs.runner import run
+
+    if table_gib is None:
+        free, _ = torch.cuda.mem_get_info()
+        host_gib, hbm_gib = largest_e2e_tables_gib(quick, available_gib() * GiB, free)
+    else:
+        host_gib = hbm_gib = table_gib
+    out = {"host_table_gib": host_gib, "hbm_table_gib": hbm_gib, "runs": {}}
     for placement in placements:
+        gib = hbm_gib if placement == "hbm" else host_gib
+        cfg = e2e_config(quick, gib)
+        out.setdefault("config", cfg.to_dict())
         try:
-            rec = run(cfg, placement=placement, warmup=2)
+            out_file = None if records is None else records / f"e2e-dense4b-{gib:g}gib-decode-{placement}.json"
+            rec = run(cfg, placement=placement, warmup=2, out=out_file)
             s = rec.summary
-            out["runs"][placement] = {k: s[k] for k in ("tokens_per_s", "step_time_s", "exposed_stall_s",
-                                                          "fetch_time_s", "overlap_fraction")}
-            print(f"e2e {placement:>9}: {s['tokens_per_s']:.0f} tok/s, stall {s['exposed_stall_s'] * 1e3:.3f} ms"
-                  f"/step, fetch {s['fetch_time_s'] * 1e3:.3f} ms/step", flush=True)
+            out["runs"][placement] = {"table_gib": 0.0 if placement == "none" else gib,
+                                      **{k: s[k] for k in ("tokens_per_s", "step_time_s", "exposed_stall_s",
+                                                           "fetch_time_s", "overlap_fraction")}}
+            print(f"e2e {placement:>9} ({gib:g} GiB): {s['tokens_per_s']:.0f} tok/s, stall "
+                  f"{s['exposed_stall_s'] * 1e3:.3f} ms/step, fetch {s['fetch_time_s'] * 1e3:.3f} ms/step", flush=True)
         except Exception as e:  # record and go on with the next placement
-            out["runs"][placement] = {"error": f"{type(e).__name__}: {e}"}
+            out["runs"][placement] = {"table_gib": gib, "error": f"{type(e).__name__}: {e}"}
         torch.cuda.empty_cache()
-    base = out["runs"].get("none", {}).get("tokens_per_s")
-    if base:
-        for placement, r in out["runs"].items():
-            if "tokens_per_s" in r:
-                r["overhead_vs_no_engram"] = 1 - r["tokens_per_s"] / base
+    for name, key in (("none", "overhead_vs_no_engram"), ("hbm", "overhead_vs_hbm")):
+        base = out["runs"].get(name, {}).get("tokens_per_s")
+        if base:
+            for placement, r in out["runs"].items():
+                if "tokens_per_s" in r:
+                    r[key] = 1 - r["tokens_per_s"] / base
     return out
+
+
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "profiles" / "reference"
+
+# The targets (issue 3): (what, unit, target, direction); direction +1: measured >= target, -1: <=.
+HASH_MIN_TOKENS_PER_S = 100e6
+HASH_MIN_RATIO = 20.0
+DMA_MAX_S = 250e-6            # 16K rows of 256 B from a 64 GiB table, end to end
+HBM_MIN_GBPS = 1100.0         # 1 KB rows, payload
+E2E_MAX_OVERHEAD = 0.03       # best host path against the table in HBM
+
+
+def reference_step_fetch() -> list[dict]:
+    """The reference per-step fetch points (h100-step-fetch.json): UVA gather and CPU path per shape."""
+    path = REFERENCE_DIR / "h100-step-fetch.json"
+    return [r for r in json.loads(path.read_text()) if "rows" in r]
+
+
+def _check(name: str, measured, target, unit: str, higher_is_better: bool, reference=None, note: str = "") -> dict:
+    ok = None if measured is None else (measured >= target if higher_is_better else measured <= target)
+    return {"check": name, "measured": measured, "target": target, "unit": unit,
+            "target_is": "at least" if higher_is_better else "at most", "reference": reference, "ok": ok,
+            "note": note}
+
+
+def evaluate(result: dict, ref_points: list[dict]) -> list[dict]:
+    """One row per target of the issue, from a bench result; `ok` None where the part did not run."""
+    rows = []
+    h = result.get("hash", {})
+    threads = h.get("threads")
+    rows.append(_check("hashing, Numba", h.get("numba_tokens_per_s"), HASH_MIN_TOKENS_PER_S, "tokens/s", True,
+                       118e6, f"{threads} threads; the target is for 16 cores" if threads else ""))
+    rows.append(_check("hashing, Numba / NumPy", h.get("ratio_numba_over_numpy"), HASH_MIN_RATIO, "x", True,
+                       None, f"{threads} threads against one" if threads else ""))
+    uva = result.get("uva") if isinstance(result.get("uva"), list) else []
+    measured = {(round(p["table_gib"]), p["row_bytes"], p["rows"]): p["median_s"] for p in uva}
+    for r in ref_points:
+        if not r.get("uva_ok", True):
+            continue
+        key = (r["gib"], r["row_bytes"], r["rows"])
+        m = measured.get(key)
+        rows.append(_check(f"host_uva gather {r['gib']} GiB, {r['row_bytes']} B x {r['rows']}", m, r["uva_s"], "s",
+                           False, r["uva_s"], "at most the reference kernel's time" +
+                           (f": x{r['uva_s'] / m:.2f} its rate" if m else "")))
+    dma = result.get("dma") if isinstance(result.get("dma"), list) else []
+    point = next((p for p in dma if p["rows"] == 16384 and p["row_bytes"] == 256 and p["table_gib"] >= 63), None)
+    ref = next((r["cpu_path_s"] for r in ref_points if (r["gib"], r["row_bytes"], r["rows"]) == (64, 256, 16384)),
+               None)
+    rows.append(_check("host_dma 16K x 256 B from 64 GiB, end to end", point and point["end_to_end_s"], DMA_MAX_S,
+                       "s", False, ref, "" if point or not dma else "no 64 GiB table (--max-table-gib)"))
+    hbm = result.get("hbm") if isinstance(result.get("hbm"), list) else []
+    best = max((p["gb_per_s"] for p in hbm if p["row_bytes"] == 1024), default=None)
+    rows.append(_check("hbm gather, 1 KB rows", best, HBM_MIN_GBPS, "GB/s", True, 1174.0))
+    e2e_result = result.get("e2e") if isinstance(result.get("e2e"), dict) else {}
+    e2e = e2e_result.get("runs", {})
+    hbm_tps = e2e.get("hbm", {}).get("tokens_per_s")
+    host = {k: v for k, v in e2e.items() if k.startswith("host_") and "tokens_per_s" in v}
+    sizes = (f" ({e2e_result.get('host_table_gib', 0):g} GiB in host memory, {e2e_result.get('hbm_table_gib', 0):g} "
+             f"GiB in HBM)" if e2e_result.get("host_table_gib") != e2e_result.get("hbm_table_gib") else "")
+    for kind, r in sorted(host.items()):
+        rows.append(_check(f"e2e Dense-4B decode, {kind} against hbm{sizes}",
+                           1 - r["tokens_per_s"] / hbm_tps if hbm_tps else None, E2E_MAX_OVERHEAD, "overhead", False,
+                           None, "the paper: 1.9-2.8 % against no Engram, on an H800"))
+    if host and hbm_tps:
+        kind = max(host, key=lambda k: host[k]["tokens_per_s"])
+        rows.append(_check(f"e2e best host path ({kind}) against hbm{sizes}", 1 - host[kind]["tokens_per_s"] / hbm_tps,
+                           E2E_MAX_OVERHEAD, "overhead", False, None))
+    else:
+        rows.append(_check("e2e best host path against hbm", None, E2E_MAX_OVERHEAD, "overhead", False))
+    return rows
+
+
+def print_targets(rows: list[dict]) -> None:
+    def fmt(v, unit):
+        if v is None:
+            return "-"
+        if unit == "s":
+            return f"{v * 1e6:.1f} us"
+        if unit == "overhead":
+            return f"{v:.2%}"
+        if unit == "tokens/s":
+            return f"{v / 1e6:.1f} M tok/s"
+        return f"{v:.4g} {unit}"
+
+    def line(r):
+        verdict = {True: "pass", False: "FAIL", None: "not run"}[r["ok"]]
+        ref = f", reference {fmt(r['reference'], r['unit'])}" if r["reference"] is not None else ""
+        note = f" ({r['note']})" if r["note"] else ""
+        print(f"  {verdict:7s} {r['check']}: {fmt(r['measured'], r['unit'])}, target {r['target_is']} "
+              f"{fmt(r['target'], r['unit'])}{ref}{note}")
+
+    print("\ntargets (issue 3), each against the H100 reference where there is one:")
+    uva = [r for r in rows if r["check"].startswith("host_uva gather")]
+    for r in rows:
+        if r not in uva:
+            line(r)
+    ran = [r for r in uva if r["ok"] is not None]
+    if not ran:
+        print(f"  not run host_uva gather at the {len(uva)} reference points")
+        return
+    speed = [r["reference"] / r["measured"] for r in ran]
+    print(f"  {'pass' if all(r['ok'] for r in ran) else 'FAIL':7s} host_uva gather at least the reference kernel's "
+          f"rate: {sum(r['ok'] for r in ran)} of {len(uva)} points (x{min(speed):.2f} to x{max(speed):.2f} its rate)")
+    for r in ran:
+        if not r["ok"]:
+            line(r)
 
 
 def main(argv=None) -> int:
@@ -194,8 +335,11 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="hash,uva,dma,hbm,e2e", help="comma-separated parts to run")
     ap.add_argument("--max-table-gib", type=float, default=64.0, help="largest pinned host table")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions per point (default 12; quick 5)")
-    ap.add_argument("--e2e-table-gib", type=float, default=16.0, help="Engram table size of the e2e runs")
+    ap.add_argument("--e2e-table-gib", type=float, default=None,
+                    help="Engram table size of the e2e runs (default: the largest host memory and, for the hbm run, "
+                         "the GPU allow)")
     ap.add_argument("--threads", type=int, default=None, help="Numba gather threads (default: all)")
+    ap.add_argument("--records", default=None, help="folder for the e2e runs' records (default: none written)")
     args = ap.parse_args(argv)
     import torch
 
@@ -219,7 +363,8 @@ def main(argv=None) -> int:
         attempt("hash", lambda: bench_hash(args.quick, cuda))
         h = result["hash"]
         if "ratio_numba_over_numpy" in h:
-            print(f"hash: numba {h['numba_m_tokens_per_s']:.1f} M tok/s ({h['threads']} threads), numpy "
+            print(f"hash: numba {h['numba_m_tokens_per_s']:.1f} M tok/s ({h['threads']} threads; "
+                  f"{h['numba_fresh_output_tokens_per_s'] / 1e6:.1f} into fresh memory), numpy "
                   f"{h['numpy_m_tokens_per_s']:.1f} M tok/s, ratio {h['ratio_numba_over_numpy']:.1f}", flush=True)
     gpu_parts = [p for p in ("uva", "dma", "hbm", "e2e") if p in parts]
     if not cuda:
@@ -242,7 +387,11 @@ def main(argv=None) -> int:
         if "hbm" in parts:
             attempt("hbm", lambda: bench_hbm(args.quick, reps))
         if "e2e" in parts:
-            attempt("e2e", lambda: bench_e2e(args.quick, args.e2e_table_gib, ["none", "hbm", "host_dma", "host_uva"]))
+            attempt("e2e", lambda: bench_e2e(args.quick, args.e2e_table_gib,
+                                             ["none", "hbm", "host_dma", "host_uva", "hbm_cache"],
+                                             Path(args.records) if args.records else None))
+    result["targets"] = evaluate(result, reference_step_fetch())
+    print_targets(result["targets"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=float))

@@ -172,6 +172,51 @@ def test_bench_cpu_parts(tmp_path):
         assert "needs a CUDA GPU" in data["uva"]["skipped"]
 
 
+def test_bench_targets_against_the_reference():
+    """The target table: every reference UVA point checked, pass/fail by the issue's thresholds."""
+    from real_runs.bench import evaluate, reference_step_fetch
+
+    ref = reference_step_fetch()
+    assert len(ref) == 36 and all({"gib", "row_bytes", "rows", "uva_s"} <= set(r) for r in ref)
+    fast = [{"table_gib": r["gib"], "row_bytes": r["row_bytes"], "rows": r["rows"], "median_s": r["uva_s"] * 0.9}
+            for r in ref]
+    fast[0]["median_s"] = ref[0]["uva_s"] * 1.2                    # one point slower than the reference
+    result = {
+        "hash": {"numba_tokens_per_s": 150e6, "ratio_numba_over_numpy": 25.0, "threads": 16},
+        "uva": fast,
+        "dma": [{"table_gib": 64.0, "row_bytes": 256, "rows": 16384, "end_to_end_s": 260e-6}],
+        "hbm": [{"row_bytes": 1024, "rows": 16384, "gb_per_s": 900.0}, {"row_bytes": 1024, "rows": 262144,
+                                                                        "gb_per_s": 1150.0}],
+        "e2e": {"host_table_gib": 64.0, "hbm_table_gib": 64.0,
+                "runs": {"none": {"tokens_per_s": 1000.0}, "hbm": {"tokens_per_s": 990.0},
+                         "host_dma": {"tokens_per_s": 970.0}, "host_uva": {"tokens_per_s": 950.0},
+                         "hbm_cache": {"error": "CapacityError: ..."}}},
+    }
+    rows = {r["check"]: r for r in evaluate(result, ref)}
+    assert rows["hashing, Numba"]["ok"] and rows["hashing, Numba / NumPy"]["ok"]
+    uva = [r for name, r in rows.items() if name.startswith("host_uva gather")]
+    assert len(uva) == 36 and sum(not r["ok"] for r in uva) == 1
+    assert rows["host_dma 16K x 256 B from 64 GiB, end to end"]["ok"] is False
+    assert rows["host_dma 16K x 256 B from 64 GiB, end to end"]["reference"] == pytest.approx(333e-6, rel=0.01)
+    assert rows["hbm gather, 1 KB rows"]["measured"] == 1150.0 and rows["hbm gather, 1 KB rows"]["ok"]
+    assert rows["e2e Dense-4B decode, host_dma against hbm"]["measured"] == pytest.approx(20 / 990)
+    assert rows["e2e Dense-4B decode, host_uva against hbm"]["ok"] is False
+    assert rows["e2e best host path (host_dma) against hbm"]["ok"] is True
+    # Parts that did not run: checks say so (None), never pass.
+    empty = evaluate({"hash": {"skipped": "x"}, "uva": {"skipped": "needs a CUDA GPU"}}, ref)
+    assert all(r["ok"] is None for r in empty)
+
+
+def test_e2e_tables_are_the_largest_each_memory_holds():
+    from real_runs.bench import GiB, largest_e2e_tables_gib
+
+    host, hbm = largest_e2e_tables_gib(False, 128 * GiB, 79 * GiB)
+    assert host == 76.0 and hbm < host                                        # host: 60 % of 128 GiB
+    assert largest_e2e_tables_gib(False, 128 * GiB, 140 * GiB)[1] > hbm
+    assert largest_e2e_tables_gib(False, 20 * GiB, 140 * GiB) == (12.0, 12.0)  # the host limits both
+    assert largest_e2e_tables_gib(False, 1 * GiB, 1 * GiB) == (1.0, 1.0)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
 @pytest.mark.parametrize("placement", ["hbm", "host_dma", "host_uva", "hbm_cache"])
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
