@@ -205,6 +205,12 @@ def median_time(fn, warmup: int, repeats: int, setup=None) -> float:
     return max(float(np.median(times)), 1e-9)
 
 
+# GPU cycles of a spin kernel queued before each timed call (about 0.5 ms): the host issues the call
+# while the GPU spins, so the events time the device work and not Python's launch overhead (which
+# kernel_launch_us measures on its own).
+HOST_AHEAD_CYCLES = 1_000_000
+
+
 def cuda_median_time(fn, warmup: int, repeats: int, setup=None) -> float:
     """Median seconds of fn() by CUDA events on the current stream after `warmup` untimed calls."""
     import torch
@@ -214,6 +220,7 @@ def cuda_median_time(fn, warmup: int, repeats: int, setup=None) -> float:
     for i in range(total):
         arg = setup(i) if setup else None
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(HOST_AHEAD_CYCLES)
         start.record()
         fn(arg) if setup else fn()
         end.record()
@@ -662,12 +669,9 @@ def nvml_info() -> dict:
 
         pynvml.nvmlInit()
         try:
-            index = torch.cuda.current_device()
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-            ids = [v.strip() for v in visible.split(",") if v.strip()]
-            if ids and ids[index].isdigit():
-                index = int(ids[index])
-            h = pynvml.nvmlDeviceGetHandleByIndex(index)
+            from real_runs.instrument import nvml_index
+
+            h = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(torch.cuda.current_device()))
 
             def text(v):
                 return v.decode() if isinstance(v, bytes) else str(v)
@@ -941,6 +945,8 @@ def measure_pinning(sizes: Sizes, plan: dict, raw: dict):
     from real_runs.stores import HostTable
 
     n = sizes.pin_bytes
+    if hasattr(torch._C, "_host_emptyCache"):
+        torch._C._host_emptyCache()   # else a cached pinned block from measure_copies is handed back, unpinned anew
     t0 = time.perf_counter()
     t = torch.empty(n, dtype=torch.uint8, pin_memory=True)
     raw["pin_torch_s_per_gib"] = (time.perf_counter() - t0) / (n / GiB)

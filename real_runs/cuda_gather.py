@@ -65,14 +65,16 @@ def _kernel():
     (Triton decides at import; tests switch it after)."""
     interp = interpreting()
     if interp not in _kernels:
-        import triton
-        from triton.runtime.interpreter import InterpretedFunction
-
         from real_runs import triton_gather
 
         k = triton_gather.uva_gather_kernel
-        if interp != isinstance(k, InterpretedFunction):
-            k = InterpretedFunction(k.fn) if interp else triton.jit(k.fn)
+        if interp != (type(k).__name__ == "InterpretedFunction"):
+            if interp:
+                from triton.runtime.interpreter import InterpretedFunction
+                k = InterpretedFunction(k.fn, **triton_gather.JIT_OPTIONS)
+            else:
+                import triton
+                k = triton.jit(k.fn, **triton_gather.JIT_OPTIONS)
         _kernels[interp] = k
     return _kernels[interp]
 

@@ -4,7 +4,8 @@
   is a host time.perf_counter_ns() or a CUDA event (recorded on a stream);
   intervals are stored as mark pairs and resolved to seconds from the run's
   start by `resolve()` once the GPU is synchronised. CUDA events are put on
-  the host clock through a reference event recorded at a known host time.
+  the host clock through reference events recorded at known host times (one
+  at the start, one per step by `anchor()`), interpolated between them.
 - `NvmlSampler`: a thread sampling PCIe RX/TX throughput, SM clock, memory
   used and power every `interval_s`; {"available": false, "reason": ...}
   where pynvml (nvidia-ml-py) or a GPU is missing.
@@ -20,6 +21,14 @@ import threading
 import time
 
 Mark = object  # int (host ns) or torch.cuda.Event
+
+
+def nvml_index(cuda_index: int) -> int:
+    """NVML's index of the GPU that CUDA calls `cuda_index` (NVML ignores CUDA_VISIBLE_DEVICES)."""
+    ids = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if cuda_index < len(ids) and ids[cuda_index].isdigit():
+        return int(ids[cuda_index])
+    return cuda_index
 
 
 class Timeline:
@@ -39,6 +48,8 @@ class Timeline:
             self._ref.record()
             self._ref_ns = time.perf_counter_ns()
             self._ref.synchronize()
+        self._anchors: list[tuple] = []     # (event, host ns) pairs taken by anchor()
+        self._offsets = None                # (GPU s, host - GPU s) arrays, built once the GPU is synchronised
 
     @staticmethod
     def now() -> int:
@@ -54,6 +65,32 @@ class Timeline:
         ev.record(stream)
         return ev
 
+    def anchor(self) -> None:
+        """Tie the GPU clock to the host clock again, now. Call it when the current stream is idle (after a
+        read-back): the event then completes as it is recorded. The host clock (CLOCK_MONOTONIC, slewed
+        by NTP) and the GPU timer drift apart by tens of ppm: milliseconds over a minute's run, as much as
+        a fetch takes; `seconds` interpolates between anchors."""
+        if not self.cuda:
+            return
+        import torch
+
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        self._anchors.append((ev, time.perf_counter_ns()))
+        ev.synchronize()
+        self._offsets = None
+
+    def _gpu_to_host(self):
+        import numpy as np
+
+        if self._offsets is None:
+            gpu = [0.0] + [self._ref.elapsed_time(ev) * 1e-3 for ev, _ in self._anchors]
+            host = [(self._ref_ns - self.t0_ns) * 1e-9] + [(ns - self.t0_ns) * 1e-9 for _, ns in self._anchors]
+            order = np.argsort(gpu, kind="stable")
+            g = np.asarray(gpu)[order]
+            self._offsets = (g, (np.asarray(host)[order] - g))
+        return self._offsets
+
     def add(self, actor: str, name: str, start: Mark, end: Mark, step: int = -1, layer: int = -1) -> None:
         with self._lock:
             self._pending.append((actor, name, start, end, step, layer))
@@ -64,7 +101,11 @@ class Timeline:
             return (mark - self.t0_ns) * 1e-9
         if mark is None:
             return float("nan")
-        return (self._ref_ns - self.t0_ns) * 1e-9 + self._ref.elapsed_time(mark) * 1e-3
+        import numpy as np
+
+        g = self._ref.elapsed_time(mark) * 1e-3
+        gpu, offset = self._gpu_to_host()
+        return g + float(np.interp(g, gpu, offset))     # the offset of the anchors around it
 
     def resolve(self) -> list[tuple]:
         """All intervals as (actor, name, start_s, end_s, step, layer), sorted by start."""
@@ -100,7 +141,7 @@ class NvmlSampler:
             return
         try:
             pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(device_index)
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(device_index))
             self._nvml = pynvml
         except Exception as e:  # NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
             self.reason = f"NVML has no GPU here ({type(e).__name__}: {e})"
@@ -199,6 +240,7 @@ def describe_machine(device=None) -> dict:
             idx = torch.device(device).index if device is not None and torch.device(device).index is not None \
                 else torch.cuda.current_device()
             props = torch.cuda.get_device_properties(idx)
+            out["cuda_index"] = idx
             out.update(gpu_name=props.name, gpu_memory_bytes=props.total_memory,
                        gpu_sm_count=props.multi_processor_count, cuda_runtime=torch.version.cuda,
                        gpu_capability=f"{props.major}.{props.minor}")
@@ -209,7 +251,7 @@ def describe_machine(device=None) -> dict:
         import pynvml
 
         pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        h = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(out.get("cuda_index", 0)))
         name = pynvml.nvmlDeviceGetName(h)
         out["gpu_name_nvml"] = name.decode() if isinstance(name, bytes) else name
         drv = pynvml.nvmlSystemGetDriverVersion()

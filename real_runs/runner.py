@@ -317,7 +317,8 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
             if layers:
                 worker.submit(fetch_job, s)
 
-        sampler = NvmlSampler(nvml_interval_s, t0_ns=timeline.t0_ns) if cuda else None
+        sampler = (NvmlSampler(nvml_interval_s, device_index=torch.device(device).index or 0, t0_ns=timeline.t0_ns)
+                   if cuda else None)
         if sampler is not None:
             sampler.start()
         nvml = {"available": False, "reason": "the run is on CPU: no GPU to sample"}
@@ -347,6 +348,7 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
                     w1 = timeline.mark()
                     log.waits[layer] = (f, w0, w1)
                     rows = stores[layer].finish(f)            # expand to lookups (and the HBM gather): compute
+                    f.tensors.clear()   # the record keeps counts and events; free the device buffers now
                     if valid_idx is not None:
                         full = torch.zeros((step.ids.size, e.d_mem), dtype=rows.dtype, device=rows.device)
                         rows = full.index_copy_(0, valid_idx, rows.reshape(-1, e.d_mem))
@@ -364,6 +366,7 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
                 logits = model(ids_t, get_rows, cache=cache, states=states, last_index=last_index, hook=hook,
                                max_len=max_len + 1 if cache is not None else None)
                 logits.argmax(-1).cpu()      # the next token's dependency: a read-back every step
+                timeline.anchor()            # the compute stream is idle: re-tie the GPU clock to the host's
                 if cache is not None:
                     max_len += 1
                 log.end_ns = time.perf_counter_ns()
@@ -399,6 +402,11 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
             except Exception:  # a missing profile only loses link_utilisation
                 pass
     finally:  # unpin and unmap the tables even when the run fails
+        if cuda:
+            try:   # nothing may still read a table when it is unregistered and unmapped
+                torch.cuda.synchronize(device)
+            except RuntimeError:
+                pass   # the device is in an error state: the original exception says why
         for store in stores.values():
             store.close()
         for t in tables.values():

@@ -9,7 +9,12 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# n_rows changes every step (the step's unique rows or cache misses): left unspecialised, Triton would
+# compile one variant for n % 16 == 0 and one for n == 1, inside timed steps.
+JIT_OPTIONS = dict(do_not_specialize=["n_rows"])
+
+
+@triton.jit(**JIT_OPTIONS)
 def uva_gather_kernel(table_ptr, idx_ptr, out_ptr, n_rows, ROW_WORDS: tl.constexpr, VEC: tl.constexpr,
                       BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     """out[r, :] = table[idx[r], :] for r in this program's BLOCK_ROWS rows; rows are ROW_WORDS int32 words."""

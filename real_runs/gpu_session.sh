@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Everything issues 3 and 4 measure on a GPU, in parts that each fit one 10-minute device call.
+#
+#   bash real_runs/gpu_session.sh PART [OUT]      PART: tests | bench | e2e | runs | calibrate | calibrate-quick
+#
+# OUT (default $OUT, else out/gpu) receives a log per part and, since a device call returns at most
+# 8 files, the run records as one tarball (records-PART.tgz). Unpack the records into
+# real_runs/records/ and the profile into profiles/, then commit them; `engram-sim compare
+# real_runs/records/*.json` and `engram-sim demo --profile profiles/FILE` then run without a GPU.
+#
+# Needs what the GPU image has (torch, Triton, Numba, pandas, nvidia-ml-py, tokenizers, tqdm); not
+# SimPy or Altair: nothing here imports them.
+set -euo pipefail
+part=${1:?usage: gpu_session.sh tests|bench|e2e|runs|calibrate|calibrate-quick [OUT]}
+out=${2:-${OUT:-out/gpu}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
+log="$out/$part.log"
+nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.current,pcie.link.width.current,memory.total \
+  --format=csv,noheader 2>&1 | tee "$log" || true
+records=$(mktemp -d)
+
+case "$part" in
+  tests)     # the CUDA tests (skipped on CPU) and the kernels' CPU tests
+    python3 -m pytest -p no:cacheprovider -q -rs tests/test_real_stores.py tests/test_real_run.py \
+      tests/test_hashing.py tests/test_real_engram.py 2>&1 | tee -a "$log" ;;
+  bench)     # hashing, UVA gather at the reference points, host_dma, HBM gather: about 3-4 minutes
+    python3 -m real_runs.bench --parts hash,uva,dma,hbm --out "$out/bench.json" 2>&1 | tee -a "$log" ;;
+  e2e)       # Dense-4B decode, batch 256, every placement, largest tables host and GPU hold
+    python3 -m real_runs.bench --parts e2e --records "$records" --out "$out/bench-e2e.json" 2>&1 | tee -a "$log" ;;
+  runs)      # Dense-4B (the paper's Table 4 shape) at 1, 8 and 32 GiB, and Engram-27B (MoE) at 2 GiB:
+             # every placement, decode and prefill. Batches sized so the hbm runs fit 80 GB.
+    cfgs=$(mktemp -d)
+    write_cfg() {  # name base gib phase sequences
+      printf 'extends = "%s"\nname = "%s"\n[engram]\ntable_gib = %s\n[workload]\nphase = "%s"\nsequences = %s\ntokens_per_step = 8192\nsteps = 16\n' \
+        "$2" "$1" "$3" "$4" "$5" > "$cfgs/$1.toml"
+    }
+    for phase in decode prefill; do
+      for gib in 1 8 32; do write_cfg "dense4b-${gib}gib-$phase" dense-4b-100b "$gib" "$phase" 128; done
+      write_cfg "engram27b-2gib-$phase" engram-27b 2 "$phase" 16
+    done
+    for cfg in "$cfgs"/*.toml; do
+      name=$(basename "$cfg" .toml)
+      for placement in hbm host_dma host_uva hbm_cache; do
+        python3 -m sim.cli run "$cfg" --placement "$placement" --out "$records/$name-$placement.json" 2>&1 \
+          | tee -a "$log" || true
+      done
+    done
+    rm -rf "$cfgs" ;;
+  calibrate | calibrate-quick)
+    flag=$([ "$part" = calibrate-quick ] && echo --quick || true)
+    name=$(python3 -c "import torch; from profiles.calibrate import slug; print(slug(torch.cuda.get_device_name()))")
+    python3 -m sim.cli calibrate $flag --out "$out/$name-measured-$(date +%F).toml" 2>&1 | tee -a "$log" ;;
+  *) echo "unknown part '$part': use tests, bench, e2e, runs, calibrate or calibrate-quick" >&2; exit 2 ;;
+esac
+if [ -n "$(ls -A "$records")" ]; then
+  tar czf "$out/records-$part.tgz" -C "$records" .
+fi
+rm -rf "$records"
