@@ -836,7 +836,7 @@ def measure_uva(sizes: Sizes, plan: dict, raw: dict):
             if n == UVA_RANDOM_ROWS:
                 gen = torch.Generator(device="cuda")
                 gen.manual_seed(5)
-                shuffled = [ids[torch.randperm(n, device="cuda", generator=gen)] for ids in sets]
+                shuffled = [ids[torch.randperm(ids.numel(), device="cuda", generator=gen)] for ids in sets]
                 r = cuda_median_time(lambda ids: uva_gather(table, rb, ids, out[:ids.numel() * rb]),
                                      sizes.warmup, sizes.repeats, setup=lambda i: shuffled[i])
                 raw["uva_random"].append({"table_gib": g, "row_bytes": rb, "rows": n, "us_sorted": s * 1e6,
