@@ -241,6 +241,14 @@ def reference_step_fetch() -> list[dict]:
     return [r for r in json.loads(path.read_text()) if "rows" in r]
 
 
+def reference_limits() -> dict:
+    """The reference's hashing rate (16 threads, tokens/s) and HBM gather rate at 1 KB rows (GB/s)."""
+    rows = json.loads((REFERENCE_DIR / "h100-limits.json").read_text())
+    hash_16 = next(r for r in rows if r.get("kind") == "hash_cpu_numba")
+    hbm_1k = next(r for r in rows if r.get("kind") == "gather_hbm" and r["row_bytes"] == 1024)
+    return {"hash_tokens_per_s": hash_16["Mtokens_per_s"] * 1e6, "hbm_gather_1k_gbps": hbm_1k["GBps_payload"]}
+
+
 def _check(name: str, measured, target, unit: str, higher_is_better: bool, reference=None, note: str = "") -> dict:
     ok = None if measured is None else (measured >= target if higher_is_better else measured <= target)
     return {"check": name, "measured": measured, "target": target, "unit": unit,
@@ -248,13 +256,15 @@ def _check(name: str, measured, target, unit: str, higher_is_better: bool, refer
             "note": note}
 
 
-def evaluate(result: dict, ref_points: list[dict]) -> list[dict]:
-    """One row per target of the issue, from a bench result; `ok` None where the part did not run."""
+def evaluate(result: dict, ref_points: list[dict], ref: dict | None = None) -> list[dict]:
+    """One row per target of the issue, from a bench result; `ok` None where the part did not run.
+    ref_points: reference_step_fetch(); ref: reference_limits() (read when not given)."""
+    ref = ref or reference_limits()
     rows = []
     h = result.get("hash", {})
     threads = h.get("threads")
     rows.append(_check("hashing, Numba", h.get("numba_tokens_per_s"), HASH_MIN_TOKENS_PER_S, "tokens/s", True,
-                       118e6, f"{threads} threads; the target is for 16 cores" if threads else ""))
+                       ref["hash_tokens_per_s"], f"{threads} threads; the target is for 16 cores" if threads else ""))
     rows.append(_check("hashing, Numba / NumPy", h.get("ratio_numba_over_numpy"), HASH_MIN_RATIO, "x", True,
                        None, f"{threads} threads against one" if threads else ""))
     uva = result.get("uva") if isinstance(result.get("uva"), list) else []
@@ -269,13 +279,13 @@ def evaluate(result: dict, ref_points: list[dict]) -> list[dict]:
                            (f": x{r['uva_s'] / m:.2f} its rate" if m else "")))
     dma = result.get("dma") if isinstance(result.get("dma"), list) else []
     point = next((p for p in dma if p["rows"] == 16384 and p["row_bytes"] == 256 and p["table_gib"] >= 63), None)
-    ref = next((r["cpu_path_s"] for r in ref_points if (r["gib"], r["row_bytes"], r["rows"]) == (64, 256, 16384)),
-               None)
+    dma_ref = next((r["cpu_path_s"] for r in ref_points
+                    if (r["gib"], r["row_bytes"], r["rows"]) == (64, 256, 16384)), None)
     rows.append(_check("host_dma 16K x 256 B from 64 GiB, end to end", point and point["end_to_end_s"], DMA_MAX_S,
-                       "s", False, ref, "" if point or not dma else "no 64 GiB table (--max-table-gib)"))
+                       "s", False, dma_ref, "" if point or not dma else "no 64 GiB table (--max-table-gib)"))
     hbm = result.get("hbm") if isinstance(result.get("hbm"), list) else []
     best = max((p["gb_per_s"] for p in hbm if p["row_bytes"] == 1024), default=None)
-    rows.append(_check("hbm gather, 1 KB rows", best, HBM_MIN_GBPS, "GB/s", True, 1174.0))
+    rows.append(_check("hbm gather, 1 KB rows", best, HBM_MIN_GBPS, "GB/s", True, ref["hbm_gather_1k_gbps"]))
     e2e_result = result.get("e2e") if isinstance(result.get("e2e"), dict) else {}
     e2e = e2e_result.get("runs", {})
     hbm_tps = e2e.get("hbm", {}).get("tokens_per_s")

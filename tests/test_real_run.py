@@ -193,6 +193,7 @@ def test_bench_targets_against_the_reference():
                          "hbm_cache": {"error": "CapacityError: ..."}}},
     }
     rows = {r["check"]: r for r in evaluate(result, ref)}
+    assert rows["hbm gather, 1 KB rows"]["reference"] == pytest.approx(1174.5, rel=0.001)
     assert rows["hashing, Numba"]["ok"] and rows["hashing, Numba / NumPy"]["ok"]
     uva = [r for name, r in rows.items() if name.startswith("host_uva gather")]
     assert len(uva) == 36 and sum(not r["ok"] for r in uva) == 1
