@@ -80,19 +80,34 @@ DECODE_GEMM = (512, 2560, 3 * 32 * 192)
 # Zero-copy gathers are also timed with the same ids in random order (sorted is what the stores do).
 UVA_RANDOM_ROWS = 16384
 
-# Reference figures of shared/reference/H100.md (one H100 SXM machine, 16 vCPU Xeon, 2026-11-24).
-REFERENCE = {
-    "h2d_gbps": ("H2D pinned copy, 1 GiB", 53.7, "GB/s"),
-    "d2h_gbps": ("D2H pinned copy, 1 GiB", 55.1, "GB/s"),
-    "d2d_gbps": ("device-to-device copy (read+write)", 3000.0, "GB/s"),
-    "bf16_tflops": ("bf16 GEMM 8192^3", 764.0, "TFLOP/s"),
-    "hbm_gather_1k": ("HBM index_select gather, 1 KB rows", 1174.0, "GB/s"),
-    "hash_best": ("N-gram hashing, 16 threads", 118e6, "tokens/s"),
-    "hash_1": ("N-gram hashing, 1 thread", 9.4e6, "tokens/s"),
-    "cpu_gather_256": ("CPU gather 256 B rows, 16 threads", 24.4, "GB/s"),
-    "cpu_gather_1024": ("CPU gather 1 KB rows, 16 threads", 27.0, "GB/s"),
-    "cpu_gather_4096": ("CPU gather 4 KB rows, 16 threads", 34.1, "GB/s"),
-}
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+
+def reference_figures() -> dict:
+    """{key: (what, figure, unit)} of the H100 reference (profiles/reference/h100-limits.json: one H100 SXM
+    machine, 16 vCPU Xeon, 2026-11-24; shared/reference/H100.md summarises it)."""
+    import json
+
+    rows = json.loads((REFERENCE_DIR / "h100-limits.json").read_text())
+
+    def one(kind, **match):
+        return next(r for r in rows if r.get("kind") == kind and all(r.get(k) == v for k, v in match.items()))
+
+    copy = one("copy", bytes=GiB)
+    figures = {
+        "h2d_gbps": ("H2D pinned copy, 1 GiB", copy["h2d_GBps"], "GB/s"),
+        "d2h_gbps": ("D2H pinned copy, 1 GiB", copy["d2h_GBps"], "GB/s"),
+        "d2d_gbps": ("device-to-device copy (read+write)", one("d2d")["GBps_rw"], "GB/s"),
+        "bf16_tflops": ("bf16 GEMM 8192^3", one("gemm_bf16")["TFLOPs"], "TFLOP/s"),
+        "hbm_gather_1k": ("HBM index_select gather, 1 KB rows", one("gather_hbm", row_bytes=1024)["GBps_payload"],
+                          "GB/s"),
+        "hash_best": ("N-gram hashing, 16 threads", one("hash_cpu_numba")["Mtokens_per_s"] * 1e6, "tokens/s"),
+        "hash_1": ("N-gram hashing, 1 thread", one("hash_cpu_numba_1thread")["Mtokens_per_s"] * 1e6, "tokens/s"),
+    }
+    for rb, label in ((256, "256 B"), (1024, "1 KB"), (4096, "4 KB")):
+        figures[f"cpu_gather_{rb}"] = (f"CPU gather {label} rows, 16 threads",
+                                       one("gather_cpu_numba", row_bytes=rb)["GBps_payload"], "GB/s")
+    return figures
 
 
 class CalibrateError(UserError):
@@ -1210,7 +1225,7 @@ def _check_finite(data, path="") -> None:
 # -- comparison with the reference -----------------------------------------------------------------------
 
 def comparison(raw: dict, gpu_measured: bool) -> list[str]:
-    """Lines comparing measured figures with shared/reference/H100.md."""
+    """Lines comparing measured figures with the H100 reference (profiles/reference/)."""
     rows = []   # (key, measured, what was measured)
     hash_best_t = max(raw["hash"], key=raw["hash"].get)
     rows.append(("hash_best", raw["hash"][hash_best_t], f"{hash_best_t} threads"))
@@ -1229,12 +1244,13 @@ def comparison(raw: dict, gpu_measured: bool) -> list[str]:
         rows.append(("bf16_tflops", raw["gemm_large"]["tflops"], f"{raw['gemm_large']['n']}^3"))
         if 1024 in raw["hbm_gather"]:
             rows.append(("hbm_gather_1k", raw["hbm_gather"][1024], f"{_human_bytes(raw['hbm_table_bytes'])} table"))
-    lines = ["Compared with the H100 reference (shared/reference/H100.md):"]
+    reference = reference_figures()
+    lines = ["Compared with the H100 reference (profiles/reference/, summarised in H100.md):"]
     if not gpu_measured:
         lines.append(f"  (CPU figures only; the machines differ: this one has {raw['system']['cores']} cores of "
                      f"{raw['system']['cpu']}, the reference 16 vCPU Intel Xeon)")
     for key, measured, where in rows:
-        what, ref, unit = REFERENCE[key]
+        what, ref, unit = reference[key]
         scale = 1e6 if unit == "tokens/s" else 1.0
         u = "M tokens/s" if unit == "tokens/s" else unit
         lines.append(f"  {what:40s} reference {ref / scale:9.4g} {u:10s} measured {measured / scale:9.4g} "

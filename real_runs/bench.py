@@ -51,13 +51,6 @@ def bench_hash(quick: bool, cuda: bool) -> dict:
     return r
 
 
-def _fresh_ids(rng, footprint_rows: int, n: int) -> np.ndarray:
-    ids = np.unique(rng.integers(0, footprint_rows, size=int(n * 1.05) + 8))
-    if ids.size > n:
-        ids = np.sort(rng.choice(ids, size=n, replace=False))
-    return ids.astype(np.int64)
-
-
 def _big_table(gib: float):
     """One pinned host table (256 B rows, zeros), viewed at other row sizes by the benches."""
     from real_runs.stores import HostTable
@@ -69,6 +62,8 @@ def _big_table(gib: float):
 
 def bench_uva(table, quick: bool, reps: int) -> list[dict]:
     import torch
+
+    from profiles.calibrate import fresh_ids
 
     from real_runs.cuda_gather import uva_gather
 
@@ -83,7 +78,7 @@ def bench_uva(table, quick: bool, reps: int) -> list[dict]:
                 dst = torch.empty(n * row_bytes, dtype=torch.uint8, device="cuda")
                 times = []
                 for r in range(reps + 1):
-                    ids = torch.from_numpy(_fresh_ids(rng, footprint_rows, n)).cuda()
+                    ids = torch.from_numpy(fresh_ids(rng, footprint_rows, n)).cuda()
                     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     torch.cuda._sleep(HOST_AHEAD_CYCLES)   # the GPU waits for the host: device time only
                     a.record()
@@ -103,6 +98,7 @@ def bench_uva(table, quick: bool, reps: int) -> list[dict]:
 def bench_dma(table, quick: bool, reps: int, threads: int | None) -> list[dict]:
     import torch
 
+    from profiles.calibrate import fresh_ids
     from real_runs.stores import HostDMAStore
 
     store = HostDMAStore(table, "cuda", threads=threads)
@@ -112,7 +108,7 @@ def bench_dma(table, quick: bool, reps: int, threads: int | None) -> list[dict]:
     for n in ((16384,) if quick else (4096, 16384, 262144)):
         totals, gathers, copies = [], [], []
         for r in range(reps + 1):
-            ids = _fresh_ids(rng, table.rows, n)
+            ids = fresh_ids(rng, table.rows, n)
             torch.cuda.synchronize()
             t0 = time.perf_counter()
             f = store.prefetch(ids)
@@ -225,7 +221,6 @@ def bench_e2e(quick: bool, table_gib: float | None, placements: list[str], recor
     return out
 
 
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "profiles" / "reference"
 
 # The targets (issue 3): (what, unit, target, direction); direction +1: measured >= target, -1: <=.
 HASH_MIN_TOKENS_PER_S = 100e6
@@ -237,16 +232,18 @@ E2E_MAX_OVERHEAD = 0.03       # best host path against the table in HBM
 
 def reference_step_fetch() -> list[dict]:
     """The reference per-step fetch points (h100-step-fetch.json): UVA gather and CPU path per shape."""
+    from profiles.calibrate import REFERENCE_DIR
+
     path = REFERENCE_DIR / "h100-step-fetch.json"
     return [r for r in json.loads(path.read_text()) if "rows" in r]
 
 
 def reference_limits() -> dict:
     """The reference's hashing rate (16 threads, tokens/s) and HBM gather rate at 1 KB rows (GB/s)."""
-    rows = json.loads((REFERENCE_DIR / "h100-limits.json").read_text())
-    hash_16 = next(r for r in rows if r.get("kind") == "hash_cpu_numba")
-    hbm_1k = next(r for r in rows if r.get("kind") == "gather_hbm" and r["row_bytes"] == 1024)
-    return {"hash_tokens_per_s": hash_16["Mtokens_per_s"] * 1e6, "hbm_gather_1k_gbps": hbm_1k["GBps_payload"]}
+    from profiles.calibrate import reference_figures
+
+    ref = reference_figures()
+    return {"hash_tokens_per_s": ref["hash_best"][1], "hbm_gather_1k_gbps": ref["hbm_gather_1k"][1]}
 
 
 def _check(name: str, measured, target, unit: str, higher_is_better: bool, reference=None, note: str = "") -> dict:

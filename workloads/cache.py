@@ -57,6 +57,17 @@ def _unlink(nxt, prv, row):
 
 
 @njit(cache=True, nogil=True)
+def _empty_lists(n_rows, sentinels):
+    """Linked lists in arrays over rows 0..n_rows-1 (-1: not cached) and `sentinels` empty lists after them."""
+    nxt = np.full(n_rows + sentinels, -1, dtype=np.int64)
+    prv = np.full(n_rows + sentinels, -1, dtype=np.int64)
+    for c in range(sentinels):
+        nxt[n_rows + c] = n_rows + c
+        prv[n_rows + c] = n_rows + c
+    return nxt, prv
+
+
+@njit(cache=True, nogil=True)
 def _replay_lru(dense, bounds, n_rows, capacity):
     """LRU over dense row ids: a doubly linked list in arrays, O(1) per access.
 
@@ -66,10 +77,7 @@ def _replay_lru(dense, bounds, n_rows, capacity):
     hits = np.zeros(n_steps, dtype=np.int64)
     is_hit = np.zeros(dense.size, dtype=np.bool_)
     head = n_rows
-    nxt = np.full(n_rows + 1, -1, dtype=np.int64)  # -1: not cached
-    prv = np.full(n_rows + 1, -1, dtype=np.int64)
-    nxt[head] = head
-    prv[head] = head
+    nxt, prv = _empty_lists(n_rows, 1)
     size = 0
     for s in range(n_steps):
         _mark_hits(dense, bounds, nxt, is_hit, hits, s)
@@ -104,11 +112,7 @@ def _replay_lfu(dense, bounds, n_rows, capacity, max_count):
     n_steps = bounds.size - 1
     hits = np.zeros(n_steps, dtype=np.int64)
     is_hit = np.zeros(dense.size, dtype=np.bool_)
-    nxt = np.full(n_rows + max_count + 1, -1, dtype=np.int64)  # -1: not cached
-    prv = np.full(n_rows + max_count + 1, -1, dtype=np.int64)
-    for c in range(max_count + 1):
-        nxt[n_rows + c] = n_rows + c
-        prv[n_rows + c] = n_rows + c
+    nxt, prv = _empty_lists(n_rows, max_count + 1)
     count = np.zeros(n_rows, dtype=np.int64)  # never reset: counts span the whole trace
     lowest = 0  # no cached row has fewer accesses than this
     size = 0
