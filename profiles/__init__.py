@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from sim.errors import ProfileError
-from sim.schema import build, read_toml, require, to_dict
+from vocab.errors import ProfileError
+from vocab.schema import build, read_toml, require, to_dict
 
 
 @dataclass

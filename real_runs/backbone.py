@@ -326,7 +326,7 @@ def memory_footprint(cfg, kv_tokens: int | None = None, gpu_bytes: float = 80e9)
     kv_tokens defaults to the decode workload's worst case: sequences x (longest context + steps).
     The KV cache is given both for the config's cache_dim (MLA: the latent) and as run here (K and V).
     """
-    from sim.config import DTYPE_BYTES
+    from vocab.config import DTYPE_BYTES
 
     b, e, w = cfg.backbone, cfg.engram, cfg.workload
     dt = DTYPE_BYTES[b.dtype]

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from profiles.reference import reference_limits, reference_step_fetch
+
 GiB = 1 << 30
 NEEDS_GPU = "needs a CUDA GPU (torch.cuda.is_available() is False)"
 HOST_AHEAD_CYCLES = 1_000_000   # as profiles/calibrate.py: kernels timed without Python's launch overhead
@@ -63,7 +65,7 @@ def _big_table(gib: float):
 def bench_uva(table, quick: bool, reps: int) -> list[dict]:
     import torch
 
-    from profiles.calibrate import fresh_ids
+    from tools.calibrate import fresh_ids
 
     from real_runs.cuda_gather import uva_gather
 
@@ -98,7 +100,7 @@ def bench_uva(table, quick: bool, reps: int) -> list[dict]:
 def bench_dma(table, quick: bool, reps: int, threads: int | None) -> list[dict]:
     import torch
 
-    from profiles.calibrate import fresh_ids
+    from tools.calibrate import fresh_ids
     from real_runs.stores import HostDMAStore
 
     store = HostDMAStore(table, "cuda", threads=threads)
@@ -159,7 +161,7 @@ def bench_hbm(quick: bool, reps: int) -> list[dict]:
 
 
 def e2e_config(quick: bool, table_gib: float):
-    from sim.config import load_config
+    from vocab.config import load_config
 
     return load_config("dense-4b-100b").replace(**{
         "engram.table_gib": table_gib,
@@ -187,7 +189,7 @@ def bench_e2e(quick: bool, table_gib: float | None, placements: list[str], recor
     whatever the table's size, so it stands for the table in HBM at the host size too."""
     import torch
 
-    from profiles.calibrate import available_gib
+    from tools.calibrate import available_gib
     from real_runs.runner import run
 
     if table_gib is None:
@@ -228,22 +230,6 @@ HASH_MIN_RATIO = 20.0
 DMA_MAX_S = 250e-6            # 16K rows of 256 B from a 64 GiB table, end to end
 HBM_MIN_GBPS = 1100.0         # 1 KB rows, payload
 E2E_MAX_OVERHEAD = 0.03       # best host path against the table in HBM
-
-
-def reference_step_fetch() -> list[dict]:
-    """The reference per-step fetch points (h100-step-fetch.json): UVA gather and CPU path per shape."""
-    from profiles.calibrate import REFERENCE_DIR
-
-    path = REFERENCE_DIR / "h100-step-fetch.json"
-    return [r for r in json.loads(path.read_text()) if "rows" in r]
-
-
-def reference_limits() -> dict:
-    """The reference's hashing rate (16 threads, tokens/s) and HBM gather rate at 1 KB rows (GB/s)."""
-    from profiles.calibrate import reference_figures
-
-    ref = reference_figures()
-    return {"hash_tokens_per_s": ref["hash_best"][1], "hbm_gather_1k_gbps": ref["hbm_gather_1k"][1]}
 
 
 def _check(name: str, measured, target, unit: str, higher_is_better: bool, reference=None, note: str = "") -> dict:

@@ -137,7 +137,7 @@ class EngramModule(nn.Module):
 
 def engram_from_config(engram_cfg, hidden_size: int, *, device=None, dtype=torch.float32,
                        generator: torch.Generator | None = None) -> EngramModule:
-    """An EngramModule for a sim.config.EngramConfig."""
+    """An EngramModule for a vocab.config.EngramConfig."""
     return EngramModule(hidden_size, engram_cfg.d_mem, engram_cfg.tables_per_layer, engram_cfg.branches,
                         engram_cfg.conv_kernel, engram_cfg.max_ngram_size, device=device, dtype=dtype,
                         generator=generator)

@@ -15,7 +15,7 @@ from numba import njit, prange
 
 from workloads.fastmod import mod_prime
 from workloads.hashing import hash_layer, layer_multipliers
-from workloads.primes import engram_table_sizes
+from vocab.primes import engram_table_sizes
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -90,7 +90,7 @@ class NgramHasher:
 
     @classmethod
     def from_config(cls, engram, threads: int | None = None) -> "NgramHasher":
-        """Build from a sim.config.EngramConfig."""
+        """Build from a vocab.config.EngramConfig."""
         return cls(engram.configured_rows_per_order(), engram.max_ngram_size, engram.heads_per_order,
                    engram.layer_ids, engram.compressed_vocab_size, engram.compressed_pad_id, engram.seed, threads)
 

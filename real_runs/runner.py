@@ -26,7 +26,7 @@ prompt's preceding tokens. Per step:
    layer's rows (store.wait: a stream wait on the fetch's CUDA event);
 3. the LM head's argmax is read back (the next token's dependency).
 
-Recorded with the simulator's columns (sim.record): exposed_stall_s = the
+Recorded with the simulator's columns (vocab.records): exposed_stall_s = the
 time the compute stream waited at Engram layers (CUDA events before and after
 the wait, on the compute stream); fetch_time_s = fetch start (hashing start)
 to rows ready (the fetch's CUDA event; on CPU, the host time the prefetch
@@ -50,9 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.config import RunConfig
-from sim.errors import CapacityError
-from sim.record import EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, RunRecord, summarise, write_record
+from vocab.config import RunConfig
+from vocab.errors import CapacityError
+from vocab.records import EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, RunRecord, summarise, write_record
 
 ACTORS = ("gpu compute", "cpu hash", "cpu gather", "h2d link", "uva gather", "stall")
 
@@ -503,7 +503,7 @@ def main_run(args) -> int:
     `args` needs .config (a preset name or TOML path); optional .placement, .steps, .out, .device,
     .warmup. Prints a one-line summary; returns the exit code (2 for a setup error such as a
     GPU-only placement on a CPU machine)."""
-    from sim.config import load_config
+    from vocab.config import load_config
 
     try:
         import torch  # noqa: F401

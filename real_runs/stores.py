@@ -482,7 +482,7 @@ STORES = {"hbm": HBMStore, "host_dma": HostDMAStore, "host_uva": HostUVAStore, "
 
 def make_store(kind: str, table: HostTable, device="cpu", *, stream=None, timeline=None, name: str = "table",
                placement=None, cache_rows: int = 0, hot_rows=None, protect: int = 2) -> TableStore:
-    """A store of `kind` over `table`, with the staging/cache settings of a sim.config.PlacementConfig."""
+    """A store of `kind` over `table`, with the staging/cache settings of a vocab.config.PlacementConfig."""
     if kind not in STORES:
         raise ValueError(f"placement {kind!r} is not one of {sorted(STORES)}")
     p = placement

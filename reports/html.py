@@ -12,14 +12,14 @@ import html
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Union
 
 import altair as alt
 import pandas as pd
 import vl_convert as vlc
+
+from vocab.files import atomic_write, staged_dir
 
 Section = Union[alt.TopLevelMixin, pd.DataFrame, str]
 
@@ -117,15 +117,6 @@ def _render_into(folder: Path, title: str, sections: list[tuple[str, Section]]) 
     return names + ["report.html"]
 
 
-def _move_in(staging: Path, out_dir: Path, names: list[str]) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name in names:  # report.html last: its presence means the rest is there
-        os.replace(staging / name, out_dir / name)
-        written[name] = out_dir / name
-    return written
-
-
 def write_report(out_dir: str | os.PathLike, title: str,
                  sections: list[tuple[str, Section]]) -> dict[str, Path]:
     """Write ``report.html`` (self-contained, opens offline) and one ``<name>.png``
@@ -138,13 +129,9 @@ def write_report(out_dir: str | os.PathLike, title: str,
     leaves ``out_dir`` untouched.
     """
     out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir, last="report.html") as staging:
         names = _render_into(staging, title, sections)
-        return _move_in(staging, out_dir, names)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    return {name: out_dir / name for name in names}
 
 
 def write_chart(chart: alt.TopLevelMixin, path_without_ext: str | os.PathLike) -> dict[str, Path]:
@@ -157,13 +144,6 @@ def write_chart(chart: alt.TopLevelMixin, path_without_ext: str | os.PathLike) -
     written = {}
     for ext, data in outputs.items():
         target = base.with_name(base.name + ext)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(target, lambda f, data=data: f.write(data), binary=True)
         written[target.name] = target
     return written

@@ -8,11 +8,11 @@ microseconds.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from vocab.files import atomic_write
 
 
 def chrome_trace(timelines: dict[str, pd.DataFrame]) -> dict:
@@ -33,14 +33,4 @@ def chrome_trace(timelines: dict[str, pd.DataFrame]) -> dict:
 
 
 def write_chrome_trace(timelines: dict[str, pd.DataFrame], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(chrome_trace(timelines), f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: json.dump(chrome_trace(timelines), f))

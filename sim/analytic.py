@@ -20,7 +20,7 @@ import numpy as np
 
 from profiles import HardwareProfile
 from sim import costs
-from sim.config import RunConfig
+from vocab.config import RunConfig
 from sim.engine import StepPlan
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from profiles import HardwareProfile
-from sim.config import DTYPE_BYTES, RunConfig
+from vocab.config import DTYPE_BYTES, RunConfig
 from sim.costs import hbm_gather_time
 
 

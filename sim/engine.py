@@ -35,9 +35,9 @@ from profiles import HardwareProfile, load_profile
 from sim import costs
 from sim.bandwidth import SharedBandwidth
 from sim.compute import StepShape, layer_times, lm_head_time
-from sim.config import RunConfig
+from vocab.config import RunConfig
 from sim.memory import MemoryBudget, cache_rows_per_layer, check_fits, memory_budget
-from sim.record import EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, RunRecord, summarise
+from vocab.records import EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, RunRecord, summarise
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from profiles import HardwareProfile
-from sim.config import DTYPE_BYTES, GiB, RunConfig
-from sim.errors import CapacityError
+from vocab.config import DTYPE_BYTES, GiB, RunConfig
+from vocab.errors import CapacityError
 
 
 def backbone_params(cfg: RunConfig) -> int:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from profiles import calibrate, load_profile, shipped_names
+from profiles import load_profile, shipped_names
+from tools import calibrate
 from profiles.fit import GiB
 from sim import costs
 
@@ -36,7 +37,7 @@ def tiny(monkeypatch):
 
 def run_calibrate(argv: list[str]) -> int:
     """Through `engram-sim calibrate` when sim/cli.py registers it, else the module's own entry point."""
-    from sim import cli
+    import cli.main as cli
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -95,7 +96,7 @@ def test_raw_points_are_kept_in_the_profile(measured):
 
 
 def test_the_simulator_accepts_the_measured_profile(measured, tmp_path, capsys):
-    from sim import cli
+    import cli.main as cli
 
     assert cli.main(["simulate", "tiny", "--profile", str(measured)]) == 0
     out = tmp_path / "sweep"

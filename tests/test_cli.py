@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from sim.cli import main
+from cli.main import main
 
 TINY_SWEEP = ["sweep", "tiny", "--table-gib", "0.001,0.01", "--placements", "hbm,host_dma,host_uva",
               "--phases", "decode", "--steps", "4", "--jobs", "1", "--quiet"]
@@ -77,7 +77,7 @@ def test_a_bad_config_file_keeps_the_old_outputs(tmp_path, capsys):
 
 
 def test_argparse_errors_are_one_line_with_exit_2():
-    r = subprocess.run([sys.executable, "-m", "sim.cli", "simulate"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "cli.main", "simulate"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "the following arguments are required" in r.stderr
 
 

@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sim.compare import COMPARE_COLUMNS, TIMELINE_COLUMNS, compare_records, match_profile
+from tools.compare import COMPARE_COLUMNS, TIMELINE_COLUMNS, compare_records, match_profile
 
 RECORDS = sorted((Path(__file__).resolve().parents[1] / "real_runs" / "records").glob("tiny-cpu-*.json"))
 
 
 def run_cli(capsys, *argv):
-    from sim import cli
+    import cli.main as cli
 
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
@@ -98,7 +98,7 @@ def test_compare_cli_writes_csvs_and_chrome_traces_with_both_sources(tmp_path, c
 def _bad_records(tmp_path):
     garbage = tmp_path / "garbage.json"
     garbage.write_text('{"schema": "engram-sim.record/1", "kind": ')
-    from sim.cli import main as cli_main
+    from cli.main import main as cli_main
 
     simulated = tmp_path / "simulated.json"
     assert cli_main(["simulate", "tiny", "--steps", "3", "--out", str(simulated)]) == 0
@@ -156,8 +156,8 @@ def test_an_unknown_gpu_or_a_cpu_falls_back_to_the_configs_profile_unmatched():
 
 @pytest.fixture(scope="module")
 def report_inputs(tmp_path_factory):
-    from sim.config import load_config
-    from sim.sweep import sweep
+    from vocab.config import load_config
+    from tools.sweep import sweep
 
     folder = tmp_path_factory.mktemp("inputs")
     df = sweep(load_config("tiny"), [0.001, 0.01], ["hbm", "host_dma"], ["decode", "prefill"], steps=3, jobs=1,

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sim.config import from_dict, load_config, preset_names
-from sim.errors import ConfigError
+from vocab.config import from_dict, load_config, preset_names
+from vocab.errors import ConfigError
 
 GiB = 1 << 30
 

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 from profiles import load_profile
 from sim.analytic import estimate
-from sim.config import load_config
+from vocab.config import load_config
 from sim.engine import plan_steps, simulate
-from sim.errors import CapacityError
+from vocab.errors import CapacityError
 from tests.conftest import synthetic_trace
 
 H100 = load_profile("h100-sxm")

@@ -6,7 +6,7 @@ import pytest
 from profiles import load_profile, shipped_names
 from profiles.fit import fit_copy, fit_linear_time, fit_uva
 from sim import costs
-from sim.errors import ProfileError
+from vocab.errors import ProfileError
 
 GiB = 1 << 30
 

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from real_runs.backbone import MoE, Backbone, memory_footprint, parameter_counts  # noqa: E402
 from real_runs.engram import EngramModule  # noqa: E402
-from sim.config import from_dict, load_config  # noqa: E402
+from vocab.config import from_dict, load_config  # noqa: E402
 
 torch.set_num_threads(1)  # tiny shapes: one thread is fastest and immune to a busy machine
 

@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from real_runs.runner import ACTORS, decode_inputs, main_run, prefill_inputs, run  # noqa: E402
-from sim.config import load_config  # noqa: E402
-from sim.record import EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, SUMMARY_KEYS, read_record  # noqa: E402
+from vocab.config import load_config  # noqa: E402
+from vocab.records import EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, SUMMARY_KEYS, read_record  # noqa: E402
 
 torch.set_num_threads(1)
 CUDA = torch.cuda.is_available()

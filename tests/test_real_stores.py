@@ -9,7 +9,7 @@ from real_runs.cuda_gather import uva_unavailable_reason  # noqa: E402
 from real_runs.stores import (  # noqa: E402
     HBMCacheStore, HBMStore, HostDMAStore, HostTable, HostUVAStore, dedup, make_store,
 )
-from sim.config import load_config  # noqa: E402
+from vocab.config import load_config  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")

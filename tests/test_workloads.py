@@ -5,8 +5,8 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import workloads.tokens as tokens_mod
-from sim.config import LengthDistribution, from_dict
-from sim.errors import ConfigError
+from vocab.config import LengthDistribution, from_dict
+from vocab.errors import ConfigError
 from workloads import trace as trace_mod
 from workloads.hashing import hash_layer, layer_multipliers, table_offsets
 from workloads.requests import sample_lengths

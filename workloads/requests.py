@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.config import LengthDistribution
-from sim.errors import ConfigError
+from vocab.config import LengthDistribution
+from vocab.errors import ConfigError
 
 
 def sample_lengths(dist: LengthDistribution, n: int, rng: np.random.Generator,

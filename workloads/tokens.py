@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from sim.config import RunConfig
-from sim.errors import ConfigError
+from vocab.config import RunConfig
+from vocab.errors import ConfigError
+from vocab.files import atomic_write
 from workloads.compression import cache_dir, compress, compressed_vocab_size, load_or_build_compression
 
 # Default corpus: the first ~20 MB of the standard library's .py files, by sorted path.
@@ -140,7 +141,7 @@ def _compressed_corpus(text_path: str | None, tokenizer_json: str) -> np.ndarray
     ids = [np.array(e.ids, dtype=np.int64) for e in tokenizer.encode_batch(pieces, add_special_tokens=False)]
     corpus = compress(np.concatenate(ids) if ids else np.zeros(0, np.int64), load_or_build_compression(tokenizer_json))
     corpus = corpus.astype(np.int32)  # half the disk and memory; ids are far below 2**31
-    _save_atomic(path, corpus)
+    atomic_write(path, lambda f: np.save(f, corpus), binary=True)
     return corpus
 
 
@@ -187,9 +188,3 @@ def default_tokenizer_path() -> Path:
         tokenizer.save(str(tmp))
         tmp.replace(path)
     return path
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, array)
-    tmp.replace(path)

@@ -35,7 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from sim.config import RunConfig
+from vocab.config import RunConfig
 from workloads.cache import replay_flat
 from workloads.fastmod import mod_prime
 from workloads.hashing import layer_multipliers, table_offsets

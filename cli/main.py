@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from sim.errors import UserError
+from vocab.errors import UserError
+from vocab.files import staged_dir
 
 DEMO_TABLE_GIB = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
@@ -48,26 +45,9 @@ def _choices(field: str, text: str, allowed) -> list[str]:
     return values
 
 
-@contextmanager
-def staged_dir(out: Path):
-    """Write into a temporary sibling, then move files into `out`; on failure nothing lands."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise CliError("--out", f"{out} exists and is not a folder", "give a folder path")
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        yield tmp
-        out.mkdir(exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, out / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _load(args):
     from profiles import load_profile
-    from sim.config import load_config
+    from vocab.config import load_config
 
     cfg = load_config(args.config)
     changes = {}
@@ -111,7 +91,7 @@ def cmd_simulate(args) -> int:
         _print_summary("closed-form steady state", est)
     print(f"  (simulated {result.summary['steps']} steps, {result.sim_events} events in {wall:.2f} s)")
     if args.out:
-        from sim.record import write_record
+        from vocab.records import write_record
 
         write_record(result.to_record(), args.out)
         print(f"wrote {args.out}")
@@ -163,8 +143,8 @@ def _print_sweep(df, threshold: float) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from sim.config import PLACEMENTS
-    from sim.sweep import sweep
+    from vocab.config import PLACEMENTS
+    from tools.sweep import sweep
 
     cfg, profile = _load(args)
     sizes = _floats("--table-gib", args.table_gib)
@@ -179,7 +159,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from sim.sweep import sweep
+    from tools.sweep import sweep
 
     args.config = "engram-27b"
     cfg, profile = _load(args)
@@ -213,7 +193,7 @@ def cmd_profiles(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from sim.config import load_config, preset_names
+    from vocab.config import load_config, preset_names
 
     for name in preset_names():
         c = load_config(name)
@@ -230,7 +210,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from sim.bench import bench_simulator
+    from tools.bench import bench_simulator
 
     bench_simulator(steps=args.steps, jobs=args.jobs)
     return 0
@@ -296,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list shipped configurations")
     p.set_defaults(func=cmd_presets)
 
-    from profiles.calibrate import register as register_calibrate
-    from sim.compare import register as register_compare
+    from tools.calibrate import register as register_calibrate
+    from tools.compare import register as register_compare
 
     register_calibrate(sub)
     register_compare(sub)

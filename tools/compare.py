@@ -4,7 +4,7 @@
     engram-sim report [SWEEP.csv] [COMPARE.csv] --out DIR
 
 `compare` reads measured run records (written by `engram-sim run`), rebuilds
-each record's configuration (sim.config.from_dict), simulates exactly that
+each record's configuration (vocab.config.from_dict), simulates exactly that
 configuration (the recorded number of steps, the same placement, the same
 workload seed, so the same token trace from workloads.trace; capacity not
 checked) and also the same run with the table in HBM (the predicted
@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.errors import UserError
+from vocab.errors import UserError
+from vocab.files import staged_dir
 
 GiB = 1 << 30
 
@@ -145,8 +146,8 @@ def _rel(pred: float, meas: float) -> float:
 
 def _load(path: Path):
     """(record, RunConfig) of a measured record, or _Skip with the reason."""
-    from sim.config import from_dict
-    from sim.record import read_record
+    from vocab.config import from_dict
+    from vocab.records import read_record
 
     try:
         record = read_record(path)
@@ -360,7 +361,6 @@ def format_summary(summary: dict) -> str:
 
 def cmd_compare(args) -> int:
     from reports.trace import write_chrome_trace
-    from sim.cli import staged_dir
 
     df, summary, timelines, skipped = compare_records(args.records, args.profile, keep_results=bool(args.trace))
     if df.empty:

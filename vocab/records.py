@@ -15,14 +15,13 @@ A record file is JSON: {"schema", "kind", "config", "machine", "summary",
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from sim.errors import UserError
+from vocab.errors import UserError
+from vocab.files import atomic_write
 
 SCHEMA = "engram-sim.record/1"
 
@@ -98,17 +97,7 @@ def summarise(steps: pd.DataFrame, link_peak_bytes_per_s: float | None = None) -
 
 def write_record(record: RunRecord, path: str | Path) -> Path:
     """Write atomically: a failure leaves the old file (or nothing) in place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record.to_json(), f, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: json.dump(record.to_json(), f, default=_json_default))
 
 
 def read_record(path: str | Path) -> RunRecord:

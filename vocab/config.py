@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from sim.errors import ConfigError
-from sim.schema import build, read_toml, require, to_dict
+from vocab.errors import ConfigError
+from vocab.schema import build, read_toml, require, to_dict
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1, "int8": 1}
 Dtype = Literal["bf16", "fp16", "fp32", "fp8", "int8"]
@@ -155,7 +155,7 @@ class EngramConfig:
     @cached_property
     def table_sizes(self) -> dict[int, list[list[int]]]:
         """{layer: [[prime rows per head] per order]} (the official rule)."""
-        from workloads.primes import engram_table_sizes
+        from vocab.primes import engram_table_sizes
 
         return engram_table_sizes(self.configured_rows_per_order(), self.max_ngram_size,
                                   self.heads_per_order, self.layer_ids)
@@ -309,14 +309,14 @@ def from_dict(data: dict) -> RunConfig:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("sim.presets").iterdir() if p.name.endswith(".toml"))
+    return sorted(p.name[:-5] for p in resources.files("vocab.presets").iterdir() if p.name.endswith(".toml"))
 
 
 def load_config(name_or_path: str | Path) -> RunConfig:
     """Load a run configuration from a TOML path or a shipped preset name."""
     p = Path(name_or_path)
     if not p.is_file() and str(name_or_path) in preset_names():
-        p = Path(str(resources.files("sim.presets").joinpath(f"{name_or_path}.toml")))
+        p = Path(str(resources.files("vocab.presets").joinpath(f"{name_or_path}.toml")))
     elif not p.is_file():
         raise ConfigError(str(name_or_path), "no such config file or preset",
                           f"give a TOML path or one of: {', '.join(preset_names())}")

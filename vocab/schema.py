@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from sim.errors import UserError
+from vocab.errors import UserError
 
 
 def read_toml(path: str | Path, error: type[UserError]) -> dict:

@@ -16,7 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from profiles import HardwareProfile, load_profile
-from sim.config import GiB, PLACEMENTS, RunConfig
+from vocab.config import GiB, PLACEMENTS, RunConfig
 from sim.engine import simulate
 from sim.memory import cache_rows_per_layer
 

@@ -39,14 +39,15 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from profiles import load_profile
-from sim.errors import ProfileError, UserError
+from profiles.reference import reference_figures
+from vocab.errors import ProfileError, UserError
+from vocab.files import atomic_write_text, check_writable_file
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -79,36 +80,6 @@ DECODE_ATTENTION = dict(batch=64, heads=32, kv_heads=32, head_dim=192, context=2
 DECODE_GEMM = (512, 2560, 3 * 32 * 192)
 # Zero-copy gathers are also timed with the same ids in random order (sorted is what the stores do).
 UVA_RANDOM_ROWS = 16384
-
-REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
-
-
-def reference_figures() -> dict:
-    """{key: (what, figure, unit)} of the H100 reference (profiles/reference/h100-limits.json: one H100 SXM
-    machine, 16 vCPU Xeon, 2026-11-24; shared/reference/H100.md summarises it)."""
-    import json
-
-    rows = json.loads((REFERENCE_DIR / "h100-limits.json").read_text())
-
-    def one(kind, **match):
-        return next(r for r in rows if r.get("kind") == kind and all(r.get(k) == v for k, v in match.items()))
-
-    copy = one("copy", bytes=GiB)
-    figures = {
-        "h2d_gbps": ("H2D pinned copy, 1 GiB", copy["h2d_GBps"], "GB/s"),
-        "d2h_gbps": ("D2H pinned copy, 1 GiB", copy["d2h_GBps"], "GB/s"),
-        "d2d_gbps": ("device-to-device copy (read+write)", one("d2d")["GBps_rw"], "GB/s"),
-        "bf16_tflops": ("bf16 GEMM 8192^3", one("gemm_bf16")["TFLOPs"], "TFLOP/s"),
-        "hbm_gather_1k": ("HBM index_select gather, 1 KB rows", one("gather_hbm", row_bytes=1024)["GBps_payload"],
-                          "GB/s"),
-        "hash_best": ("N-gram hashing, 16 threads", one("hash_cpu_numba")["Mtokens_per_s"] * 1e6, "tokens/s"),
-        "hash_1": ("N-gram hashing, 1 thread", one("hash_cpu_numba_1thread")["Mtokens_per_s"] * 1e6, "tokens/s"),
-    }
-    for rb, label in ((256, "256 B"), (1024, "1 KB"), (4096, "4 KB")):
-        figures[f"cpu_gather_{rb}"] = (f"CPU gather {label} rows, 16 threads",
-                                       one("gather_cpu_numba", row_bytes=rb)["GBps_payload"], "GB/s")
-    return figures
-
 
 class CalibrateError(UserError):
     """Calibration cannot run or cannot write its profile."""
@@ -509,47 +480,22 @@ def default_out(machine_slug: str, today: str) -> Path:
 
 def check_out(out: Path) -> None:
     """Refuse an --out that cannot be written, before minutes of measuring."""
-    if out.exists() and out.is_dir():
-        raise CalibrateError("--out", f"{out} is a folder", "give a file path such as profiles/NAME.toml")
-    if out.exists() and not out.is_file():
-        raise CalibrateError("--out", f"{out} exists and is not a regular file", "give a file path")
-    anc = out.absolute().parent
-    while not anc.exists():
-        anc = anc.parent
-    if not anc.is_dir():
-        raise CalibrateError("--out", f"{anc} is not a folder", "give a path inside a folder")
-    try:   # a probe file, removed at once: permissions, read-only and pseudo file systems all show here
-        fd, probe = tempfile.mkstemp(dir=anc, prefix=".calibrate-probe.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise CalibrateError("--out", f"cannot write in {anc} ({e.strerror or e})", "give a writable path") from None
+    check_writable_file(out, "--out")
 
 
 def write_profile_atomic(text: str, out: Path) -> None:
     """Write text to a temporary file beside `out`, validate it as a profile, then move it into place."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    except OSError as e:
-        raise CalibrateError("--out", f"cannot write {out} ({e.strerror or e})", "give a writable path") from None
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    def check(tmp: Path) -> None:
         try:
             load_profile(tmp)
         except ProfileError as e:
             raise CalibrateError("calibrate", f"the measured profile does not validate ({e})",
                                  "nothing was written; please report this with the figures above") from None
-        os.replace(tmp, out)
+
+    try:
+        atomic_write_text(out, text, check=check, fsync=True)
     except OSError as e:
         raise CalibrateError("--out", f"cannot write {out} ({e.strerror or e})", "give a writable path") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # -- CPU measurements (generators: each yields a label after each measurement) ------------------------
@@ -1344,8 +1290,8 @@ def cmd_calibrate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m profiles.calibrate ...`: the same as `engram-sim calibrate ...`."""
-    from sim.cli import main as cli_main
+    """`python -m tools.calibrate ...`: the same as `engram-sim calibrate ...`."""
+    from cli.main import main as cli_main
 
     return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])
 
