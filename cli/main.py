@@ -50,19 +50,16 @@ def _load(args):
     from vocab.config import load_config
 
     cfg = load_config(args.config)
-    changes = {}
     if getattr(args, "placement", None):
-        changes["placement.kind"] = args.placement
+        cfg = cfg.with_placement(args.placement)
     if getattr(args, "phase", None):
-        changes["workload.phase"] = args.phase
+        cfg = cfg.with_phase(args.phase)
     if getattr(args, "table_gib_one", None):
-        changes["engram.table_gib"] = args.table_gib_one
+        cfg = cfg.with_table_gib(args.table_gib_one)
     if getattr(args, "steps", None):
-        changes["workload.steps"] = args.steps
+        cfg = cfg.with_steps(args.steps)
     if getattr(args, "profile", None):
-        changes["profile"] = args.profile
-    if changes:
-        cfg = cfg.replace(**changes)
+        cfg = cfg.with_profile(args.profile)
     return cfg, load_profile(cfg.profile)
 
 
@@ -143,8 +140,8 @@ def _print_sweep(df, threshold: float) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from vocab.config import PLACEMENTS
     from tools.sweep import sweep
+    from vocab.config import PLACEMENTS
 
     cfg, profile = _load(args)
     sizes = _floats("--table-gib", args.table_gib)

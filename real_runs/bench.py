@@ -65,9 +65,8 @@ def _big_table(gib: float):
 def bench_uva(table, quick: bool, reps: int) -> list[dict]:
     import torch
 
-    from tools.calibrate import fresh_ids
-
     from real_runs.cuda_gather import uva_gather
+    from tools.calibrate import fresh_ids
 
     sizes = [s for s in ((1, 16, 64) if quick else (1, 4, 16, 64)) if s * GiB <= table.nbytes]
     rows_list = (4096, 16384, 262144) if quick else (4096, 16384, 65536, 262144)
@@ -100,8 +99,8 @@ def bench_uva(table, quick: bool, reps: int) -> list[dict]:
 def bench_dma(table, quick: bool, reps: int, threads: int | None) -> list[dict]:
     import torch
 
-    from tools.calibrate import fresh_ids
     from real_runs.stores import HostDMAStore
+    from tools.calibrate import fresh_ids
 
     store = HostDMAStore(table, "cuda", threads=threads)
     rng = np.random.default_rng(1)
@@ -163,21 +162,18 @@ def bench_hbm(quick: bool, reps: int) -> list[dict]:
 def e2e_config(quick: bool, table_gib: float):
     from vocab.config import load_config
 
-    return load_config("dense-4b-100b").replace(**{
-        "engram.table_gib": table_gib,
-        "workload.sequences": 128 if quick else 256,
-        "workload.lengths": {"dist": "uniform", "low": 100, "high": 1024},
-        "workload.steps": 20 if quick else 50,
-        "placement.hash_threads": 8, "placement.gather_threads": 8,
-    })
+    return (load_config("dense-4b-100b").with_table_gib(table_gib)
+            .with_workload(sequences=128 if quick else 256, steps=20 if quick else 50,
+                           lengths={"dist": "uniform", "low": 100, "high": 1024})
+            .with_placement(hash_threads=8, gather_threads=8))
 
 
 def largest_e2e_tables_gib(quick: bool, host_available_bytes: float, gpu_free_bytes: float) -> tuple[float, float]:
     """(host, hbm): the largest table (whole GiB) host memory holds, and the largest the GPU holds beside the
     model and its KV cache (as run: K and V), with margins for activations, staging and the OS."""
-    from real_runs.backbone import memory_footprint
+    from vocab.memory import memory_footprint
 
-    fp = memory_footprint(e2e_config(quick, 1.0))
+    fp = memory_footprint(e2e_config(quick, 1.0), gpu_free_bytes)
     gpu_room = gpu_free_bytes * 0.9 - fp["weights_bytes"] - fp["kv_bytes_as_run"] - 4 * GiB
     host_room = host_available_bytes * 0.6
     return float(max(1, int(host_room // GiB))), float(max(1, int(min(gpu_room, host_room) // GiB)))
@@ -189,8 +185,8 @@ def bench_e2e(quick: bool, table_gib: float | None, placements: list[str], recor
     whatever the table's size, so it stands for the table in HBM at the host size too."""
     import torch
 
-    from tools.calibrate import available_gib
     from real_runs.runner import run
+    from tools.calibrate import available_gib
 
     if table_gib is None:
         free, _ = torch.cuda.mem_get_info()

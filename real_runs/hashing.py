@@ -13,9 +13,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from vocab.geometry import engram_table_sizes
 from workloads.fastmod import mod_prime
 from workloads.hashing import hash_layer, layer_multipliers
-from vocab.primes import engram_table_sizes
 
 
 @njit(parallel=True, cache=True, nogil=True)

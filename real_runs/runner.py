@@ -50,12 +50,19 @@ from pathlib import Path
 
 import numpy as np
 
+from profiles import load_profile
 from vocab.config import RunConfig
 from vocab.errors import CapacityError
-from vocab.records import EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, RunRecord, summarise, write_record
-
-ACTORS = ("gpu compute", "cpu hash", "cpu gather", "h2d link", "uva gather", "stall")
-
+from vocab.memory import cache_rows_per_layer, memory_footprint
+from vocab.records import (
+    EVENT_COLUMNS,
+    FETCH_COLUMNS,
+    STEP_COLUMNS,
+    RunRecord,
+    summarise,
+    write_record,
+)
+from vocab.units import GiB
 
 # -- workload ---------------------------------------------------------------------------------------
 
@@ -196,16 +203,16 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
     import numba
     import torch
 
-    from real_runs.backbone import Backbone, memory_footprint
+    from real_runs.backbone import Backbone
     from real_runs.cuda_gather import interpreting
     from real_runs.hashing import NgramHasher
     from real_runs.instrument import NvmlSampler, Timeline, describe_machine
     from real_runs.stores import HostTable, make_store
-    from workloads.hashing import table_offsets
+    from vocab.geometry import table_offsets
 
     baseline = placement == "none"
     if placement is not None and not baseline:
-        cfg = cfg.replace(**{"placement.kind": placement})
+        cfg = cfg.with_placement(placement)
     device = resolve_device(device)
     cuda = torch.device(device).type == "cuda"
     what = None if baseline else _needs_gpu(cfg)
@@ -270,7 +277,6 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
     cache_rows = 0
     hot = {}
     if p.kind == "hbm_cache" and layers:
-        from sim.memory import cache_rows_per_layer
         cache_rows = cache_rows_per_layer(cfg)
         hot = _hot_rows(cfg, hasher, offsets, layers)
     ahead = w.decode_lookahead if w.phase == "decode" else w.prefill_prefetch_ahead
@@ -380,8 +386,10 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
         events_raw = timeline.resolve()
 
         record = _collect(cfg, timeline, logs, inputs, events_raw, warmup, layers)
-        memory = memory_footprint(cfg)
         record.machine = describe_machine(device)
+        # The GPU the run had, or on CPU the profiled GPU the config names.
+        gpu_bytes = record.machine.get("gpu_memory_bytes") or load_profile(cfg.profile).gpu.hbm_gib * GiB
+        memory = memory_footprint(cfg, gpu_bytes)
         record.extra = {
             "device": device,
             "warmup_steps": warmup,
@@ -396,11 +404,7 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
             "moe_impl": next((layer.ffn.impl for layer in model.layers if hasattr(layer.ffn, "impl")), None),
         }
         if cuda:
-            try:
-                from profiles import load_profile
-                record.summary = summarise(record.steps, load_profile(cfg.profile).link.h2d_gbps * 1e9)
-            except Exception:  # a missing profile only loses link_utilisation
-                pass
+            record.summary = summarise(record.steps, load_profile(cfg.profile).link.h2d_gbps * 1e9)
     finally:  # unpin and unmap the tables even when the run fails
         if cuda:
             try:   # nothing may still read a table when it is unregistered and unmapped

@@ -36,7 +36,12 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from real_runs.cuda_gather import UVA_NEEDS_GPU, interpreting, uva_gather, uva_unavailable_reason
+from real_runs.cuda_gather import (
+    UVA_NEEDS_GPU,
+    interpreting,
+    uva_gather,
+    uva_unavailable_reason,
+)
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                 "fp8": getattr(torch, "float8_e4m3fn", torch.uint8), "int8": torch.int8}

@@ -8,7 +8,6 @@ compiles it from this file's source and globals, and the Triton interpreter
 import triton
 import triton.language as tl
 
-
 # n_rows changes every step (the step's unique rows or cache misses): left unspecialised, Triton would
 # compile one variant for n % 16 == 0 and one for n == 1, inside timed steps.
 JIT_OPTIONS = dict(do_not_specialize=["n_rows"])

@@ -11,29 +11,20 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-GIB = 2**30
-MIB = 2**20
-
-PLACEMENTS = ["hbm", "host_dma", "host_uva", "hbm_cache"]
-PHASES = ["prefill", "decode"]
-ACTORS = ["gpu compute", "cpu hash", "cpu gather", "h2d link", "uva gather", "stall"]
-
-SWEEP_COLUMNS = [
-    "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s",
-    "exposed_stall_s", "fetch_time_s", "overlap_fraction", "overhead_vs_hbm",
-    "host_bytes_per_step", "hbm_bytes_per_step", "link_utilisation",
-    "fits_hbm", "fits_host", "hidden",
-]
+from vocab.placements import ENGRAM_PLACEMENTS
+from vocab.records import ACTORS
+from vocab.tables import PHASES, SWEEP_COLUMNS
+from vocab.units import GiB, MiB
 
 WIDTH, HEIGHT = 320, 220
 
 _PLACEMENT_COLOR = alt.Color(
     "placement:N", title="placement",
-    scale=alt.Scale(domain=PLACEMENTS, range=["#4c78a8", "#f58518", "#e45756", "#54a24b"]),
+    scale=alt.Scale(domain=list(ENGRAM_PLACEMENTS), range=["#4c78a8", "#f58518", "#e45756", "#54a24b"]),
 )
 _SIZE_X = alt.X("table_gib:Q", title="Engram table size (GiB)",
                 scale=alt.Scale(type="log", base=2), axis=alt.Axis(format="~g"))
-_PHASE_COLUMN = alt.Column("phase:N", title=None, sort=PHASES)
+_PHASE_COLUMN = alt.Column("phase:N", title=None, sort=list(PHASES))
 
 
 def _check(df: pd.DataFrame, columns) -> None:
@@ -132,16 +123,16 @@ def bytes_chart(df: pd.DataFrame, table_bytes: int | None = None) -> alt.FacetCh
     data = rows.melt(id_vars=["placement", "phase"], value_vars=["host_bytes_per_step", "hbm_bytes_per_step"],
                      var_name="memory", value_name="bytes")
     data["memory"] = data["memory"].map({"host_bytes_per_step": "host (PCIe)", "hbm_bytes_per_step": "HBM"})
-    data["mib"] = data["bytes"] / MIB
+    data["mib"] = data["bytes"] / MiB
     chart = alt.Chart(data).mark_bar().encode(
-        x=alt.X("placement:N", sort=PLACEMENTS, title=None, axis=alt.Axis(labelAngle=0)),
+        x=alt.X("placement:N", sort=list(ENGRAM_PLACEMENTS), title=None, axis=alt.Axis(labelAngle=0)),
         y=alt.Y("sum(mib):Q", title="MiB per step"),
         color=alt.Color("memory:N", sort=["HBM", "host (PCIe)"],
                         scale=alt.Scale(domain=["HBM", "host (PCIe)"], range=["#4c78a8", "#f58518"])),
         tooltip=["placement:N", "memory:N", alt.Tooltip("mib:Q", title="MiB/step", format=",.2f")],
     ).properties(width=WIDTH, height=HEIGHT)
     return chart.facet(column=_PHASE_COLUMN).resolve_scale(y="independent").properties(
-        title=f"Engram bytes per step at {size / GIB:,.4g} GiB table")
+        title=f"Engram bytes per step at {size / GiB:,.4g} GiB table")
 
 
 def timeline_chart(events_df: pd.DataFrame, title: str, color_by: str = "actor") -> alt.Chart | alt.FacetChart:
@@ -192,7 +183,7 @@ def hidden_summary(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """
     _check(df, ["table_bytes", "placement", "phase", "overhead_vs_hbm"])
     rows = []
-    order = {p: i for i, p in enumerate(PLACEMENTS + PHASES)}
+    order = {p: i for i, p in enumerate(ENGRAM_PLACEMENTS + PHASES)}
     groups = sorted(df.dropna(subset=["overhead_vs_hbm"]).groupby(["placement", "phase"]),
                     key=lambda kv: (order.get(kv[0][0], 99), kv[0][0], order.get(kv[0][1], 99), kv[0][1]))
     for (placement, phase), group in groups:
@@ -206,9 +197,9 @@ def hidden_summary(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
         rows.append({
             "placement": placement, "phase": phase,
             "largest_hidden_bytes": largest,
-            "largest_hidden_gib": None if largest is None else largest / GIB,
+            "largest_hidden_gib": None if largest is None else largest / GiB,
             "first_unhidden_bytes": first_size,
-            "first_unhidden_gib": None if first_size is None else first_size / GIB,
+            "first_unhidden_gib": None if first_size is None else first_size / GiB,
             "overhead_at_first_unhidden": None if first is None else float(group["overhead_vs_hbm"].iloc[first]),
         })
     columns = ["placement", "phase", "largest_hidden_bytes", "largest_hidden_gib",
@@ -250,12 +241,12 @@ def synthetic_sweep(sizes_gib=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), threshold
     """
     compute = {"prefill": 0.25, "decode": 0.030}
     tokens = {"prefill": 8192, "decode": 64}
-    fetch_bytes = {"prefill": 2.0 * GIB, "decode": 24.0 * MIB}
+    fetch_bytes = {"prefill": 2.0 * GiB, "decode": 24.0 * MiB}
     base = {"host_dma": 0.002, "host_uva": 0.006, "hbm_cache": 0.0005}
     rows = []
     for gib in sizes_gib:
         for phase in PHASES:
-            for placement in PLACEMENTS:
+            for placement in ENGRAM_PLACEMENTS:
                 hit = 0.0 if placement != "hbm_cache" else min(1.0, 16.0 / gib)
                 host = {"hbm": 0.0, "hbm_cache": 1.0 - hit}.get(placement, 1.0) * fetch_bytes[phase]
                 overhead = 0.0 if placement == "hbm" else base[placement] * (gib / 4) ** 0.8 * (1.5 if phase == "decode" else 1.0)
@@ -265,15 +256,17 @@ def synthetic_sweep(sizes_gib=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), threshold
                 fetch = host / (50e9 if placement != "host_uva" else 20e9)
                 stall = step - compute[phase]
                 rows.append({
-                    "table_bytes": int(gib * GIB), "table_gib": float(gib), "placement": placement, "phase": phase,
+                    "table_bytes": int(gib * GiB), "table_gib": float(gib), "placement": placement, "phase": phase,
                     "step_time_s": step, "tokens_per_s": tokens[phase] / step, "exposed_stall_s": stall,
                     "fetch_time_s": fetch,
                     "overlap_fraction": np.nan if placement == "hbm" or fetch == 0 else max(0.0, 1 - stall / fetch),
                     "overhead_vs_hbm": overhead, "host_bytes_per_step": host,
                     "hbm_bytes_per_step": fetch_bytes[phase] - host,
                     "link_utilisation": host / step / 55e9 if step == step else np.nan,
+                    "window_use": fetch / (0.4 * compute[phase]) if fetch else np.nan,
                     "fits_hbm": gib <= hbm_gib, "fits_host": gib <= host_gib,
                     "hidden": bool(overhead <= threshold),
+                    "steps": 100, "sim_events": 1000, "replayed_steps": 90,
                 })
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
 

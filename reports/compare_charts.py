@@ -1,8 +1,8 @@
 """Charts of predicted versus measured runs (tools.compare), over the sweep charts' axes.
 
 Inputs are frames, never files: a sweep frame (tools.sweep, SWEEP_COLUMNS), a
-compare frame (tools.compare.COMPARE_COLUMNS) and a timelines frame
-(tools.compare.TIMELINE_COLUMNS). Either of sweep and compare may be None.
+compare frame (vocab.tables.COMPARE_COLUMNS) and a timelines frame
+(vocab.tables.TIMELINE_COLUMNS). Either of sweep and compare may be None.
 The charts put, per placement and phase, the sweep's predicted lines, the
 prediction for each measured record (circles) and the measurement (squares)
 on one table-size axis.
@@ -24,6 +24,7 @@ from reports.charts import (
     hidden_summary,
     timeline_chart,
 )
+from vocab.tables import summarise_errors
 
 SWEEP = "predicted (sweep)"
 PREDICTED = "predicted (record)"
@@ -195,7 +196,6 @@ def report_sections(sweep: pd.DataFrame | None, compare: pd.DataFrame | None,
                     timelines: pd.DataFrame | None = None, *, threshold: float = 0.01,
                     record: str | None = None) -> list[tuple[str, object]]:
     """The predicted-versus-measured report layout, ready for reports.html.write_report."""
-    from tools.compare import summarise_errors
 
     if sweep is None and compare is None:
         raise ValueError("report_sections needs a sweep or a compare frame")

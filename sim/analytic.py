@@ -20,8 +20,8 @@ import numpy as np
 
 from profiles import HardwareProfile
 from sim import costs
-from vocab.config import RunConfig
 from sim.engine import StepPlan
+from vocab.config import RunConfig
 
 
 def fetch_alone(cfg: RunConfig, profile: HardwareProfile, plan: StepPlan, k: int, footprint: float) -> float:

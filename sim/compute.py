@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from profiles import HardwareProfile
-from vocab.config import DTYPE_BYTES, RunConfig
 from sim.costs import hbm_gather_time
+from vocab.config import RunConfig
+from vocab.units import DTYPE_BYTES
 
 
 @dataclass

@@ -35,9 +35,16 @@ from profiles import HardwareProfile, load_profile
 from sim import costs
 from sim.bandwidth import SharedBandwidth
 from sim.compute import StepShape, layer_times, lm_head_time
+from sim.memory import check_fits, memory_budget
 from vocab.config import RunConfig
-from sim.memory import MemoryBudget, cache_rows_per_layer, check_fits, memory_budget
-from vocab.records import EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, RunRecord, summarise
+from vocab.memory import MemoryBudget, cache_rows_per_layer
+from vocab.records import (
+    EVENT_COLUMNS,
+    FETCH_COLUMNS,
+    STEP_COLUMNS,
+    RunRecord,
+    summarise,
+)
 
 
 @dataclass

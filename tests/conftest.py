@@ -28,3 +28,15 @@ def synthetic_trace(cfg, steps=4, tokens=None, unique_fraction=0.85, reuse_fract
 @pytest.fixture
 def make_trace():
     return synthetic_trace
+
+
+def edited(cfg, changes: dict):
+    """cfg with {"section.field": value} changes, through the typed edits (with_engram, with_placement, ...)."""
+    parts: dict[str, dict] = {}
+    for dotted, value in changes.items():
+        section, _, name = dotted.partition(".")
+        parts.setdefault(section, {})[name] = value
+    for section, fields in parts.items():
+        cfg = {"engram": cfg.with_engram, "placement": cfg.with_placement,
+               "workload": cfg.with_workload}[section](**fields)
+    return cfg

@@ -4,8 +4,7 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from workloads.cache import bench_cache, dense_ids, replay, zipf_trace
 

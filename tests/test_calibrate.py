@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from profiles import load_profile, shipped_names
-from tools import calibrate
 from profiles.fit import GiB
 from sim import costs
+from tools import calibrate
 
 MiB = 1 << 20
 NO_GPU_LINE = "engram-sim: error: calibrate: no CUDA GPU found; use --cpu-only to measure the CPU side only\n"

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tools.compare import COMPARE_COLUMNS, TIMELINE_COLUMNS, compare_records, match_profile
+from tools.compare import compare_records, match_profile
+from vocab.tables import COMPARE_COLUMNS, TIMELINE_COLUMNS
 
 RECORDS = sorted((Path(__file__).resolve().parents[1] / "real_runs" / "records").glob("tiny-cpu-*.json"))
 
@@ -156,8 +157,8 @@ def test_an_unknown_gpu_or_a_cpu_falls_back_to_the_configs_profile_unmatched():
 
 @pytest.fixture(scope="module")
 def report_inputs(tmp_path_factory):
-    from vocab.config import load_config
     from tools.sweep import sweep
+    from vocab.config import load_config
 
     folder = tmp_path_factory.mktemp("inputs")
     df = sweep(load_config("tiny"), [0.001, 0.01], ["hbm", "host_dma"], ["decode", "prefill"], steps=3, jobs=1,

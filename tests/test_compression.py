@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from workloads.compression import (build_compression, compress, compressed_vocab_size, compression_ratio,
-                                   load_or_build_compression, normalise)
+from workloads.compression import (
+    build_compression,
+    compress,
+    compressed_vocab_size,
+    compression_ratio,
+    load_or_build_compression,
+    normalise,
+)
 
 
 def word_tokenizer(words):

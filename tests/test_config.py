@@ -22,7 +22,7 @@ def test_presets_load_with_the_papers_sizes():
 
 
 def test_table_gib_derives_prime_rows_per_head():
-    cfg = load_config("engram-27b").replace(**{"engram.table_gib": 64.0})
+    cfg = load_config("engram-27b").with_table_gib(64.0)
     sizes = cfg.engram.table_sizes
     assert set(sizes) == {1, 14}
     primes = [p for layer in sizes.values() for order in layer for p in order]
@@ -32,7 +32,7 @@ def test_table_gib_derives_prime_rows_per_head():
 
 def test_replace_keeps_one_size_field():
     cfg = load_config("engram-27b")
-    c2 = cfg.replace(**{"engram.table_gib": 2.0})
+    c2 = cfg.with_table_gib(2.0)
     assert c2.engram.table_rows_per_order is None and c2.engram.table_gib == 2.0
     assert cfg.engram.table_gib is None  # the original is untouched
 
@@ -60,7 +60,7 @@ def _with(path, value):
     ("engram.layer_ids", [7], r"engram\.layer_ids\[0\]: 7 is outside 0\.\.3"),
     ("engram.d_mem", 65, r"engram\.d_mem: 65 is not divisible"),
     ("engram.table_gib", 1.0, r"engram\.table_gib: give exactly one of"),
-    ("placement.kind", "ssd", r"placement\.kind: unknown value 'ssd'; use one of 'hbm'"),
+    ("placement.kind", "ssd", r"placement\.kind: unknown value 'ssd'; use one of 'none', 'hbm'"),
     ("placement.kind", "hbm_cache", r"placement\.cache_gib: hbm_cache needs exactly one"),
     ("workload.phase", "train", r"workload\.phase: unknown value 'train'"),
     ("workload.sequences", 0, r"workload\.sequences: must be >= 1"),
@@ -93,3 +93,16 @@ def test_extends_merges_over_a_preset(tmp_path):
     assert cfg.name == "mine" and cfg.placement.kind == "host_dma"
     assert cfg.engram.table_rows_per_order is None
     assert cfg.backbone.layers == 30
+
+
+def test_typed_edits_validate_and_keep_one_cache_size_field():
+    cfg = load_config("engram-27b")
+    c = cfg.with_placement("hbm_cache", cache_fraction=0.1).with_placement(cache_gib=2.0)
+    assert c.placement.cache_gib == 2.0 and c.placement.cache_fraction is None
+    with pytest.raises(ConfigError, match="placement.kind"):
+        cfg.with_placement("tpu")
+    with pytest.raises(ConfigError, match="placement.cache_gib"):
+        cfg.with_placement("hbm_cache")          # a cache needs a size
+    with pytest.raises(ConfigError, match="engram.layer_ids"):
+        cfg.with_engram(layer_ids=[1, 99])       # outside the backbone
+    assert cfg.with_workload(lengths={"dist": "fixed", "low": 7, "high": 7}).workload.lengths.low == 7

@@ -4,15 +4,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from profiles import load_profile
 from sim.analytic import estimate
-from vocab.config import load_config
 from sim.engine import plan_steps, simulate
+from tests.conftest import edited, synthetic_trace
+from vocab.config import load_config
 from vocab.errors import CapacityError
-from tests.conftest import synthetic_trace
 
 H100 = load_profile("h100-sxm")
 
@@ -22,7 +21,7 @@ def cfg_for(placement="host_uva", phase="decode", table_gib=64.0, sequences=64, 
                "workload.sequences": sequences, **more}
     if placement == "hbm_cache":
         changes.setdefault("placement.cache_gib", 4.0)
-    return load_config(preset).replace(**changes)
+    return edited(load_config(preset), changes)
 
 
 def run(cfg, profile=H100, steps=6, **trace_kw):
@@ -91,7 +90,7 @@ def test_a_faster_link_never_makes_a_step_slower(placement, phase, table, sequen
 @given(st.sampled_from(["host_dma", "host_uva"]), seqs, st.sampled_from([1, 4]))
 def test_more_compute_before_the_engram_layer_never_adds_stall(placement, sequences, deeper):
     base = cfg_for(placement, "decode", 256.0, sequences)
-    deep = base.replace(**{"engram.layer_ids": [1 + deeper, 14]})
+    deep = base.with_engram(layer_ids=[1 + deeper, 14])
     a, b = run(base), run(deep)
     assert b.steps["exposed_stall_s"].sum() <= a.steps["exposed_stall_s"].sum() + 1e-12
     assert (b.steps["step_time_s"].values <= a.steps["step_time_s"].values * (1 + 1e-12)).all()

@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 from numba import njit
 
 from real_runs.hashing import NgramHasher, bench_hashing
+from vocab.geometry import table_offsets
 from workloads.fastmod import mod_prime
-from workloads.hashing import hash_layer, layer_multipliers, table_offsets
+from workloads.hashing import hash_layer, layer_multipliers
 
 DEMO = dict(engram_vocab_size=[646400, 646400], max_ngram_size=3, n_head_per_ngram=8, layer_ids=[1, 15],
             compressed_vocab_size=99092, compressed_pad_id=2, seed=0)

@@ -7,9 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from real_runs.backbone import MoE, Backbone, memory_footprint, parameter_counts  # noqa: E402
+from real_runs.backbone import Backbone, MoE  # noqa: E402
 from real_runs.engram import EngramModule  # noqa: E402
+from tests.conftest import edited
 from vocab.config import from_dict, load_config  # noqa: E402
+from vocab.memory import memory_footprint, parameter_counts  # noqa: E402
 
 torch.set_num_threads(1)  # tiny shapes: one thread is fastest and immune to a busy machine
 
@@ -149,7 +151,7 @@ def test_moe_matches_per_token_reference(impl, shared):
 
 def _tiny(**changes):
     cfg = load_config("tiny")
-    return cfg.replace(**changes) if changes else cfg
+    return edited(cfg, changes)
 
 
 @pytest.mark.parametrize("branches", [1, 4])
@@ -212,7 +214,7 @@ def test_parameter_counts_match_the_built_model():
 
 def test_engram_27b_memory_footprint():
     cfg = load_config("engram-27b")
-    m = memory_footprint(cfg, gpu_bytes=80e9)
+    m = memory_footprint(cfg, 80e9)
     counts = m["parameters"]
     assert 21e9 < counts["backbone"] < 23e9               # bf16: ~44.3 GB of weights
     assert 5.6e9 < counts["engram_tables"] < 6.0e9        # the paper's 5.7B Engram parameters (~11.6 GB)
@@ -220,7 +222,7 @@ def test_engram_27b_memory_footprint():
     # + the MLA latent KV cache of 512 sequences x (1024 + 200) positions (~21.7 GB): ~77.6 GB, tight
     assert 75e9 < m["weights_bytes"] + m["engram_table_bytes"] + m["kv_bytes_config"] < 80e9
     assert m["all_in_hbm_fits"] is True
-    assert memory_footprint(cfg, gpu_bytes=75e9)["all_in_hbm_fits"] is False
+    assert memory_footprint(cfg, 75e9)["all_in_hbm_fits"] is False
     # As run here (MLA approximated by MHA K and V) the same cache would be ~462 GB.
     assert m["kv_bytes_as_run"] > 400e9
 

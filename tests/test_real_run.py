@@ -9,9 +9,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from real_runs.runner import ACTORS, decode_inputs, main_run, prefill_inputs, run  # noqa: E402
+from real_runs.runner import decode_inputs, main_run, prefill_inputs, run  # noqa: E402
+from tests.conftest import edited
 from vocab.config import load_config  # noqa: E402
-from vocab.records import EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, SUMMARY_KEYS, read_record  # noqa: E402
+from vocab.records import (  # noqa: E402
+    ACTORS,  # noqa: E402
+    EVENT_COLUMNS,
+    FETCH_COLUMNS,
+    STEP_COLUMNS,
+    SUMMARY_KEYS,
+    read_record,
+)
 
 torch.set_num_threads(1)
 CUDA = torch.cuda.is_available()
@@ -19,7 +27,7 @@ CUDA = torch.cuda.is_available()
 
 def tiny(**changes):
     cfg = load_config("tiny")
-    return cfg.replace(**changes) if changes else cfg
+    return edited(cfg, changes)
 
 
 def _check_record(path, cfg, steps):

@@ -7,7 +7,13 @@ torch = pytest.importorskip("torch")
 
 from real_runs.cuda_gather import uva_unavailable_reason  # noqa: E402
 from real_runs.stores import (  # noqa: E402
-    HBMCacheStore, HBMStore, HostDMAStore, HostTable, HostUVAStore, dedup, make_store,
+    HBMCacheStore,
+    HBMStore,
+    HostDMAStore,
+    HostTable,
+    HostUVAStore,
+    dedup,
+    make_store,
 )
 from vocab.config import load_config  # noqa: E402
 

@@ -11,7 +11,9 @@ import pytest
 
 import reports
 import reports.html as rhtml
-from reports.charts import GIB, PLACEMENTS, SWEEP_COLUMNS
+from vocab.placements import ENGRAM_PLACEMENTS as PLACEMENTS
+from vocab.tables import SWEEP_COLUMNS
+from vocab.units import GiB
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -94,9 +96,9 @@ def test_bytes_chart_stacks_host_and_hbm_for_largest_size(sweep):
 
 
 def test_bytes_chart_chosen_size(sweep):
-    assert "4 GiB" in _spec(reports.bytes_chart(sweep, table_bytes=4 * GIB))["title"]
+    assert "4 GiB" in _spec(reports.bytes_chart(sweep, table_bytes=4 * GiB))["title"]
     with pytest.raises(ValueError):
-        reports.bytes_chart(sweep, table_bytes=3 * GIB)
+        reports.bytes_chart(sweep, table_bytes=3 * GiB)
 
 
 def test_timeline_faceted_by_source_with_shared_x():
@@ -126,7 +128,7 @@ def test_charts_reject_missing_columns(sweep):
 # --------------------------------------------------------------------------- hidden_summary
 
 def _frame(overheads_by_placement: dict[str, list[float]]) -> pd.DataFrame:
-    rows = [{"table_bytes": (2**i) * GIB, "placement": p, "phase": "decode", "overhead_vs_hbm": o}
+    rows = [{"table_bytes": (2**i) * GiB, "placement": p, "phase": "decode", "overhead_vs_hbm": o}
             for p, overheads in overheads_by_placement.items() for i, o in enumerate(overheads)]
     return pd.DataFrame(rows).sample(frac=1, random_state=0)   # order must not matter
 
@@ -140,15 +142,15 @@ def test_hidden_summary_hand_made():
     }), threshold=0.01).set_index("placement")
     assert list(summary.index) == ["hbm", "host_dma", "host_uva", "hbm_cache"]
     dma = summary.loc["host_dma"]
-    assert dma.largest_hidden_bytes == 2 * GIB and dma.largest_hidden_gib == 2.0
-    assert dma.first_unhidden_bytes == 4 * GIB and dma.first_unhidden_gib == 4.0
+    assert dma.largest_hidden_bytes == 2 * GiB and dma.largest_hidden_gib == 2.0
+    assert dma.first_unhidden_bytes == 4 * GiB and dma.first_unhidden_gib == 4.0
     assert dma.overhead_at_first_unhidden == 0.03
     cache = summary.loc["hbm_cache"]
-    assert cache.largest_hidden_bytes == 8 * GIB and cache.first_unhidden_bytes is None
+    assert cache.largest_hidden_bytes == 8 * GiB and cache.first_unhidden_bytes is None
     uva = summary.loc["host_uva"]
-    assert uva.largest_hidden_bytes is None and uva.first_unhidden_bytes == 1 * GIB
+    assert uva.largest_hidden_bytes is None and uva.first_unhidden_bytes == 1 * GiB
     hbm = summary.loc["hbm"]
-    assert hbm.largest_hidden_bytes == 2 * GIB and hbm.first_unhidden_bytes is None
+    assert hbm.largest_hidden_bytes == 2 * GiB and hbm.first_unhidden_bytes is None
 
 
 def test_hidden_summary_one_row_per_placement_and_phase(sweep):

@@ -7,8 +7,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import workloads.tokens as tokens_mod
 from vocab.config import LengthDistribution, from_dict
 from vocab.errors import ConfigError
+from vocab.geometry import table_offsets
 from workloads import trace as trace_mod
-from workloads.hashing import hash_layer, layer_multipliers, table_offsets
+from workloads.hashing import hash_layer, layer_multipliers
 from workloads.requests import sample_lengths
 from workloads.tokens import ZipfSource, make_token_source
 from workloads.trace import build_trace

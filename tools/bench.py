@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 import time
 
-from vocab.config import load_config
 from tools.sweep import sweep
+from vocab.config import load_config
 
 BENCH_TABLE_GIB = [1, 4, 16, 64, 128, 256, 512, 1024]
 

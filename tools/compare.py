@@ -41,35 +41,16 @@ import pandas as pd
 
 from vocab.errors import UserError
 from vocab.files import staged_dir
-
-GiB = 1 << 30
-
-# Metrics compared; each gets predicted_<m>, measured_<m> and rel_err_<m> columns.
-METRICS = ["step_time_s", "tokens_per_s", "exposed_stall_s", "overlap_fraction", "overhead_vs_hbm"]
-# Also carried predicted and measured (no error column): the bytes per tier and the fetch time.
-EXTRA_METRICS = ["fetch_time_s", "host_bytes_per_step", "hbm_bytes_per_step"]
-
-COMPARE_COLUMNS = [
-    "record", "config", "placement", "phase", "table_bytes", "table_gib", "steps", "device", "machine",
-    "profile", "profile_matched",
-    *[f"{side}_{m}" for m in METRICS for side in ("predicted", "measured")],
-    *[f"rel_err_{m}" for m in METRICS],
-    "overhead_error_pp",
-    *[f"{side}_{m}" for m in EXTRA_METRICS for side in ("predicted", "measured")],
-    "note",
-]
-TIMELINE_COLUMNS = ["source", "record", "step", "actor", "name", "start_s", "end_s"]
-
-# What `report` needs of each input.
-REPORT_COMPARE_COLUMNS = [
-    "record", "config", "placement", "phase", "table_gib", "predicted_tokens_per_s", "measured_tokens_per_s",
-    "rel_err_tokens_per_s", "predicted_overhead_vs_hbm", "measured_overhead_vs_hbm",
-    "predicted_exposed_stall_s", "measured_exposed_stall_s", "profile", "profile_matched",
-]
-REPORT_SWEEP_COLUMNS = [
-    "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
-    "overhead_vs_hbm", "host_bytes_per_step", "hbm_bytes_per_step",
-]
+from vocab.tables import (
+    COMPARE_COLUMNS,
+    EXTRA_METRICS,
+    METRICS,
+    REPORT_COMPARE_COLUMNS,
+    REPORT_SWEEP_COLUMNS,
+    TIMELINE_COLUMNS,
+    summarise_errors,
+)
+from vocab.units import GiB
 
 
 class CompareError(UserError):
@@ -193,7 +174,7 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
     from sim.engine import simulate
 
     n = len(record.steps)
-    cfg = cfg.replace(**{"workload.steps": n})
+    cfg = cfg.with_steps(n)
     if profile:
         profile_name, matched, note = profile, True, f"profile {profile} given with --profile"
         if machine_gpu(record) is None:
@@ -206,7 +187,7 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
     if cfg.placement.kind == "hbm":
         hbm = predicted
     else:
-        hbm = simulate(cfg.replace(**{"placement.kind": "hbm"}), prof, steps=n, check_capacity=False)
+        hbm = simulate(cfg.with_placement("hbm"), prof, steps=n, check_capacity=False)
     ps, ms = predicted.summary, record.summary
     pred = {m: float(ps[m]) for m in METRICS if m != "overhead_vs_hbm"}
     meas = {m: float(ms.get(m, math.nan)) for m in METRICS if m != "overhead_vs_hbm"}
@@ -239,24 +220,6 @@ def _errors(df: pd.DataFrame) -> pd.DataFrame:
         df[f"rel_err_{m}"] = [_rel(p, q) for p, q in zip(df[f"predicted_{m}"], df[f"measured_{m}"])]
     df["overhead_error_pp"] = (df["predicted_overhead_vs_hbm"] - df["measured_overhead_vs_hbm"]) * 100
     return df
-
-
-def summarise_errors(df: pd.DataFrame) -> dict:
-    """Median and max absolute relative throughput error, and the overhead error in points."""
-    thr = df["rel_err_tokens_per_s"].abs().dropna() if len(df) else pd.Series(dtype=float)
-    # An hbm record is its own baseline (0 vs 0): only the other placements say anything about the overhead.
-    pp = (df.loc[df["placement"] != "hbm", "overhead_error_pp"].abs().dropna() if len(df)
-          else pd.Series(dtype=float))
-    nan = float("nan")
-    return {
-        "compared": int(len(df)),
-        "throughput_abs_rel_err_median": float(thr.median()) if len(thr) else nan,
-        "throughput_abs_rel_err_max": float(thr.max()) if len(thr) else nan,
-        "overhead_abs_err_pp_median": float(pp.median()) if len(pp) else nan,
-        "overhead_abs_err_pp_max": float(pp.max()) if len(pp) else nan,
-        "overhead_pairs": int(len(pp)),
-        "all_profiles_matched": bool(df["profile_matched"].all()) if len(df) else False,
-    }
 
 
 def compare_records(paths, profile: str | None = None, *, keep_results: bool = False):

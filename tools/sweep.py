@@ -16,31 +16,22 @@ import pandas as pd
 from tqdm import tqdm
 
 from profiles import HardwareProfile, load_profile
-from vocab.config import GiB, PLACEMENTS, RunConfig
 from sim.engine import simulate
-from sim.memory import cache_rows_per_layer
+from vocab.config import RunConfig
+from vocab.memory import cache_rows_per_layer
+from vocab.placements import ENGRAM_PLACEMENTS
+from vocab.records import overhead, window_use
+from vocab.tables import SWEEP_COLUMNS
+from vocab.units import GiB
 
-SWEEP_COLUMNS = [
-    "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
-    "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "host_bytes_per_step", "hbm_bytes_per_step",
-    "link_utilisation", "window_use", "fits_hbm", "fits_host", "hidden", "steps", "sim_events", "replayed_steps",
-]
-
-
-def window_use(fetches: pd.DataFrame) -> float:
-    """How much of its window a fetch uses: fetch time over the time from the fetch's start to when
-    the GPU needs the rows, worst Engram layer per step, median over steps (1.0 = just hidden)."""
-    window = fetches["wait_start_s"] - fetches["fetch_start_s"]
-    use = fetches["fetch_time_s"] / window.where(window > 0)
-    return float(use.groupby(fetches["step"]).max().median())
 DEFAULT_CACHE_GIB = 8.0
 
 
 def point_config(cfg: RunConfig, table_gib: float, placement: str, phase: str, cache_gib: float) -> RunConfig:
-    changes = {"engram.table_gib": float(table_gib), "placement.kind": placement, "workload.phase": phase}
+    options = {}
     if placement == "hbm_cache" and cfg.placement.cache_gib is None and cfg.placement.cache_fraction is None:
-        changes["placement.cache_gib"] = cache_gib
-    return cfg.replace(**changes)
+        options["cache_gib"] = cache_gib
+    return cfg.with_table_gib(table_gib).with_phase(phase).with_placement(placement, **options)
 
 
 def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase: str, placements: list[str],
@@ -71,7 +62,7 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
             result = simulate(pcfg, profile, trace, steps=steps, check_capacity=False)
             sim_s += time.perf_counter() - t0
         s = result.summary
-        overhead = 1.0 - s["tokens_per_s"] / baseline.summary["tokens_per_s"]
+        loss = overhead(s["tokens_per_s"], baseline.summary["tokens_per_s"])
         rows.append({
             "table_bytes": pcfg.engram.total_table_bytes,
             "table_gib": pcfg.engram.total_table_bytes / GiB,
@@ -82,14 +73,14 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
             "exposed_stall_s": s["exposed_stall_s"],
             "fetch_time_s": s["fetch_time_s"],
             "overlap_fraction": s["overlap_fraction"],
-            "overhead_vs_hbm": overhead,
+            "overhead_vs_hbm": loss,
             "host_bytes_per_step": s["host_bytes_per_step"],
             "hbm_bytes_per_step": s["hbm_bytes_per_step"],
             "link_utilisation": s["link_utilisation"],
             "window_use": window_use(result.fetches),
             "fits_hbm": result.memory.fits_hbm,
             "fits_host": result.memory.fits_host,
-            "hidden": bool(overhead <= threshold),
+            "hidden": bool(loss <= threshold),
             "steps": s["steps"],
             "sim_events": result.sim_events,
             "replayed_steps": result.replayed_steps,
@@ -114,7 +105,7 @@ def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None =
           progress: bool = True) -> pd.DataFrame:
     """Simulate every (table size, placement, phase); one row each (SWEEP_COLUMNS)."""
     profile = profile or load_profile(cfg.profile)
-    placements = list(placements or PLACEMENTS)
+    placements = list(placements or ENGRAM_PLACEMENTS)
     phases = list(phases or [cfg.workload.phase])
     steps = steps or cfg.workload.steps
     # Heaviest points first (prefill, big tables), so that workers finish together.

@@ -10,6 +10,7 @@ Layer ids are zero-based indices into the backbone's layers (the paper's
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Literal
 
 from vocab.errors import ConfigError
+from vocab.geometry import engram_table_sizes
+from vocab.placements import CACHE_POLICIES, HOST_PATHS, PLACEMENTS
 from vocab.schema import build, read_toml, require, to_dict
+from vocab.units import DTYPE_BYTES, GiB
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1, "int8": 1}
-Dtype = Literal["bf16", "fp16", "fp32", "fp8", "int8"]
-PLACEMENTS = ("hbm", "host_dma", "host_uva", "hbm_cache")
-Placement = Literal["hbm", "host_dma", "host_uva", "hbm_cache"]
-GiB = 1 << 30
+Dtype = Literal[tuple(DTYPE_BYTES)]
+Placement = Literal[PLACEMENTS]
+HostPath = Literal[HOST_PATHS]
 
 
 @dataclass
@@ -155,8 +157,6 @@ class EngramConfig:
     @cached_property
     def table_sizes(self) -> dict[int, list[list[int]]]:
         """{layer: [[prime rows per head] per order]} (the official rule)."""
-        from vocab.primes import engram_table_sizes
-
         return engram_table_sizes(self.configured_rows_per_order(), self.max_ngram_size,
                                   self.heads_per_order, self.layer_ids)
 
@@ -185,8 +185,8 @@ class PlacementConfig:
     # hbm_cache: hot rows in HBM, misses through miss_path.
     cache_gib: float | None = None
     cache_fraction: float | None = None
-    cache_policy: Literal["static_topk", "lru", "lfu"] = "lru"
-    miss_path: Literal["host_dma", "host_uva"] = "host_uva"
+    cache_policy: Literal[CACHE_POLICIES] = "lru"
+    miss_path: HostPath = "host_uva"
     # How many Engram fetches run at once on the fetch side (1 = one fetch stream, in layer order).
     fetch_streams: int = 1
 
@@ -281,27 +281,54 @@ class RunConfig:
             require(0 <= layer < self.backbone.layers, ConfigError, f"engram.layer_ids[{i}]",
                     f"{layer} is outside 0..{self.backbone.layers - 1}", "use zero-based backbone layer ids")
 
-    def replace(self, **changes) -> "RunConfig":
-        """Copy with dotted-path changes, e.g. replace(**{"placement.kind": "hbm"})."""
-        data = to_dict(self)
-        for dotted, value in changes.items():
-            node = data
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-            if dotted == "engram.table_gib":
-                node.pop("table_rows_per_order", None)
-            if dotted == "engram.table_rows_per_order":
-                node.pop("table_gib", None)
-            if dotted == "placement.cache_gib":
-                node.pop("cache_fraction", None)
-            if dotted == "placement.cache_fraction":
-                node.pop("cache_gib", None)
-        return from_dict(data)
+    # -- typed edits: each returns a validated copy ------------------------------------------------
+    def with_engram(self, **changes) -> "RunConfig":
+        """Copy with EngramConfig fields changed; a table size given one way drops the other way."""
+        if "table_gib" in changes:
+            changes.setdefault("table_rows_per_order", None)
+        if "table_rows_per_order" in changes:
+            changes.setdefault("table_gib", None)
+        return self._with(engram=_edit(self.engram, "engram", changes))
+
+    def with_table_gib(self, table_gib: float) -> "RunConfig":
+        return self.with_engram(table_gib=float(table_gib))
+
+    def with_placement(self, kind: str | None = None, **changes) -> "RunConfig":
+        """Copy with the placement kind and/or PlacementConfig fields changed."""
+        if kind is not None:
+            changes["kind"] = kind
+        if "cache_gib" in changes:
+            changes.setdefault("cache_fraction", None)
+        if "cache_fraction" in changes:
+            changes.setdefault("cache_gib", None)
+        return self._with(placement=_edit(self.placement, "placement", changes))
+
+    def with_workload(self, **changes) -> "RunConfig":
+        return self._with(workload=_edit(self.workload, "workload", changes))
+
+    def with_phase(self, phase: str) -> "RunConfig":
+        return self.with_workload(phase=phase)
+
+    def with_steps(self, steps: int) -> "RunConfig":
+        return self.with_workload(steps=int(steps))
+
+    def with_profile(self, profile: str) -> "RunConfig":
+        return self._with(profile=str(profile))
+
+    def _with(self, **parts) -> "RunConfig":
+        out = dataclasses.replace(self, **parts)
+        out.validate("")
+        return out
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+
+def _edit(part, path: str, changes: dict):
+    """A validated copy of one config part. Values are checked as a TOML file's would be."""
+    changes = {k: to_dict(v) if dataclasses.is_dataclass(v) else v for k, v in changes.items()}
+    data = {**to_dict(part), **changes}
+    return build(type(part), {k: v for k, v in data.items() if v is not None}, path, ConfigError)
 
 
 def from_dict(data: dict) -> RunConfig:

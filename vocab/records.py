@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vocab.errors import UserError
@@ -40,6 +41,64 @@ SUMMARY_KEYS = [
     "exposed_stall_s", "fetch_time_s", "overlap_fraction",
     "host_bytes_per_step", "hbm_bytes_per_step", "link_utilisation",
 ]
+
+
+# Actors of the timeline (EVENT_COLUMNS.actor), the same names predicted and measured.
+GPU_COMPUTE = "gpu compute"
+CPU_HASH = "cpu hash"
+CPU_GATHER = "cpu gather"
+H2D_LINK = "h2d link"
+UVA_GATHER = "uva gather"
+STALL = "stall"
+ACTORS = (GPU_COMPUTE, CPU_HASH, CPU_GATHER, H2D_LINK, UVA_GATHER, STALL)
+
+
+# -- the formulas every table uses ------------------------------------------------------------------
+
+def overlap_fraction(stall_s, fetch_s):
+    """Hidden fetch time over total fetch time, in [0, 1]; no fetch -> nothing to hide (NaN).
+
+    Scalars give a float, arrays an array."""
+    stall, fetch = np.asarray(stall_s, dtype=float), np.asarray(fetch_s, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(fetch > 0, np.clip(1.0 - stall / fetch, 0.0, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def overhead(tokens_per_s: float, baseline_tokens_per_s: float) -> float:
+    """Throughput lost against a baseline run (0.01 = 1 % fewer tokens per second)."""
+    return 1.0 - tokens_per_s / baseline_tokens_per_s
+
+
+def window_use(fetches: pd.DataFrame) -> float:
+    """How much of its window a fetch uses: fetch time over the time from the fetch's start to when
+    the GPU needs the rows, worst Engram layer per step, median over steps (1.0 = just hidden)."""
+    window = fetches["wait_start_s"] - fetches["fetch_start_s"]
+    use = fetches["fetch_time_s"] / window.where(window > 0)
+    return float(use.groupby(fetches["step"]).max().median())
+
+
+def step_table(*, step, start_s, step_time_s, compute_time_s, tokens, exposed_stall_s, fetch_time_s,
+               host_bytes, hbm_bytes, link_bytes) -> pd.DataFrame:
+    """The per-step table (STEP_COLUMNS) from per-step columns; overlap_fraction is derived here."""
+    return pd.DataFrame({
+        "step": step, "start_s": start_s, "step_time_s": step_time_s, "compute_time_s": compute_time_s,
+        "tokens": tokens, "exposed_stall_s": exposed_stall_s, "fetch_time_s": fetch_time_s,
+        "overlap_fraction": overlap_fraction(exposed_stall_s, fetch_time_s),
+        "host_bytes": host_bytes, "hbm_bytes": hbm_bytes, "link_bytes": link_bytes,
+    }, columns=STEP_COLUMNS)
+
+
+def fetch_table(rows=None, **columns) -> pd.DataFrame:
+    """The per-fetch table (FETCH_COLUMNS), from row tuples in column order or from columns."""
+    if rows is not None:
+        return pd.DataFrame(rows, columns=FETCH_COLUMNS)
+    return pd.DataFrame(columns, columns=FETCH_COLUMNS)
+
+
+def event_table(rows) -> pd.DataFrame:
+    """The timeline (EVENT_COLUMNS) from (actor, name, start_s, end_s, step, layer) tuples."""
+    return pd.DataFrame(rows, columns=EVENT_COLUMNS)
 
 
 class RecordError(UserError):
@@ -85,8 +144,7 @@ def summarise(steps: pd.DataFrame, link_peak_bytes_per_s: float | None = None) -
         "step_time_s": elapsed / n if n else float("nan"),
         "exposed_stall_s": stall / n if n else float("nan"),
         "fetch_time_s": fetch / n if n else float("nan"),
-        # Hidden fetch time over total fetch time; no fetches -> nothing to hide (NaN).
-        "overlap_fraction": max(0.0, min(1.0, 1.0 - stall / fetch)) if fetch > 0 else float("nan"),
+        "overlap_fraction": overlap_fraction(stall, fetch),
         "host_bytes_per_step": float(steps["host_bytes"].mean()) if n else 0.0,
         "hbm_bytes_per_step": float(steps["hbm_bytes"].mean()) if n else 0.0,
         "link_utilisation": (float(steps["link_bytes"].sum()) / (elapsed * link_peak_bytes_per_s)
@@ -128,8 +186,6 @@ def read_record(path: str | Path) -> RunRecord:
 
 
 def _json_default(o):
-    import numpy as np
-
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):

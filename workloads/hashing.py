@@ -55,9 +55,3 @@ def hash_layer(
         for j, p in enumerate(table_sizes_for_layer[n - 2]):
             out[:, :, (n - 2) * n_heads + j] = mix % p
     return out
-
-
-def table_offsets(table_sizes_for_layer: list[list[int]]) -> np.ndarray:
-    """First row of each head table inside the layer's one big table (same column order as hash_layer)."""
-    sizes = np.array([p for heads in table_sizes_for_layer for p in heads], dtype=np.int64)
-    return np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)

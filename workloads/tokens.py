@@ -25,7 +25,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from vocab.config import RunConfig
 from vocab.errors import ConfigError
 from vocab.files import atomic_write
-from workloads.compression import cache_dir, compress, compressed_vocab_size, load_or_build_compression
+from workloads.compression import (
+    cache_dir,
+    compress,
+    compressed_vocab_size,
+    load_or_build_compression,
+)
 
 # Default corpus: the first ~20 MB of the standard library's .py files, by sorted path.
 DEFAULT_TEXT_BYTES = 20_000_000

@@ -27,8 +27,8 @@ trace briefly needs n_rows / 4 bytes per Engram layer (a 1.25 G-row layer: 312 M
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numba
@@ -36,9 +36,10 @@ import numpy as np
 from numba import njit, prange
 
 from vocab.config import RunConfig
+from vocab.geometry import table_offsets
 from workloads.cache import replay_flat
 from workloads.fastmod import mod_prime
-from workloads.hashing import layer_multipliers, table_offsets
+from workloads.hashing import layer_multipliers
 from workloads.requests import sample_lengths
 from workloads.tokens import make_token_source
 

@@ -1,4 +1,4 @@
-"""Prime table sizes for Engram's hashed N-gram tables (the rule in ENGRAM.md).
+"""Table geometry: prime rows per head table (the rule in ENGRAM.md) and where each head starts.
 
 One running set of used primes covers the whole model: walk the layers in the
 order given, then orders 2..N, then heads. The first head of an order takes
@@ -7,6 +7,8 @@ head takes the smallest unused prime greater than the one just taken.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 # Deterministic Miller-Rabin bases: exact for every n < 3.3e24.
 _MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
@@ -73,3 +75,9 @@ def engram_table_sizes(
             per_order.append(heads)
         sizes[layer] = per_order
     return sizes
+
+
+def table_offsets(table_sizes_for_layer: list[list[int]]) -> np.ndarray:
+    """First row of each head table inside the layer's one big table (same column order as the hashes)."""
+    sizes = np.array([p for heads in table_sizes_for_layer for p in heads], dtype=np.int64)
+    return np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)

@@ -1,0 +1,170 @@
+"""Sizes of what a configuration puts in memory: parameters, KV cache, the HBM cache, fits.
+
+One memory model for the simulator and the real runs. Which memory a table
+lives in is the placement's business (sim/placements.py); the budget here
+adds up what it is told and says whether it fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vocab.config import BackboneConfig, EngramConfig, RunConfig
+from vocab.errors import CapacityError
+from vocab.placements import HBM_CACHE
+from vocab.units import DTYPE_BYTES, GiB
+
+# Host memory left to the OS and the serving process.
+HOST_RESERVED_FRACTION = 0.1
+
+
+def parameter_counts(backbone: BackboneConfig, engram: EngramConfig | None = None) -> dict:
+    """Parameters by part (MLA presets counted as MHA, as the real runs build them)."""
+    b, a = backbone, backbone.attention
+    D = b.hidden_size
+    attn = D * (a.heads + 2 * a.kv_heads) * a.head_dim + a.heads * a.head_dim * D
+    dense = 3 * D * b.intermediate_size
+    moe = 0
+    if b.moe is not None:
+        m = b.moe
+        moe = (m.shared_experts + m.routed_experts) * 3 * D * m.expert_intermediate_size + D * m.routed_experts
+    n_dense = sum(1 for i in range(b.layers) if b.is_dense(i))
+    counts = {
+        "embedding": b.vocab_size * D,
+        "lm_head": b.vocab_size * D,
+        "attention": b.layers * attn,
+        "dense_ffn": n_dense * dense,
+        "moe_ffn": (b.layers - n_dense) * moe,
+        "norms": b.layers * 2 * D + D,
+        "engram_module": 0,
+        "engram_tables": 0,
+    }
+    if engram is not None:
+        M, dm = engram.branches, engram.d_mem
+        per = (M + 1) * D * dm + 3 * M * D + M * D * engram.conv_kernel
+        counts["engram_module"] = len(engram.layer_ids) * per
+        counts["engram_tables"] = sum(engram.layer_rows(layer) for layer in engram.layer_ids) * engram.values_per_row
+    counts["backbone"] = sum(v for k, v in counts.items() if k != "engram_tables")
+    counts["total"] = counts["backbone"] + counts["engram_tables"]
+    return counts
+
+
+def weights_bytes(cfg: RunConfig, with_engram: bool = True) -> int:
+    """Bytes of the model's weights on the GPU (the Engram module's projections, not its tables)."""
+    counts = parameter_counts(cfg.backbone, cfg.engram if with_engram else None)
+    return counts["backbone"] * DTYPE_BYTES[cfg.backbone.dtype]
+
+
+def kv_cache_bytes(backbone: BackboneConfig, tokens: int, as_run: bool = False) -> int:
+    """KV cache bytes for `tokens` cached tokens: the config's cache_dim (MLA: the latent), or K and V
+    as the real runs build them (as_run)."""
+    a = backbone.attention
+    dim = 2 * a.kv_heads * a.head_dim if as_run else a.cache_dim
+    return int(tokens * backbone.layers * dim * DTYPE_BYTES[backbone.dtype])
+
+
+def activation_bytes(backbone: BackboneConfig, step_tokens: int) -> int:
+    """Hidden states, FFN intermediates and logits of one step, with slack."""
+    b = backbone
+    ffn = b.moe.expert_intermediate_size * b.moe.top_k if b.moe else b.intermediate_size
+    return int(step_tokens * (16 * b.hidden_size + 2 * ffn) * DTYPE_BYTES[b.dtype])
+
+
+def cache_bytes(cfg: RunConfig) -> int:
+    """HBM bytes of the hot-row cache (hbm_cache placement), else 0."""
+    p = cfg.placement
+    if p.kind != HBM_CACHE:
+        return 0
+    if p.cache_gib is not None:
+        return int(p.cache_gib * GiB)
+    return int(p.cache_fraction * cfg.engram.total_table_bytes)
+
+
+def cache_rows_per_layer(cfg: RunConfig) -> int:
+    """The cache is split across Engram layers in proportion to their tables."""
+    return cache_bytes(cfg) // (cfg.engram.row_bytes * len(cfg.engram.layer_ids))
+
+
+def host_usable_bytes(host_memory_gib: float) -> int:
+    return int((1.0 - HOST_RESERVED_FRACTION) * host_memory_gib * GiB)
+
+
+def hbm_usable_bytes(hbm_gib: float, hbm_reserved_gib: float) -> int:
+    return int((hbm_gib - hbm_reserved_gib) * GiB)
+
+
+@dataclass
+class MemoryBudget:
+    weights_bytes: int
+    kv_cache_bytes: int
+    table_hbm_bytes: int       # the table (hbm) or the cache (hbm_cache)
+    staging_hbm_bytes: int     # rows landed for the current and prefetched steps
+    activation_bytes: int
+    hbm_usable_bytes: int
+    table_host_bytes: int
+    host_usable_bytes: int
+
+    @property
+    def hbm_needed_bytes(self) -> int:
+        return (self.weights_bytes + self.kv_cache_bytes + self.table_hbm_bytes
+                + self.staging_hbm_bytes + self.activation_bytes)
+
+    @property
+    def fits_hbm(self) -> bool:
+        return self.hbm_needed_bytes <= self.hbm_usable_bytes
+
+    @property
+    def fits_host(self) -> bool:
+        return self.table_host_bytes <= self.host_usable_bytes
+
+    def check(self, kind: str, machine: str) -> None:
+        """CapacityError naming what does not fit, and where."""
+        if not self.fits_hbm:
+            parts = (f"weights {self.weights_bytes / GiB:.1f} + KV {self.kv_cache_bytes / GiB:.1f}"
+                     f" + table/cache {self.table_hbm_bytes / GiB:.1f} + staging {self.staging_hbm_bytes / GiB:.1f}"
+                     f" + activations {self.activation_bytes / GiB:.1f} GiB")
+            raise CapacityError(
+                "placement.kind" if kind in ("hbm", "hbm_cache") else "workload.sequences",
+                f"needs {self.hbm_needed_bytes / GiB:.1f} GiB of HBM ({parts}) but {machine} has "
+                f"{self.hbm_usable_bytes / GiB:.1f} GiB usable",
+                "put the table in host memory (host_dma or host_uva), shrink the cache, or use fewer sequences")
+        if not self.fits_host:
+            raise CapacityError(
+                "engram.table_gib",
+                f"the {self.table_host_bytes / GiB:.1f} GiB table exceeds {machine}'s usable host memory "
+                f"({self.host_usable_bytes / GiB:.1f} GiB)",
+                "use a smaller table or a profile with more host memory")
+
+
+def memory_footprint(cfg: RunConfig, gpu_bytes: float, kv_tokens: int | None = None) -> dict:
+    """Bytes of weights, Engram tables and KV cache of a RunConfig, and whether they fit a GPU of gpu_bytes.
+
+    kv_tokens defaults to the decode workload's worst case: sequences x (longest context + steps).
+    The KV cache is given both for the config's cache_dim (MLA: the latent) and as run here (K and V).
+    """
+    b, e, w = cfg.backbone, cfg.engram, cfg.workload
+    dt = DTYPE_BYTES[b.dtype]
+    counts = parameter_counts(b, e)
+    if kv_tokens is None:
+        kv_tokens = w.sequences * (w.lengths.high + (w.steps if w.phase == "decode" else 0))
+    kv_config = kv_cache_bytes(b, kv_tokens)
+    kv_run = kv_cache_bytes(b, kv_tokens, as_run=True)
+    weights = counts["backbone"] * dt
+    tables = e.total_table_bytes
+    out = {
+        "parameters": counts,
+        "weights_bytes": weights,
+        "engram_table_bytes": tables,
+        "kv_tokens": kv_tokens,
+        "kv_bytes_config": kv_config,
+        "kv_bytes_as_run": kv_run,
+        "gpu_bytes": gpu_bytes,
+    }
+    out["weights_and_tables_fit"] = weights + tables <= gpu_bytes
+    out["all_in_hbm_fits"] = weights + tables + kv_config <= gpu_bytes
+    out["tables_on_host_fits"] = weights + kv_config <= gpu_bytes
+    # Largest KV token count that fits beside the weights (and the tables, when they are in HBM).
+    per_token = b.layers * b.attention.cache_dim * dt
+    out["max_kv_tokens_tables_in_hbm"] = max(0, int((gpu_bytes - weights - tables) // per_token))
+    out["max_kv_tokens_tables_on_host"] = max(0, int((gpu_bytes - weights) // per_token))
+    return out

@@ -1,0 +1,40 @@
+"""Placement names: where the Engram table lives and how its rows reach the GPU.
+
+The names are defined here once. What each placement does is one class on each
+side: `sim/placements.py` (what crosses which link, its DES fetch, its
+closed-form time, the memory it needs) and `real_runs/stores.py` (the real
+store). A new placement is one new name here plus one class on each side.
+"""
+
+from __future__ import annotations
+
+NONE = "none"            # the backbone without Engram: the paper's baseline
+HBM = "hbm"              # the table in GPU memory; only row ids travel
+HOST_DMA = "host_dma"    # CPU threads gather rows into pinned staging; copy engines move the chunks
+HOST_UVA = "host_uva"    # a GPU kernel reads pinned host memory directly (zero-copy)
+HBM_CACHE = "hbm_cache"  # hot rows in HBM; misses through one of the host paths
+
+# Placements that hold an Engram table, in the order sweeps and charts show them.
+ENGRAM_PLACEMENTS = (HBM, HOST_DMA, HOST_UVA, HBM_CACHE)
+PLACEMENTS = (NONE, *ENGRAM_PLACEMENTS)
+# How rows cross the host link (host_dma and host_uva themselves, and hbm_cache's misses).
+HOST_PATHS = (HOST_DMA, HOST_UVA)
+CACHE_POLICIES = ("static_topk", "lru", "lfu")
+
+
+def host_path(kind: str, miss_path: str) -> str | None:
+    """The path rows take over the host link under `kind` (None: nothing crosses it)."""
+    if kind in HOST_PATHS:
+        return kind
+    if kind == HBM_CACHE:
+        return miss_path
+    return None
+
+
+def needs_gpu(kind: str, miss_path: str) -> bool:
+    """The zero-copy path needs a CUDA GPU (or Triton's interpreter)."""
+    return host_path(kind, miss_path) == HOST_UVA
+
+
+def table_on_host(kind: str) -> bool:
+    return host_path(kind, HOST_DMA) is not None

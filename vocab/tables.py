@@ -1,0 +1,64 @@
+"""The result tables above a run record: a sweep's and a comparison's, and their summary.
+
+A sweep has one row per (table size, placement, phase) (SWEEP_COLUMNS); a
+comparison one row per measured record (COMPARE_COLUMNS). Each column list is
+defined here once: the tools that write these tables, the reports that draw
+them, and the tests all read these lists.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+SWEEP_COLUMNS = [
+    "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
+    "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "host_bytes_per_step", "hbm_bytes_per_step",
+    "link_utilisation", "window_use", "fits_hbm", "fits_host", "hidden", "steps", "sim_events", "replayed_steps",
+]
+PHASES = ("prefill", "decode")
+
+# Metrics compared; each gets predicted_<m>, measured_<m> and rel_err_<m> columns.
+METRICS = ["step_time_s", "tokens_per_s", "exposed_stall_s", "overlap_fraction", "overhead_vs_hbm"]
+# Also carried predicted and measured (no error column): the bytes per tier and the fetch time.
+EXTRA_METRICS = ["fetch_time_s", "host_bytes_per_step", "hbm_bytes_per_step"]
+
+COMPARE_COLUMNS = [
+    "record", "config", "placement", "phase", "table_bytes", "table_gib", "steps", "device", "machine",
+    "profile", "profile_matched",
+    *[f"{side}_{m}" for m in METRICS for side in ("predicted", "measured")],
+    *[f"rel_err_{m}" for m in METRICS],
+    "overhead_error_pp",
+    *[f"{side}_{m}" for m in EXTRA_METRICS for side in ("predicted", "measured")],
+    "note",
+]
+# One step of each compared run, predicted and measured, times from the step's start.
+TIMELINE_COLUMNS = ["source", "record", "step", "actor", "name", "start_s", "end_s"]
+
+# What `report` needs of each input (a subset, so that older CSVs still draw).
+REPORT_COMPARE_COLUMNS = [
+    "record", "config", "placement", "phase", "table_gib", "predicted_tokens_per_s", "measured_tokens_per_s",
+    "rel_err_tokens_per_s", "predicted_overhead_vs_hbm", "measured_overhead_vs_hbm",
+    "predicted_exposed_stall_s", "measured_exposed_stall_s", "profile", "profile_matched",
+]
+REPORT_SWEEP_COLUMNS = [
+    "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
+    "overhead_vs_hbm", "host_bytes_per_step", "hbm_bytes_per_step",
+]
+
+
+def summarise_errors(df: pd.DataFrame) -> dict:
+    """Median and max absolute relative throughput error, and the overhead error in points."""
+    thr = df["rel_err_tokens_per_s"].abs().dropna() if len(df) else pd.Series(dtype=float)
+    # An hbm record is its own baseline (0 vs 0): only the other placements say anything about the overhead.
+    pp = (df.loc[df["placement"] != "hbm", "overhead_error_pp"].abs().dropna() if len(df)
+          else pd.Series(dtype=float))
+    nan = float("nan")
+    return {
+        "compared": int(len(df)),
+        "throughput_abs_rel_err_median": float(thr.median()) if len(thr) else nan,
+        "throughput_abs_rel_err_max": float(thr.max()) if len(thr) else nan,
+        "overhead_abs_err_pp_median": float(pp.median()) if len(pp) else nan,
+        "overhead_abs_err_pp_max": float(pp.max()) if len(pp) else nan,
+        "overhead_pairs": int(len(pp)),
+        "all_profiles_matched": bool(df["profile_matched"].all()) if len(df) else False,
+    }
