@@ -10,16 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from real_runs.runner import decode_inputs, main_run, prefill_inputs, run  # noqa: E402
-from tests.conftest import edited
+from tests.conftest import edited  # noqa: E402
 from vocab.config import load_config  # noqa: E402
-from vocab.records import (  # noqa: E402
-    ACTORS,  # noqa: E402
-    EVENT_COLUMNS,
-    FETCH_COLUMNS,
-    STEP_COLUMNS,
-    SUMMARY_KEYS,
-    read_record,
-)
+from vocab.records import ACTORS, EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, SUMMARY_KEYS, read_record  # noqa: E402
 
 torch.set_num_threads(1)
 CUDA = torch.cuda.is_available()
