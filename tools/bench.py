@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import time
 
-from tools.sweep import sweep
+from tools.sweep import point_config, sweep
 from vocab.config import load_config
+from workloads.trace import build_trace
 
 BENCH_TABLE_GIB = [1, 4, 16, 64, 128, 256, 512, 1024]
 
@@ -19,9 +20,6 @@ def bench_simulator(steps: int = 1000, jobs: int | None = None, config: str = "e
     cfg = load_config(config)
     # Token traces (hashing real token streams, dedup) are part of every sweep point;
     # time them once on their own here so that the report can split the two costs.
-    from tools.sweep import point_config
-    from workloads.trace import build_trace
-
     t0 = time.perf_counter()
     for phase in ("decode", "prefill"):
         for size in BENCH_TABLE_GIB:

@@ -1,7 +1,6 @@
 """Predicted versus measured: simulate what a measured run ran, and line the two up.
 
     engram-sim compare RECORDS... [--profile P] [--out DIR] [--trace]
-    engram-sim report [SWEEP.csv] [COMPARE.csv] --out DIR
 
 `compare` reads measured run records (written by `engram-sim run`), rebuilds
 each record's configuration (vocab.config.from_dict), simulates exactly that
@@ -22,16 +21,13 @@ a CPU is from the profiled GPU, not the model.
 Errors are relative, predicted / measured - 1; the overhead error is in
 percentage points (predicted - measured) * 100.
 
-`report` writes one self-contained report.html (reports.html.write_report)
-and a PNG per chart from a sweep CSV (`engram-sim sweep`), a compare CSV, or
-both. The timeline of one step comes from timelines.csv beside the compare
-CSV (or --timelines).
-
-The CLI wires both commands in with `register(subparsers)`.
+A backbone-only record (placement `none`) is compared like any other: the
+simulator runs the backbone alone too.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -39,22 +35,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from profiles import load_profile, shipped_names
+from reports.trace import write_chrome_trace
+from sim.engine import simulate
+from vocab.config import from_dict
 from vocab.errors import UserError
 from vocab.files import staged_dir
-from vocab.tables import (
-    COMPARE_COLUMNS,
-    EXTRA_METRICS,
-    METRICS,
-    REPORT_COMPARE_COLUMNS,
-    REPORT_SWEEP_COLUMNS,
-    TIMELINE_COLUMNS,
-    summarise_errors,
-)
+from vocab.placements import HBM
+from vocab.records import overhead, read_record
+from vocab.tables import COMPARE_COLUMNS, EXTRA_METRICS, METRICS, TIMELINE_COLUMNS, summarise_errors
 from vocab.units import GiB
 
 
 class CompareError(UserError):
-    """Nothing could be compared, or a report input is unusable."""
+    """Nothing could be compared."""
 
 
 class _Skip(Exception):
@@ -83,8 +77,6 @@ def machine_gpu(record) -> str | None:
 
 def match_profile(record, config_profile: str) -> tuple[str, bool, str]:
     """(profile name or path, matched to the record's machine?, note)."""
-    from profiles import load_profile, shipped_names
-
     gpu = machine_gpu(record)
     if gpu is None:
         return (config_profile, False,
@@ -112,8 +104,6 @@ def match_profile(record, config_profile: str) -> tuple[str, bool, str]:
 
 def _baseline_key(record) -> str:
     """What must agree for a measured hbm record to be another record's baseline."""
-    import json
-
     cfg = {k: v for k, v in record.config.items() if k not in ("name", "profile", "placement")}
     machine = machine_gpu(record) or f"cpu:{record.machine.get('cpu_model')}"
     return json.dumps([cfg, len(record.steps), machine], sort_keys=True, default=str)
@@ -127,9 +117,6 @@ def _rel(pred: float, meas: float) -> float:
 
 def _load(path: Path):
     """(record, RunConfig) of a measured record, or _Skip with the reason."""
-    from vocab.config import from_dict
-    from vocab.records import read_record
-
     try:
         record = read_record(path)
     except UserError as e:
@@ -138,8 +125,6 @@ def _load(path: Path):
         raise _Skip(f"not a run record ({type(e).__name__}: {e})") from None
     if record.kind != "measured":
         raise _Skip(f"a {record.kind!r} record, not a measured one; compare takes records from `engram-sim run`")
-    if any("placement none" in str(n) for n in record.extra.get("notes") or []):
-        raise _Skip("a backbone-only run (placement none) has no simulated counterpart")
     if record.steps.empty:
         raise _Skip("the record has no steps")
     try:
@@ -170,9 +155,6 @@ def _one_step(source: str, name: str, step: int, events: pd.DataFrame, steps: pd
 
 def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[dict, pd.DataFrame, object]:
     """(table row, one-step timelines, the predicted SimResult) for a loaded measured record."""
-    from profiles import load_profile
-    from sim.engine import simulate
-
     n = len(record.steps)
     cfg = cfg.with_steps(n)
     if profile:
@@ -184,14 +166,14 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
         profile_name, matched, note = match_profile(record, cfg.profile)
     prof = load_profile(profile_name)
     predicted = simulate(cfg, prof, steps=n, record_events=True, check_capacity=False)
-    if cfg.placement.kind == "hbm":
+    if cfg.placement.kind == HBM:
         hbm = predicted
     else:
-        hbm = simulate(cfg.with_placement("hbm"), prof, steps=n, check_capacity=False)
+        hbm = simulate(cfg.with_placement(HBM), prof, steps=n, check_capacity=False)
     ps, ms = predicted.summary, record.summary
     pred = {m: float(ps[m]) for m in METRICS if m != "overhead_vs_hbm"}
     meas = {m: float(ms.get(m, math.nan)) for m in METRICS if m != "overhead_vs_hbm"}
-    pred["overhead_vs_hbm"] = 1.0 - ps["tokens_per_s"] / hbm.summary["tokens_per_s"]
+    pred["overhead_vs_hbm"] = overhead(ps["tokens_per_s"], hbm.summary["tokens_per_s"])
     meas["overhead_vs_hbm"] = math.nan  # filled in once every record is read
     gpu = machine_gpu(record)
     row = {
@@ -238,12 +220,10 @@ def compare_records(paths, profile: str | None = None, *, keep_results: bool = F
         except _Skip as e:
             skipped.append((str(p), str(e)))
     if profile:  # fail once, as a one-line error, on a bad --profile
-        from profiles import load_profile
-
         load_profile(profile)
     baselines: dict[str, float] = {}
     for p, record, cfg in loaded:
-        if cfg.placement.kind == "hbm":
+        if cfg.placement.kind == HBM:
             baselines.setdefault(_baseline_key(record), float(record.summary.get("tokens_per_s", math.nan)))
     for p, record, cfg in loaded:
         try:
@@ -253,7 +233,7 @@ def compare_records(paths, profile: str | None = None, *, keep_results: bool = F
             continue
         base = baselines.get(_baseline_key(record))
         if base is not None and base > 0 and math.isfinite(row["measured_tokens_per_s"]):
-            row["measured_overhead_vs_hbm"] = 1.0 - row["measured_tokens_per_s"] / base
+            row["measured_overhead_vs_hbm"] = overhead(row["measured_tokens_per_s"], base)
         rows.append(row)
         if not timeline.empty:
             timelines.append(timeline)
@@ -322,126 +302,21 @@ def format_summary(summary: dict) -> str:
 
 # -- commands -------------------------------------------------------------------------------------
 
-def cmd_compare(args) -> int:
-    from reports.trace import write_chrome_trace
-
-    df, summary, timelines, skipped = compare_records(args.records, args.profile, keep_results=bool(args.trace))
-    if df.empty:
-        reasons = "; ".join(f"{p}: {why}" for p, why in skipped) or "no records given"
-        raise CompareError("RECORDS", f"none could be compared ({reasons})",
-                           "give measured records written by `engram-sim run`")
-    runs = summary.pop("_runs", {})
-    out = Path(args.out)
+def write_outputs(out: Path, df: pd.DataFrame, timelines: pd.DataFrame, runs: dict) -> list[str]:
+    """compare.csv, timelines.csv and, for each run in `runs`, <record>.trace.json; all or nothing."""
     written = []
     with staged_dir(out) as tmp:
         df.to_csv(tmp / "compare.csv", index=False)
         timelines.to_csv(tmp / "timelines.csv", index=False)
         written += ["compare.csv", "timelines.csv"]
-        if args.trace:
-            for path, (record, predicted) in runs.items():
-                name = f"{Path(path).stem}.trace.json"
-                write_chrome_trace({"predicted": predicted.events, "measured": record.events}, tmp / name)
-                written.append(name)
-    for p, why in skipped:
-        print(f"skipped {p}: {why}")
-    print(format_table(df))
-    print()
-    print(format_summary(summary))
-    for note in dict.fromkeys(n for n in df["note"] if n):
-        print(f"  note: {note}")
-    print(f"\nwrote {', '.join(str(out / n) for n in written)}")
-    return 0
+        for path, (record, predicted) in runs.items():
+            name = f"{Path(path).stem}.trace.json"
+            write_chrome_trace({"predicted": predicted.events, "measured": record.events}, tmp / name)
+            written.append(name)
+    return written
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise CompareError(str(path), "no such file", "give a sweep.csv or compare.csv")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise CompareError(str(path), f"not a readable CSV ({type(e).__name__})",
-                           "give a sweep.csv or compare.csv") from None
-
-
-def _require(df: pd.DataFrame, path: Path, columns: list[str], what: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise CompareError(str(path), f"lacks column {missing[0]!r}" + (f" (and {len(missing) - 1} more)"
-                                                                          if len(missing) > 1 else ""),
-                           f"give a {what} CSV")
-
-
-def classify_inputs(paths, timelines: str | None = None):
-    """(sweep df or None, compare df or None, timelines df or None) from the report's CSV inputs."""
-    sweep = compare = tl = None
-    compare_path = None
-    for p in map(Path, paths):
-        df = _read_csv(p)
-        is_compare = "record" in df.columns or "compare" in p.name
-        if is_compare:
-            if compare is not None:
-                raise CompareError(str(p), "a second compare CSV", "give at most one sweep and one compare CSV")
-            _require(df, p, REPORT_COMPARE_COLUMNS, "compare (`engram-sim compare`)")
-            compare, compare_path = df, p
-        else:
-            if sweep is not None:
-                raise CompareError(str(p), "a second sweep CSV", "give at most one sweep and one compare CSV")
-            _require(df, p, REPORT_SWEEP_COLUMNS, "sweep (`engram-sim sweep`)")
-            sweep = df
-    if timelines:
-        tpath = Path(timelines)
-        tl = _read_csv(tpath)
-        _require(tl, tpath, TIMELINE_COLUMNS, "timelines (`engram-sim compare`)")
-    elif compare_path is not None and (compare_path.parent / "timelines.csv").is_file():
-        tpath = compare_path.parent / "timelines.csv"
-        tl = _read_csv(tpath)
-        _require(tl, tpath, TIMELINE_COLUMNS, "timelines (`engram-sim compare`)")
-    return sweep, compare, tl
-
-
-def cmd_report(args) -> int:
-    from reports.compare_charts import report_sections
-    from reports.html import write_report
-
-    if not args.inputs:
-        raise CompareError("report", "needs a sweep CSV, a compare CSV or both",
-                           "e.g. engram-sim report out/sweep/sweep.csv out/compare/compare.csv --out out/report")
-    if len(args.inputs) > 2:
-        raise CompareError("report", f"{len(args.inputs)} CSVs given", "give at most one sweep and one compare CSV")
-    sweep, compare, timelines = classify_inputs(args.inputs, args.timelines)
-    if args.record is not None:
-        names = [] if timelines is None else list(dict.fromkeys(timelines["record"]))
-        if args.record not in names:
-            raise CompareError("--record", f"no timeline for {args.record!r}",
-                               f"use one of: {', '.join(names)}" if names else "give a compare CSV with timelines.csv")
-    sections = report_sections(sweep, compare, timelines, threshold=args.threshold, record=args.record)
-    title = args.title or ("engram-sim: predicted versus measured" if compare is not None
-                           else "engram-sim: predicted sweep")
-    written = write_report(args.out, title, sections)
-    pngs = [n for n in written if n.endswith(".png")]
-    print(f"wrote {Path(args.out) / 'report.html'} and {len(pngs)} PNG chart(s): {', '.join(pngs)}")
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add `compare` and `report` to the CLI's subparsers (set_defaults(func=...))."""
-    p = subparsers.add_parser("compare", help="predicted versus measured: simulate what measured records ran")
-    p.add_argument("records", nargs="+", metavar="RECORDS", help="measured run records (JSON from `engram-sim run`)")
-    p.add_argument("--profile", help="hardware profile for every record (default: the one matching each "
-                                     "record's GPU, else the config's)")
-    p.add_argument("--out", default="out/compare", help="output folder: compare.csv, timelines.csv "
-                                                        "(default out/compare)")
-    p.add_argument("--trace", action="store_true",
-                   help="also write <record>.trace.json: predicted and measured timelines (Chrome trace)")
-    p.set_defaults(func=cmd_compare)
-
-    p = subparsers.add_parser("report", help="HTML report + PNGs from a sweep CSV and/or a compare CSV")
-    p.add_argument("inputs", nargs="*", metavar="CSV", help="SWEEP.csv and/or COMPARE.csv (either order)")
-    p.add_argument("--out", required=True, help="output folder (report.html, PNGs)")
-    p.add_argument("--timelines", help="timelines CSV (default: timelines.csv beside the compare CSV)")
-    p.add_argument("--record", help="which record's step to draw in the timeline (default: the first "
-                                    "non-hbm record)")
-    p.add_argument("--threshold", type=float, default=0.01,
-                   help="overhead versus HBM above which a placement is not hidden (default 0.01)")
-    p.add_argument("--title", help="page title")
-    p.set_defaults(func=cmd_report)
+def nothing_compared(skipped) -> CompareError:
+    reasons = "; ".join(f"{p}: {why}" for p, why in skipped) or "no records given"
+    return CompareError("RECORDS", f"none could be compared ({reasons})",
+                        "give measured records written by `engram-sim run`")

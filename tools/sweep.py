@@ -12,6 +12,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+import numba
 import pandas as pd
 from tqdm import tqdm
 
@@ -23,6 +24,7 @@ from vocab.placements import ENGRAM_PLACEMENTS
 from vocab.records import overhead, window_use
 from vocab.tables import SWEEP_COLUMNS
 from vocab.units import GiB
+from workloads.trace import build_trace
 
 DEFAULT_CACHE_GIB = 8.0
 
@@ -37,8 +39,6 @@ def point_config(cfg: RunConfig, table_gib: float, placement: str, phase: str, c
 def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase: str, placements: list[str],
               steps: int, threshold: float, cache_gib: float) -> tuple[list[dict], float]:
     """Rows for one (table size, phase), and the seconds spent in the event simulation itself."""
-    from workloads.trace import build_trace
-
     sim_s = 0.0
 
     base = point_config(cfg, table_gib, "hbm", phase, cache_gib)
@@ -90,8 +90,6 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
 
 def _one_numba_thread() -> None:
     """Worker initialiser: the workers already fill the cores; nested Numba threads would oversubscribe."""
-    import numba
-
     numba.set_num_threads(1)
 
 

@@ -1,0 +1,78 @@
+"""Commands that measure or check measurements: run, compare, report, calibrate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tools.calibrate import register as register_calibrate
+from tools.compare import compare_records, format_summary, format_table, nothing_compared, write_outputs
+from tools.report import build_report
+from vocab.placements import PLACEMENTS
+
+
+def cmd_run(args) -> int:
+    # real_runs needs torch, an optional heavy dependency: imported only when a real run is asked for.
+    from real_runs.runner import main_run
+
+    return main_run(args)
+
+
+def cmd_compare(args) -> int:
+    df, summary, timelines, skipped = compare_records(args.records, args.profile, keep_results=bool(args.trace))
+    if df.empty:
+        raise nothing_compared(skipped)
+    runs = summary.pop("_runs", {})
+    out = Path(args.out)
+    written = write_outputs(out, df, timelines, runs)
+    for p, why in skipped:
+        print(f"skipped {p}: {why}")
+    print(format_table(df))
+    print()
+    print(format_summary(summary))
+    for note in dict.fromkeys(n for n in df["note"] if n):
+        print(f"  note: {note}")
+    print(f"\nwrote {', '.join(str(out / n) for n in written)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    written = build_report(args.inputs, args.out, timelines=args.timelines, record=args.record,
+                           threshold=args.threshold, title=args.title)
+    pngs = [n for n in written if n.endswith(".png")]
+    print(f"wrote {Path(args.out) / 'report.html'} and {len(pngs)} PNG chart(s): {', '.join(pngs)}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="a real, instrumented Engram-MoE run (GPU; tiny configs also on CPU)")
+    p.add_argument("config")
+    p.add_argument("--placement", choices=list(PLACEMENTS),
+                   help="table placement (none: the backbone without Engram)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--out", help="record path (default: out/<config>-<placement>-measured.json)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--warmup", type=int, default=1, help="steps run before recording (default 1)")
+    p.set_defaults(func=cmd_run)
+
+    register_calibrate(sub)
+
+    p = sub.add_parser("compare", help="predicted versus measured: simulate what measured records ran")
+    p.add_argument("records", nargs="+", metavar="RECORDS", help="measured run records (JSON from `engram-sim run`)")
+    p.add_argument("--profile", help="hardware profile for every record (default: the one matching each "
+                                     "record's GPU, else the config's)")
+    p.add_argument("--out", default="out/compare", help="output folder: compare.csv, timelines.csv "
+                                                        "(default out/compare)")
+    p.add_argument("--trace", action="store_true",
+                   help="also write <record>.trace.json: predicted and measured timelines (Chrome trace)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="HTML report + PNGs from a sweep CSV and/or a compare CSV")
+    p.add_argument("inputs", nargs="*", metavar="CSV", help="SWEEP.csv and/or COMPARE.csv (either order)")
+    p.add_argument("--out", required=True, help="output folder (report.html, PNGs)")
+    p.add_argument("--timelines", help="timelines CSV (default: timelines.csv beside the compare CSV)")
+    p.add_argument("--record", help="which record's step to draw in the timeline (default: the first "
+                                    "non-hbm record)")
+    p.add_argument("--threshold", type=float, default=0.01,
+                   help="overhead versus HBM above which a placement is not hidden (default 0.01)")
+    p.add_argument("--title", help="page title")
+    p.set_defaults(func=cmd_report)

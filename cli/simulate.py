@@ -1,0 +1,184 @@
+"""Commands that predict: simulate, sweep, demo, bench, and the listings of presets and profiles."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from cli.args import add_run_options, add_sweep_options, choices, floats, load_run
+from profiles import load_profile, shipped_names
+from reports.charts import hidden_summary, sweep_sections
+from reports.html import write_report
+from reports.trace import write_chrome_trace
+from sim.analytic import estimate
+from sim.engine import plan_steps, simulate
+from tools.bench import bench_simulator
+from tools.sweep import sweep
+from vocab.config import load_config, preset_names
+from vocab.files import staged_dir
+from vocab.placements import ENGRAM_PLACEMENTS, PLACEMENTS
+from vocab.records import write_record
+from vocab.tables import PHASES
+from vocab.units import GiB
+from workloads.trace import build_trace
+
+DEMO_CONFIG = "engram-27b"
+DEMO_TABLE_GIB = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+def _print_summary(title: str, summary: dict) -> None:
+    print(title)
+    for key, value in summary.items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        print(f"  {key:22s} {value}")
+
+
+def cmd_simulate(args) -> int:
+    cfg, profile = load_run(args)
+    t0 = time.perf_counter()
+    result = simulate(cfg, profile, record_events=bool(args.trace))
+    wall = time.perf_counter() - t0
+    _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, "
+                   f"{cfg.engram.total_table_bytes / GiB:.2f} GiB table, profile {profile.name}", result.summary)
+    if args.analytic:
+        est = estimate(cfg, profile, plan_steps(cfg, profile, build_trace(cfg)))
+        _print_summary("closed-form steady state", est)
+    print(f"  (simulated {result.summary['steps']} steps, {result.sim_events} events in {wall:.2f} s)")
+    if args.out:
+        write_record(result.to_record(), args.out)
+        print(f"wrote {args.out}")
+    if args.trace:
+        write_chrome_trace({"predicted": result.events}, args.trace)
+        print(f"wrote {args.trace}")
+    return 0
+
+
+def _write_sweep_outputs(df: pd.DataFrame, out: Path, title: str, threshold: float) -> None:
+    with staged_dir(out) as tmp:
+        df.to_csv(tmp / "sweep.csv", index=False)
+        write_report(tmp, title, sweep_sections(df, threshold))
+
+
+def _verdict(df: pd.DataFrame, row) -> str:
+    """One placement and phase: up to which size the fetch stays hidden."""
+    if row.first_unhidden_gib is None:
+        g = df[(df.placement == row.placement) & (df.phase == row.phase)]
+        return (f"hidden at every size swept (up to {df['table_gib'].max():,.0f} GiB); its fetch uses at most "
+                f"{g['window_use'].max():.0%} of the time before its rows are needed")
+    if row.largest_hidden_gib is None:
+        return f"not hidden even at {row.first_unhidden_gib:,.3g} GiB"
+    return f"hidden up to {row.largest_hidden_gib:,.3g} GiB, stops being hidden at {row.first_unhidden_gib:,.3g} GiB"
+
+
+def _print_sweep(df: pd.DataFrame, threshold: float) -> None:
+    view = df[["phase", "placement", "table_gib", "tokens_per_s", "step_time_s", "exposed_stall_s",
+               "overlap_fraction", "window_use", "overhead_vs_hbm", "fits_hbm", "fits_host"]].copy()
+    view["step_ms"] = view.pop("step_time_s") * 1e3
+    view["stall_us"] = view.pop("exposed_stall_s") * 1e6
+    view["overhead_%"] = view.pop("overhead_vs_hbm") * 100
+    with pd.option_context("display.max_rows", 500, "display.width", 160, "display.float_format", "{:,.3f}".format):
+        print(view.to_string(index=False))
+    print()
+    print(f"Hidden = throughput within {threshold:.1%} of the same run with the table in HBM:")
+    for row in hidden_summary(df, threshold).itertuples():
+        if row.placement != "hbm":
+            print(f"  {row.phase:8s} {row.placement:10s} {_verdict(df, row)}")
+
+
+def cmd_sweep(args) -> int:
+    cfg, profile = load_run(args)
+    sizes = floats("--table-gib", args.table_gib)
+    placements = choices("--placements", args.placements, ENGRAM_PLACEMENTS) if args.placements else None
+    phases = choices("--phases", args.phases, PHASES) if args.phases else None
+    df = sweep(cfg, sizes, placements, phases, profile=profile, steps=args.steps, threshold=args.threshold,
+               jobs=args.jobs, progress=not args.quiet)
+    _print_sweep(df, args.threshold)
+    _write_sweep_outputs(df, Path(args.out), f"engram-sim sweep: {cfg.name} on {profile.name}", args.threshold)
+    print(f"\nwrote {Path(args.out) / 'sweep.csv'} and {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    args.config = DEMO_CONFIG
+    cfg, profile = load_run(args)
+    print(f"Demo: {cfg.name} ({cfg.backbone.layers} layers, Engram at layers {cfg.engram.layer_ids}, "
+          f"{cfg.engram.row_bytes} B rows), {cfg.workload.sequences} sequences, profile {profile.name} "
+          f"({profile.provenance.source}); tables 1 GiB .. 1 TiB, {cfg.workload.steps} steps per point.")
+    df = sweep(cfg, DEMO_TABLE_GIB, None, ["decode", "prefill"], profile=profile, steps=args.steps,
+               threshold=args.threshold, jobs=args.jobs, progress=not args.quiet)
+    _print_sweep(df, args.threshold)
+    _write_sweep_outputs(df, Path(args.out), f"engram-sim demo: {cfg.name} on {profile.name}", args.threshold)
+    print(f"\nwrote {Path(args.out) / 'sweep.csv'}, {Path(args.out) / 'report.html'} and PNG charts")
+    return 0
+
+
+def cmd_profiles(args) -> int:
+    if args.name:
+        p = load_profile(args.name)
+        print(f"{p.name}: {p.description}")
+        print(f"  source: {p.provenance.source}, {p.provenance.machine}, {p.provenance.date}")
+        for section in ("gpu", "link", "uva", "host"):
+            d = getattr(p, section).__dict__
+            flat = {k: v for k, v in d.items() if not isinstance(v, list)}
+            print(f"  [{section}] " + ", ".join(f"{k}={v}" for k, v in flat.items()))
+        return 0
+    for name in shipped_names():
+        p = load_profile(name)
+        print(f"{name:22s} {p.provenance.source:9s} {p.description}")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    for name in preset_names():
+        c = load_config(name)
+        print(f"{name:16s} {c.backbone.layers:3d} layers, hidden {c.backbone.hidden_size}, Engram at "
+              f"{c.engram.layer_ids}, table {c.engram.total_table_bytes / GiB:.2f} GiB, "
+              f"{c.engram.row_bytes} B rows")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    bench_simulator(steps=args.steps, jobs=args.jobs)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate one configuration")
+    p.add_argument("config", help="a config TOML or preset name (see `engram-sim presets`)")
+    add_run_options(p, PLACEMENTS)
+    p.add_argument("--out", help="write the run record (JSON) here")
+    p.add_argument("--trace", help="write a Chrome trace-event JSON of the timeline here")
+    p.add_argument("--analytic", action="store_true", help="also print the closed-form estimate")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("sweep", help="sweep table sizes across placements and phases")
+    p.add_argument("config")
+    add_run_options(p, PLACEMENTS, one_point=False)
+    p.add_argument("--table-gib", required=True, help="comma-separated total table sizes in GiB")
+    p.add_argument("--placements", help="comma-separated (default: all)")
+    p.add_argument("--phases", help="comma-separated (default: the config's phase)")
+    p.add_argument("--out", required=True, help="output folder (sweep.csv, report.html, PNGs)")
+    add_sweep_options(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("demo", help="Engram-27B on H100: tables 1 GiB..1 TiB, all placements, both phases")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--out", default="out/demo")
+    add_sweep_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("profiles", help="list hardware profiles, or show one")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_profiles)
+
+    p = sub.add_parser("presets", help="list shipped configurations")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("bench", help="benchmark the simulator's own speed")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--jobs", type=int, default=None)
+    p.set_defaults(func=cmd_bench)
