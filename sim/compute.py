@@ -14,6 +14,7 @@ import numpy as np
 
 from profiles import HardwareProfile
 from sim.costs import hbm_gather_time
+from sim.placements import Placement, placement_for
 from vocab.config import RunConfig
 from vocab.units import DTYPE_BYTES
 
@@ -33,11 +34,11 @@ def _op(profile: HardwareProfile, flops: float, nbytes: float) -> float:
                nbytes / (g.hbm_gbps * 1e9 * g.memory_efficiency))
 
 
-def layer_times(cfg: RunConfig, profile: HardwareProfile, shape: StepShape) -> np.ndarray:
-    """Seconds of compute per backbone layer (Engram module included where it sits)."""
+def layer_times(cfg: RunConfig, profile: HardwareProfile, shape: StepShape,
+                placement: Placement | None = None) -> np.ndarray:
+    """Seconds of compute per backbone layer (Engram module included where it sits, if the placement has one)."""
     b = cfg.backbone
     a = b.attention
-    e = cfg.engram
     dt = DTYPE_BYTES[b.dtype]
     h = b.hidden_size
     t = shape.tokens
@@ -60,7 +61,7 @@ def layer_times(cfg: RunConfig, profile: HardwareProfile, shape: StepShape) -> n
                       (m.shared_experts + active) * expert_w * dt + 2 * t * h * dt)
 
     times = np.array([attention + (dense_ffn if b.is_dense(i) else moe_ffn) + launch for i in range(b.layers)])
-    for layer in e.layer_ids:
+    for layer in (placement or placement_for(cfg)).layer_ids:
         times[layer] += engram_module_time(cfg, profile, shape)
     return times
 

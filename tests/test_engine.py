@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from profiles import load_profile
 from sim.analytic import estimate
-from sim.engine import plan_steps, simulate
+from sim.engine import simulate
+from sim.plan import plan_steps
 from tests.conftest import edited, synthetic_trace
 from vocab.config import load_config
 from vocab.errors import CapacityError
@@ -116,7 +117,7 @@ def test_same_config_same_result():
     assert a.steps.equals(b.steps) and a.fetches.equals(b.fetches) and a.events.equals(b.events)
 
 
-@pytest.mark.parametrize("placement", ["hbm", "host_dma", "host_uva", "hbm_cache"])
+@pytest.mark.parametrize("placement", ["none", "hbm", "host_dma", "host_uva", "hbm_cache"])
 @pytest.mark.parametrize("sequences", [16, 512])
 @pytest.mark.parametrize("preset", ["engram-27b", "dense-4b-100b"])
 def test_des_matches_the_closed_form_without_contention(placement, sequences, preset):
@@ -168,7 +169,7 @@ def test_a_table_that_does_not_fit_hbm_is_a_clear_error():
         simulate(host, H100, synthetic_trace(host), steps=2)
 
 
-@pytest.mark.parametrize("placement", ["hbm", "host_dma", "host_uva", "hbm_cache"])
+@pytest.mark.parametrize("placement", ["none", "hbm", "host_dma", "host_uva", "hbm_cache"])
 @pytest.mark.parametrize("phase", ["decode", "prefill"])
 @pytest.mark.parametrize("slow", [False, True])
 def test_replaying_repeated_steps_changes_nothing(placement, phase, slow):

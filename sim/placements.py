@@ -1,0 +1,290 @@
+"""What each placement means to the simulator: one class per vocab.placements name.
+
+A placement says
+- which of a step's rows cross the host link (`cache_hits`, `host_rows`);
+- how one Engram layer's rows reach HBM in the DES (`fetch_layer`, a SimPy
+  generator on the SharedResources that concurrent fetches contend for);
+- how long that takes with nothing else running (`fetch_alone`, the closed form);
+- what memory it needs (`memory_needs`, fed to vocab.memory.MemoryBudget).
+
+    none       the backbone alone: no Engram layers, nothing hashed or fetched;
+    hbm        row ids uploaded, rows gathered from HBM by the Engram layer;
+    host_dma   CPU threads gather rows into pinned staging chunks, each chunk
+               copied to HBM by a copy engine (double-buffered staging);
+    host_uva   a GPU kernel reads the rows from pinned host memory, limited by
+               address translation (costs.uva_gather_time) and the link;
+    hbm_cache  hits come from HBM, misses through a HostDMA or HostUVA path.
+
+A new placement is one new class here (and its name in vocab.placements).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from profiles import HardwareProfile
+from sim import costs
+from sim.resources import HOST_DRAM, PCIE_H2D, SharedResources
+from vocab import placements as names
+from vocab.config import RunConfig
+from vocab.errors import ConfigError
+from vocab.memory import cache_bytes, cache_rows_per_layer
+from vocab.records import CPU_GATHER, H2D_LINK, UVA_GATHER
+
+ROW_ID_BYTES = 8  # an int64 row id
+
+
+class MemoryNeeds(NamedTuple):
+    """The placement's share of vocab.memory.MemoryBudget."""
+    table_hbm_bytes: int      # the table (hbm) or the cache (hbm_cache)
+    staging_hbm_bytes: int    # rows landed for the current and prefetched steps
+    table_host_bytes: int
+
+
+class Placement:
+    """Base: an Engram placement over the config's Engram layers, in layer order."""
+    kind: str
+    holds_table = True  # the layers run the Engram module on rows of a table
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        e = cfg.engram
+        # Indices into cfg.engram.layer_ids (and the trace's per-layer columns), in layer order.
+        self.layer_order = np.argsort(e.layer_ids) if self.holds_table else np.zeros(0, dtype=np.int64)
+        self.layer_ids = [e.layer_ids[i] for i in self.layer_order]
+        self.footprints = [e.layer_table_bytes(layer) for layer in self.layer_ids]
+
+    # -- rows ----------------------------------------------------------------------------------
+    def trace_cache_rows(self) -> int | None:
+        """Rows per layer of the HBM cache the token trace must replay (None: no cache)."""
+        return None
+
+    def cache_hits(self, trace_hits: np.ndarray, unique: np.ndarray) -> np.ndarray:
+        """Of a step's unique rows per layer, those already in HBM's cache."""
+        return np.zeros(len(unique), dtype=np.int64)
+
+    def host_rows(self, unique: np.ndarray, hits: np.ndarray) -> np.ndarray:
+        """Of a step's unique rows per layer, those that cross the host link."""
+        raise NotImplementedError
+
+    # -- time ----------------------------------------------------------------------------------
+    def fetch_layer(self, res: SharedResources, step: int, k: int, plan):
+        """DES process: Engram layer k's rows of `plan` (a sim.plan.StepPlan) reach HBM."""
+        raise NotImplementedError
+
+    def fetch_alone(self, profile: HardwareProfile, plan, k: int) -> float:
+        """Seconds for Engram layer k's rows to reach HBM with nothing else running."""
+        raise NotImplementedError
+
+    # -- memory --------------------------------------------------------------------------------
+    def memory_needs(self, max_unique_rows: int) -> MemoryNeeds:
+        raise NotImplementedError
+
+    def _landed_bytes(self, max_unique_rows: int) -> int:
+        """HBM for rows fetched for the current step and the steps prefetched ahead of it."""
+        w = self.cfg.workload
+        ahead = w.prefill_prefetch_ahead if w.phase == "prefill" else w.decode_lookahead
+        return (1 + ahead) * max_unique_rows * self.cfg.engram.row_bytes * len(self.cfg.engram.layer_ids)
+
+    # -- the row-id upload every Engram placement makes when no table rows travel ------------------
+    def _send_row_ids(self, res: SharedResources, step: int, k: int, plan):
+        # Only the row ids go up (a small copy); the Engram layer gathers from HBM.
+        t = res.env.now
+        with res.copy_engines.request() as engine:
+            yield engine
+            yield res.env.timeout(res.profile.link.copy_fixed_us * 1e-6)
+            yield res.net.transfer(plan.lookups[k] * ROW_ID_BYTES, {PCIE_H2D: 1.0})
+        res.log(H2D_LINK, "row ids", t, step, self.layer_ids[k])
+
+    def _row_ids_alone(self, profile: HardwareProfile, plan, k: int) -> float:
+        return costs.copy_time(profile, plan.lookups[k] * ROW_ID_BYTES)
+
+
+class NoEngram(Placement):
+    """The backbone alone (the paper's baseline): no Engram module, table, hashing or fetch."""
+    kind = names.NONE
+    holds_table = False
+
+    def host_rows(self, unique, hits):
+        return np.zeros(len(unique), dtype=np.int64)
+
+    def fetch_layer(self, res, step, k, plan):
+        raise RuntimeError("placement none has no Engram layer to fetch")
+
+    def fetch_alone(self, profile, plan, k):
+        raise RuntimeError("placement none has no Engram layer to fetch")
+
+    def memory_needs(self, max_unique_rows):
+        return MemoryNeeds(0, 0, 0)
+
+
+class HBM(Placement):
+    """The table in GPU memory; only row ids travel."""
+    kind = names.HBM
+
+    def host_rows(self, unique, hits):
+        return np.zeros(len(unique), dtype=np.int64)
+
+    def fetch_layer(self, res, step, k, plan):
+        yield from self._send_row_ids(res, step, k, plan)
+
+    def fetch_alone(self, profile, plan, k):
+        return self._row_ids_alone(profile, plan, k)
+
+    def memory_needs(self, max_unique_rows):
+        return MemoryNeeds(self.cfg.engram.total_table_bytes, 0, 0)
+
+
+class OverHostLink(Placement):
+    """Base of the placements whose rows (some or all) come from the host table over `path`."""
+
+    @property
+    def path(self) -> HostDMA | HostUVA:
+        return self
+
+    def host_rows(self, unique, hits):
+        return unique
+
+    def fetch_layer(self, res, step, k, plan):
+        rows = int(plan.host_rows[k])
+        if rows == 0:
+            yield from self._send_row_ids(res, step, k, plan)
+        else:
+            yield from self.path.fetch_rows(res, step, k, rows, plan)
+
+    def fetch_alone(self, profile, plan, k):
+        rows = int(plan.host_rows[k])
+        if rows == 0:
+            return self._row_ids_alone(profile, plan, k)
+        return self.path.rows_alone(profile, plan, k, rows)
+
+    def memory_needs(self, max_unique_rows):
+        return MemoryNeeds(0, self._landed_bytes(max_unique_rows), self.cfg.engram.total_table_bytes)
+
+
+class HostDMA(OverHostLink):
+    """CPU threads gather rows into pinned staging chunks; copy engines move the chunks."""
+    kind = names.HOST_DMA
+
+    def _chunk_bytes(self) -> int:
+        return max(self.cfg.engram.row_bytes, int(self.cfg.placement.staging_chunk_mib * (1 << 20)))
+
+    def _gather_threads(self, profile: HardwareProfile) -> int:
+        return min(self.cfg.placement.gather_threads, profile.host.cpu_cores)
+
+    def _gather_rate(self, profile: HardwareProfile) -> float:
+        return costs.cpu_gather_rate(profile, self.cfg.engram.row_bytes, self._gather_threads(profile))
+
+    def fetch_rows(self, res: SharedResources, step: int, k: int, rows: int, plan):
+        chunk_bytes = self._chunk_bytes()
+        total = rows * self.cfg.engram.row_bytes
+        threads = self._gather_threads(res.profile)
+        rate = self._gather_rate(res.profile)
+        layer = self.layer_ids[k]
+        copies = []
+        for offset in range(0, total, chunk_bytes):
+            nbytes = min(chunk_bytes, total - offset)
+            yield res.staging.get(1)
+            yield res.cores.get(threads)
+            t = res.env.now
+            yield res.env.timeout(res.profile.host.cpu_gather_fixed_us * 1e-6)
+            # A gather reads the table and writes staging: two DRAM bytes per payload byte.
+            yield res.net.transfer(nbytes, {HOST_DRAM: 2.0}, cap=rate)
+            yield res.cores.put(threads)
+            res.log(CPU_GATHER, f"gather L{layer}", t, step, layer)
+            copies.append(res.env.process(self._copy_chunk(res, step, layer, nbytes)))
+        yield res.env.all_of(copies)
+
+    @staticmethod
+    def _copy_chunk(res: SharedResources, step: int, layer: int, nbytes: int):
+        with res.copy_engines.request() as engine:
+            yield engine
+            t = res.env.now
+            yield res.env.timeout(res.profile.link.copy_fixed_us * 1e-6)
+            yield res.net.transfer(nbytes, {PCIE_H2D: 1.0, HOST_DRAM: 1.0})
+            res.log(H2D_LINK, f"copy L{layer}", t, step, layer)
+        yield res.staging.put(1)
+
+    def rows_alone(self, profile: HardwareProfile, plan, k: int, rows: int) -> float:
+        # A two-stage pipeline (CPU gather, then copy) over staging chunks,
+        # with at most `staging_buffers` chunks between gather start and copy end.
+        buffers = self.cfg.placement.staging_buffers
+        chunk = self._chunk_bytes()
+        rate = self._gather_rate(profile)
+        total = rows * self.cfg.engram.row_bytes
+        sizes = [min(chunk, total - o) for o in range(0, total, chunk)]
+        gather_end, copy_end = [], []
+        for i, b in enumerate(sizes):
+            start = max(gather_end[-1] if gather_end else 0.0,
+                        copy_end[i - buffers] if i >= buffers else 0.0)
+            gather_end.append(start + profile.host.cpu_gather_fixed_us * 1e-6 + b / rate)
+            copy_end.append(max(gather_end[-1], copy_end[-1] if copy_end else 0.0) + costs.copy_time(profile, b))
+        return copy_end[-1]
+
+
+class HostUVA(OverHostLink):
+    """A GPU kernel reads pinned host memory directly (zero-copy)."""
+    kind = names.HOST_UVA
+
+    def _gather_time(self, profile: HardwareProfile, plan, k: int, rows: int) -> tuple[float, float]:
+        """(fixed, body) seconds of the zero-copy gather of `rows` of layer k's step rows."""
+        footprint = self.footprints[k]
+        # Rows reused from the previous step, in proportion among the rows gathered.
+        reused = int(plan.reused_rows[k] * rows / max(int(plan.unique_rows[k]), 1))
+        warm = costs.uva_warm_fraction(profile, rows, reused, footprint)
+        return costs.uva_gather_time(profile, rows, self.cfg.engram.row_bytes, footprint, warm)
+
+    def fetch_rows(self, res: SharedResources, step: int, k: int, rows: int, plan):
+        fixed, body = self._gather_time(res.profile, plan, k, rows)
+        nbytes = rows * self.cfg.engram.row_bytes
+        t = res.env.now
+        yield res.env.timeout(fixed)
+        # The kernel alone would move nbytes in `body`; sharing the link can only slow it.
+        yield res.net.transfer(nbytes, {PCIE_H2D: 1.0, HOST_DRAM: 1.0}, cap=nbytes / body)
+        res.log(UVA_GATHER, f"gather L{self.layer_ids[k]}", t, step, self.layer_ids[k])
+
+    def rows_alone(self, profile: HardwareProfile, plan, k: int, rows: int) -> float:
+        fixed, body = self._gather_time(profile, plan, k, rows)
+        return fixed + body
+
+
+class HBMCache(OverHostLink):
+    """Hot rows in an HBM cache; the misses cross the link through `miss_path`'s path."""
+    kind = names.HBM_CACHE
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        self.miss = _HOST_PATHS[cfg.placement.miss_path](cfg)
+
+    @property
+    def path(self):
+        return self.miss
+
+    def trace_cache_rows(self):
+        return cache_rows_per_layer(self.cfg)
+
+    def cache_hits(self, trace_hits, unique):
+        return np.minimum(trace_hits, unique)
+
+    def host_rows(self, unique, hits):
+        return unique - hits
+
+    def memory_needs(self, max_unique_rows):
+        return MemoryNeeds(cache_bytes(self.cfg), self._landed_bytes(max_unique_rows),
+                           self.cfg.engram.total_table_bytes)
+
+
+_HOST_PATHS = {names.HOST_DMA: HostDMA, names.HOST_UVA: HostUVA}
+# One class per vocab.placements name (tests check that none is missing).
+PLACEMENT_CLASSES: dict[str, type[Placement]] = {
+    cls.kind: cls for cls in (NoEngram, HBM, HostDMA, HostUVA, HBMCache)}
+
+
+def placement_for(cfg: RunConfig) -> Placement:
+    """The placement object of cfg.placement.kind."""
+    kind = cfg.placement.kind
+    if kind not in PLACEMENT_CLASSES:
+        raise ConfigError("placement.kind", f"{kind!r} is not a placement", f"use one of {', '.join(names.PLACEMENTS)}")
+    return PLACEMENT_CLASSES[kind](cfg)

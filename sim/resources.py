@@ -1,0 +1,40 @@
+"""What concurrent fetches contend for, and the timeline they write.
+
+CPU cores are a Container (hashing and gathers take threads from it), copy
+engines and fetch streams are Resources, staging buffers a Container; the PCIe
+H2D direction and host DRAM are fluid pipes (bandwidth.SharedBandwidth).
+"""
+
+from __future__ import annotations
+
+import simpy
+
+from profiles import HardwareProfile
+from sim.bandwidth import SharedBandwidth
+from vocab.config import PlacementConfig
+
+# The shared pipes, by name (SimResult.pipe_bytes keys).
+PCIE_H2D = "pcie_h2d"
+HOST_DRAM = "host_dram"
+
+
+class SharedResources:
+    def __init__(self, env: simpy.Environment, profile: HardwareProfile, placement: PlacementConfig,
+                 record_events: bool = False):
+        host = profile.host
+        self.env = env
+        self.profile = profile
+        self.cores = simpy.Container(env, capacity=host.cpu_cores, init=host.cpu_cores)
+        self.copy_engines = simpy.Resource(env, capacity=profile.link.copy_engines)
+        self.fetch_streams = simpy.Resource(env, capacity=placement.fetch_streams)
+        buffers = placement.staging_buffers * placement.fetch_streams
+        self.staging = simpy.Container(env, capacity=buffers, init=buffers)
+        self.net = SharedBandwidth(env, {PCIE_H2D: profile.link.h2d_gbps * 1e9, HOST_DRAM: host.dram_gbps * 1e9})
+        self.record_events = record_events
+        # (actor, name, start_s, end_s, step, layer), as vocab.records.EVENT_COLUMNS.
+        self.events: list[tuple] = []
+
+    def log(self, actor: str, name: str, start: float, step: int, layer: int = -1) -> None:
+        """An interval on `actor` from `start` to now."""
+        if self.record_events:
+            self.events.append((actor, name, start, self.env.now, step, layer))
