@@ -13,7 +13,7 @@ from reports.charts import hidden_summary, sweep_sections
 from reports.html import write_report
 from reports.trace import write_chrome_trace
 from sim.analytic import estimate
-from sim.engine import plan_steps, simulate
+from sim.engine import plan_steps, simulate, trace_for
 from tools.bench import bench_simulator
 from tools.sweep import sweep
 from vocab.config import load_config, preset_names
@@ -22,7 +22,6 @@ from vocab.placements import ENGRAM_PLACEMENTS, PLACEMENTS
 from vocab.records import write_record
 from vocab.tables import PHASES
 from vocab.units import GiB
-from workloads.trace import build_trace
 
 DEMO_CONFIG = "engram-27b"
 DEMO_TABLE_GIB = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
@@ -44,7 +43,7 @@ def cmd_simulate(args) -> int:
     _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, "
                    f"{cfg.engram.total_table_bytes / GiB:.2f} GiB table, profile {profile.name}", result.summary)
     if args.analytic:
-        est = estimate(cfg, profile, plan_steps(cfg, profile, build_trace(cfg)))
+        est = estimate(cfg, profile, plan_steps(cfg, profile, trace_for(cfg)))
         _print_summary("closed-form steady state", est)
     print(f"  (simulated {result.summary['steps']} steps, {result.sim_events} events in {wall:.2f} s)")
     if args.out:

@@ -33,6 +33,7 @@ from sim.resources import SharedResources
 from sim.result import SimResult, StepLog, collect
 from vocab.config import RunConfig
 from vocab.records import CPU_HASH, GPU_COMPUTE, STALL
+from workloads.trace import Trace, build_trace
 
 __all__ = ["SimResult", "Simulation", "StepPlan", "plan_steps", "simulate"]
 
@@ -133,6 +134,12 @@ class Simulation:
         self.env.run()
 
 
+def trace_for(cfg: RunConfig, placement: Placement | None = None) -> Trace:
+    """The token trace `cfg` runs on, with the HBM cache replayed where the placement has one."""
+    placement = placement or placement_for(cfg)
+    return build_trace(cfg, cache_rows=placement.trace_cache_rows())
+
+
 def simulate(cfg: RunConfig, profile: HardwareProfile | None = None, trace=None, *, steps: int | None = None,
              record_events: bool = False, check_capacity: bool = True, memoize: bool = True) -> SimResult:
     """Simulate `cfg` and return per-step, per-fetch and summary results."""
@@ -140,9 +147,7 @@ def simulate(cfg: RunConfig, profile: HardwareProfile | None = None, trace=None,
         profile = load_profile(cfg.profile)
     placement = placement_for(cfg)
     if trace is None:
-        from workloads.trace import build_trace  # numba: loaded (and compiled) only when a trace is built
-
-        trace = build_trace(cfg, cache_rows=placement.trace_cache_rows())
+        trace = trace_for(cfg, placement)
     steps = steps or cfg.workload.steps
     budget = memory_budget(cfg, profile, max_kv_tokens=int(np.max(trace.kv_tokens)),
                            max_step_tokens=int(np.max(trace.tokens)),

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import time
 
-from tools.sweep import point_config, sweep
+from tools.sweep import DEFAULT_CACHE_GIB, point_config, sweep
 from vocab.config import load_config
+from vocab.placements import HBM
 from workloads.trace import build_trace
 
 BENCH_TABLE_GIB = [1, 4, 16, 64, 128, 256, 512, 1024]
@@ -23,7 +24,7 @@ def bench_simulator(steps: int = 1000, jobs: int | None = None, config: str = "e
     t0 = time.perf_counter()
     for phase in ("decode", "prefill"):
         for size in BENCH_TABLE_GIB:
-            build_trace(point_config(cfg, size, "hbm", phase, 8.0))
+            build_trace(point_config(cfg, size, HBM, phase, DEFAULT_CACHE_GIB))
     trace_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     df = sweep(cfg, BENCH_TABLE_GIB, None, ["decode", "prefill"], steps=steps, jobs=jobs, progress=False)

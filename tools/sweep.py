@@ -17,21 +17,19 @@ import pandas as pd
 from tqdm import tqdm
 
 from profiles import HardwareProfile, load_profile
-from sim.engine import simulate
+from sim.engine import simulate, trace_for
 from vocab.config import RunConfig
-from vocab.memory import cache_rows_per_layer
-from vocab.placements import ENGRAM_PLACEMENTS
+from vocab.placements import ENGRAM_PLACEMENTS, HBM, HBM_CACHE
 from vocab.records import overhead, window_use
 from vocab.tables import SWEEP_COLUMNS
 from vocab.units import GiB
-from workloads.trace import build_trace
 
 DEFAULT_CACHE_GIB = 8.0
 
 
 def point_config(cfg: RunConfig, table_gib: float, placement: str, phase: str, cache_gib: float) -> RunConfig:
     options = {}
-    if placement == "hbm_cache" and cfg.placement.cache_gib is None and cfg.placement.cache_fraction is None:
+    if placement == HBM_CACHE and cfg.placement.cache_gib is None and cfg.placement.cache_fraction is None:
         options["cache_gib"] = cache_gib
     return cfg.with_table_gib(table_gib).with_phase(phase).with_placement(placement, **options)
 
@@ -41,21 +39,17 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
     """Rows for one (table size, phase), and the seconds spent in the event simulation itself."""
     sim_s = 0.0
 
-    base = point_config(cfg, table_gib, "hbm", phase, cache_gib)
+    base = point_config(cfg, table_gib, HBM, phase, cache_gib)
     # One hashing pass serves every placement: the cache trace holds all the fields the
     # others read, and they ignore its cache hits.
-    if "hbm_cache" in placements:
-        ccfg = point_config(cfg, table_gib, "hbm_cache", phase, cache_gib)
-        trace = build_trace(ccfg, cache_rows=cache_rows_per_layer(ccfg))
-    else:
-        trace = build_trace(base)
+    trace = trace_for(point_config(cfg, table_gib, HBM_CACHE, phase, cache_gib) if HBM_CACHE in placements else base)
     t0 = time.perf_counter()
     baseline = simulate(base, profile, trace, steps=steps, check_capacity=False)
     sim_s += time.perf_counter() - t0
     rows = []
     for placement in placements:
         pcfg = point_config(cfg, table_gib, placement, phase, cache_gib)
-        if placement == "hbm":
+        if placement == HBM:
             result = baseline
         else:
             t0 = time.perf_counter()
