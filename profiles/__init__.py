@@ -103,7 +103,8 @@ class UvaProfile:
     translation units (translation_unit_kib each) that `rows` uniform rows hit;
     miss(F) = max(0, 1 - (tlb_reach / F) ** miss_exponent) is the chance a
     unit's translation is not cached; warm is the part of the step's units that
-    were touched recently and still fit in the TLB's reach.
+    were touched recently and still fit in the TLB's reach. profiles/uva.py
+    computes it.
     """
     fixed_us: float
     row_ns: float

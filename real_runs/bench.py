@@ -32,10 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from profiles.reference import reference_limits, reference_step_fetch
+from real_runs.instrument import available_gib
+from real_runs.timing import HOST_AHEAD_CYCLES, fresh_ids
+from vocab.units import GiB
 
-GiB = 1 << 30
 NEEDS_GPU = "needs a CUDA GPU (torch.cuda.is_available() is False)"
-HOST_AHEAD_CYCLES = 1_000_000   # as profiles/calibrate.py: kernels timed without Python's launch overhead
 
 
 def _median(xs) -> float:
@@ -66,7 +67,6 @@ def bench_uva(table, quick: bool, reps: int) -> list[dict]:
     import torch
 
     from real_runs.cuda_gather import uva_gather
-    from tools.calibrate import fresh_ids
 
     sizes = [s for s in ((1, 16, 64) if quick else (1, 4, 16, 64)) if s * GiB <= table.nbytes]
     rows_list = (4096, 16384, 262144) if quick else (4096, 16384, 65536, 262144)
@@ -100,7 +100,6 @@ def bench_dma(table, quick: bool, reps: int, threads: int | None) -> list[dict]:
     import torch
 
     from real_runs.stores import HostDMAStore
-    from tools.calibrate import fresh_ids
 
     store = HostDMAStore(table, "cuda", threads=threads)
     rng = np.random.default_rng(1)
@@ -186,7 +185,6 @@ def bench_e2e(quick: bool, table_gib: float | None, placements: list[str], recor
     import torch
 
     from real_runs.runner import run
-    from tools.calibrate import available_gib
 
     if table_gib is None:
         free, _ = torch.cuda.mem_get_info()

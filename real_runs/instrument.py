@@ -10,7 +10,9 @@
   used and power every `interval_s`; {"available": false, "reason": ...}
   where pynvml (nvidia-ml-py) or a GPU is missing.
 - `describe_machine()`: GPU name, driver, PCIe generation/width, CPU model,
-  cores, host memory, software versions.
+  cores, host memory, software versions; built from the machine facts here
+  (`cpu_model`, `memory_gib`, `available_gib`, `numba_max_threads`, `nvml_info`),
+  which `engram-sim calibrate` reads too.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ import os
 import platform
 import threading
 import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from vocab.units import GiB
 
 Mark = object  # int (host ns) or torch.cuda.Event
 
@@ -81,8 +89,6 @@ class Timeline:
         self._offsets = None
 
     def _gpu_to_host(self):
-        import numpy as np
-
         if self._offsets is None:
             gpu = [0.0] + [self._ref.elapsed_time(ev) * 1e-3 for ev, _ in self._anchors]
             host = [(self._ref_ns - self.t0_ns) * 1e-9] + [(ns - self.t0_ns) * 1e-9 for _, ns in self._anchors]
@@ -101,8 +107,6 @@ class Timeline:
             return (mark - self.t0_ns) * 1e-9
         if mark is None:
             return float("nan")
-        import numpy as np
-
         g = self._ref.elapsed_time(mark) * 1e-3
         gpu, offset = self._gpu_to_host()
         return g + float(np.interp(g, gpu, offset))     # the offset of the anchors around it
@@ -191,47 +195,103 @@ class NvmlSampler:
         return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def _host_memory_bytes() -> int | None:
+def meminfo_bytes(key: str) -> int | None:
+    """A /proc/meminfo figure (MemTotal, MemAvailable, ...) in bytes; None where there is none."""
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def meminfo_gib(key: str) -> float | None:
+    n = meminfo_bytes(key)
+    return None if n is None else n / GiB
+
+
+def memory_gib() -> float:
+    """Host memory in GiB (1.0 where the system says nothing)."""
+    total = meminfo_gib("MemTotal")
+    if total is None:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+        except (ValueError, OSError, AttributeError):
+            total = 1.0
+    return total
+
+
+def available_gib() -> float:
+    """Host memory available now in GiB (half of all where the system does not say)."""
+    avail = meminfo_gib("MemAvailable")
+    return avail if avail is not None else memory_gib() / 2
+
+
+def numba_max_threads() -> int:
+    """The most threads Numba kernels get here: the cores, capped by NUMBA_NUM_THREADS."""
+    return max(1, min(os.cpu_count() or 1, numba.config.NUMBA_NUM_THREADS))
+
+
+def nvml_info(cuda_index: int | None = None) -> dict:
+    """GPU name, driver, PCIe generation and width (max and current) from NVML for CUDA device
+    `cuda_index` (default: the current one); {"reason": why not} where NVML is missing."""
+    try:
+        import pynvml  # optional dependency (nvidia-ml-py)
+    except ImportError:
+        return {"reason": "pynvml is not installed"}
+    try:
+        if cuda_index is None:
+            import torch  # optional heavy dependency: the current CUDA device
+
+            cuda_index = torch.cuda.current_device()
+        pynvml.nvmlInit()
+        try:
+            h = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(cuda_index))
+
+            def text(v):
+                return v.decode() if isinstance(v, bytes) else str(v)
+
+            info = {"name": text(pynvml.nvmlDeviceGetName(h)), "driver": text(pynvml.nvmlSystemGetDriverVersion())}
+            for key, fn in (("pcie_gen", "nvmlDeviceGetMaxPcieLinkGeneration"),
+                            ("pcie_width", "nvmlDeviceGetMaxPcieLinkWidth"),
+                            ("pcie_gen_now", "nvmlDeviceGetCurrPcieLinkGeneration"),
+                            ("pcie_width_now", "nvmlDeviceGetCurrPcieLinkWidth")):
+                try:
+                    info[key] = int(getattr(pynvml, fn)(h))
+                except Exception:
+                    pass
+            return info
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as e:  # no NVML library, no permission, ...: work without it
+        return {"reason": f"NVML unavailable ({type(e).__name__}: {e})"}
 
 
 def describe_machine(device=None) -> dict:
     """What the run ran on: GPU (via torch and NVML), CPU, host memory, versions."""
     out = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "host_memory_bytes": _host_memory_bytes(),
+        "host_memory_bytes": meminfo_bytes("MemTotal"),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "numba": numba.__version__,
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
     }
     try:
-        import numba
-
-        out["numba"] = numba.__version__
-        out["numba_threads"] = numba.config.NUMBA_NUM_THREADS
-    except ImportError:
-        pass
-    try:
-        import torch
+        import torch  # optional heavy dependency: CPU-only machines describe themselves without it
 
         out["torch"] = torch.__version__
         out["torch_threads"] = torch.get_num_threads()
@@ -247,25 +307,11 @@ def describe_machine(device=None) -> dict:
     except ImportError:
         out["torch"] = None
     out["device"] = str(device) if device is not None else None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        h = pynvml.nvmlDeviceGetHandleByIndex(nvml_index(out.get("cuda_index", 0)))
-        name = pynvml.nvmlDeviceGetName(h)
-        out["gpu_name_nvml"] = name.decode() if isinstance(name, bytes) else name
-        drv = pynvml.nvmlSystemGetDriverVersion()
-        out["driver"] = drv.decode() if isinstance(drv, bytes) else drv
-        for key, fn in (("pcie_gen", "nvmlDeviceGetCurrPcieLinkGeneration"),
-                        ("pcie_width", "nvmlDeviceGetCurrPcieLinkWidth"),
-                        ("pcie_gen_max", "nvmlDeviceGetMaxPcieLinkGeneration"),
-                        ("pcie_width_max", "nvmlDeviceGetMaxPcieLinkWidth")):
-            try:
-                out[key] = getattr(pynvml, fn)(h)
-            except Exception:
-                out[key] = None
-    except ImportError:
-        out["nvml"] = "pynvml is not installed"
-    except Exception as e:
-        out["nvml"] = f"no GPU for NVML ({type(e).__name__})"
+    nv = nvml_info(out.get("cuda_index", 0))
+    if "reason" in nv:
+        out["nvml"] = nv["reason"]
+    else:   # the record's names: pcie_gen/width are the link as it runs now, *_max what it can do
+        out.update(gpu_name_nvml=nv["name"], driver=nv["driver"], pcie_gen=nv.get("pcie_gen_now"),
+                   pcie_width=nv.get("pcie_width_now"), pcie_gen_max=nv.get("pcie_gen"),
+                   pcie_width_max=nv.get("pcie_width"))
     return out

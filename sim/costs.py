@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from profiles import CurvePoint, HardwareProfile
-from profiles.fit import miss_fraction, units_touched
+from profiles.uva import units_touched, uva_time
 
 GiB = 1 << 30
 
@@ -68,17 +68,5 @@ def uva_warm_fraction(profile: HardwareProfile, rows: int, reused_rows: int, foo
 
 def uva_gather_time(profile: HardwareProfile, rows: int, row_bytes: int, footprint_bytes: float,
                     warm_fraction: float = 0.0) -> tuple[float, float]:
-    """(fixed seconds, body seconds) of a zero-copy gather of sorted unique rows.
-
-    The body is limited by address translation or by the payload rate,
-    whichever is slower (profiles.UvaProfile documents the model).
-    """
-    u = profile.uva
-    if rows <= 0:
-        return 0.0, 0.0
-    walks = float(units_touched(rows, footprint_bytes, u.translation_unit_kib * 1024)
-                  * miss_fraction(footprint_bytes, u.tlb_reach_gib * GiB, u.miss_exponent))
-    nbytes = rows * row_bytes
-    translation = (rows * u.row_ns * 1e-9 + nbytes * u.byte_ps * 1e-12
-                   + walks * (1.0 - warm_fraction) * u.walk_ns * 1e-9)
-    return u.fixed_us * 1e-6, max(translation, nbytes / (u.max_gbps * 1e9))
+    """(fixed seconds, body seconds) of a zero-copy gather of sorted unique rows (profiles/uva.py's model)."""
+    return uva_time(profile.uva, rows, row_bytes, footprint_bytes, warm_fraction)

@@ -4,7 +4,6 @@ The measurements run for real (CPU side) at tiny sizes; the GPU side's assembly 
 tested on synthetic measurements, so the whole file runs on a machine without a GPU.
 """
 
-import argparse
 import dataclasses
 import tomllib
 from pathlib import Path
@@ -13,15 +12,19 @@ import numpy as np
 import pytest
 
 from profiles import load_profile, shipped_names
-from profiles.fit import GiB
+from profiles.fit import best_per_core, copy_engines_from, fit_gather_curve, fit_uva_points
+from profiles.writer import dump_toml
+from real_runs import timing
+from real_runs.instrument import cpu_model
 from sim import costs
-from tools import calibrate
+from tools.calibrate import assemble, measure_cpu, measure_gpu, output, plan
+from tools.calibrate.shapes import preset_shapes
+from vocab.units import GiB, MiB
 
-MiB = 1 << 20
 NO_GPU_LINE = "engram-sim: error: calibrate: no CUDA GPU found; use --cpu-only to measure the CPU side only\n"
 
 TINY = dataclasses.replace(
-    calibrate.QUICK, warmup=1, repeats=2, hash_tokens=1 << 12, gather_table_bytes=8 * MiB,
+    plan.QUICK, warmup=1, repeats=2, hash_tokens=1 << 12, gather_table_bytes=8 * MiB,
     gather_row_bytes=(64, 256, 4096), gather_payload_bytes=256 << 10, gather_fixed_rows=(16, 256, 2048),
     dedup_lookups=1 << 14, memcpy_bytes=4 * MiB, all_thread_counts=True)
 
@@ -29,21 +32,17 @@ TINY = dataclasses.replace(
 @pytest.fixture
 def tiny(monkeypatch):
     """Measurement sizes small enough for a test; no minimum warm-up or timing window."""
-    monkeypatch.setattr(calibrate, "QUICK", TINY)
-    monkeypatch.setattr(calibrate, "FULL", TINY)
-    monkeypatch.setattr(calibrate, "WARM_S", 0.0)
-    monkeypatch.setattr(calibrate, "TIMED_S", 0.0)
+    monkeypatch.setattr(plan, "QUICK", TINY)
+    monkeypatch.setattr(plan, "FULL", TINY)
+    monkeypatch.setattr(timing, "WARM_S", 0.0)
+    monkeypatch.setattr(timing, "TIMED_S", 0.0)
 
 
 def run_calibrate(argv: list[str]) -> int:
-    """Through `engram-sim calibrate` when sim/cli.py registers it, else the module's own entry point."""
+    """Through `engram-sim calibrate`, as a user runs it."""
     import cli.main as cli
 
-    parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "calibrate" in sub.choices:
-        return cli.main(["calibrate", *argv])
-    return calibrate.main(argv)
+    return cli.main(["calibrate", *argv])
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -53,9 +52,9 @@ def measured(tmp_path_factory):
     """One tiny --cpu-only --quick calibration shared by the tests that read its profile."""
     mp = pytest.MonkeyPatch()
     try:
-        mp.setattr(calibrate, "QUICK", TINY)
-        mp.setattr(calibrate, "WARM_S", 0.0)
-        mp.setattr(calibrate, "TIMED_S", 0.0)
+        mp.setattr(plan, "QUICK", TINY)
+        mp.setattr(timing, "WARM_S", 0.0)
+        mp.setattr(timing, "TIMED_S", 0.0)
         out = tmp_path_factory.mktemp("cal") / "cpu.toml"
         assert run_calibrate(["--cpu-only", "--quick", "--out", str(out)]) == 0
     finally:
@@ -117,7 +116,7 @@ def test_default_out_is_under_profiles_in_the_current_folder(tiny, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert run_calibrate(["--cpu-only", "--quick"]) == 0
     (written,) = (tmp_path / "profiles").iterdir()
-    assert written.name.startswith(calibrate.slug(calibrate.cpu_model()) + "-measured-")
+    assert written.name.startswith(output.slug(cpu_model()) + "-measured-")
     assert written.suffix == ".toml"
     load_profile(written)
 
@@ -150,7 +149,7 @@ def test_a_failing_measurement_is_one_line_exit_2_and_nothing_written(tiny, tmp_
         yield "dedup"
         raise RuntimeError("CUDA error: out of memory\nmore detail")
 
-    monkeypatch.setattr(calibrate, "measure_dedup", broken)
+    monkeypatch.setattr(measure_cpu, "measure_dedup", broken)
     assert run_calibrate(["--cpu-only", "--quick", "--out", str(tmp_path / "p.toml")]) == 2
     last = capsys.readouterr().err.rstrip("\n").split("\n")[-1]    # after the progress bar
     assert last.startswith("engram-sim: error: calibrate: a measurement failed after 'dedup' "
@@ -167,9 +166,9 @@ def test_an_unknown_base_profile_is_one_line_exit_2(tiny, tmp_path, capsys):
 
 def test_a_profile_that_does_not_validate_is_not_written(tmp_path):
     out = tmp_path / "bad.toml"
-    bad = calibrate.dump_toml({"name": "bad"})
-    with pytest.raises(calibrate.CalibrateError, match="does not validate"):
-        calibrate.write_profile_atomic(bad, out)
+    bad = dump_toml({"name": "bad"})
+    with pytest.raises(output.CalibrateError, match="does not validate"):
+        output.write_profile_atomic(bad, out)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -179,7 +178,7 @@ def test_a_profile_that_does_not_validate_is_not_written(tmp_path):
 def test_toml_writer_round_trips_every_shipped_profile(name, tmp_path):
     p = load_profile(name)
     out = tmp_path / f"{name}.toml"
-    out.write_text(calibrate.dump_toml(p.to_dict(), comments={"host": ["a comment"]}, header=["top"]))
+    out.write_text(dump_toml(p.to_dict(), comments={"host": ["a comment"]}, header=["top"]))
     assert load_profile(out) == p
 
 
@@ -191,48 +190,85 @@ def test_toml_writer_escapes_strings_and_nests_tables():
         "pts": [{"x": 1, "y": 2.5}, {"x": 2, "y": 3.5}],
         "t": {"a": 1, "u": {"v": "w", "deeper": {"z": [1, 2]}}, "after": 2},
     }
-    text = calibrate.dump_toml(data, comments={"t.u": ["nested # comment"]}, header=["header line"])
+    text = dump_toml(data, comments={"t.u": ["nested # comment"]}, header=["header line"])
     assert tomllib.loads(text) == data
     assert text.startswith("# header line\n") and "[t.u]\n# nested # comment\n" in text
+
+
+def test_toml_writer_keeps_every_comment_under_its_table_and_round_trips_values():
+    import tomlkit
+
+    data = {"name": "x", "ratio": 0.5, "big": 51350000.0, "tiny": 1.753e-07, "n": 3, "on": True,
+            "host": {"cpu": "a, 2 cores", "curve": [{"x": 64, "y": 2.534}, {"x": 4096, "y": 14.02}],
+                     "sub": {"k": [1.0, 2.5]}},
+            "gpu": {"name": "g", "hbm_gather": [{"x": 64.0, "y": 106.0}]}}
+    comments = {"": ["top of the body"], "host": ["raw points:", "", "  64 B: 1T 5.07, 2T 10.8"],
+                "host.sub": ["deeper"], "gpu": ["from the base"]}
+    text = dump_toml(data, comments, header=["h1", "h2"])
+    assert tomllib.loads(text) == data
+    assert tomlkit.parse(text).unwrap() == data
+    for k in ("ratio", "big", "tiny", "n", "on"):                      # types too: 3 stays an int, 51350000.0 a float
+        assert type(tomllib.loads(text)[k]) is type(data[k])
+    lines = text.splitlines()
+    assert lines[:3] == ["# h1", "# h2", "# top of the body"]
+    for table, body in comments.items():
+        if table:
+            at = lines.index(f"[{table}]")
+            assert lines[at + 1:at + 1 + len(body)] == [f"# {c}" if c else "#" for c in body], table
+    # Scalars before sub-tables, so no key lands in the wrong table.
+    assert lines.index('cpu = "a, 2 cores"') < lines.index("[host.sub]")
+
+
+def test_shapes_come_from_the_engram_27b_preset():
+    s = preset_shapes()
+    assert s.preset == "engram-27b"
+    assert s.layer_gemms == {"attention qkv": (16384, 2560, 3 * 32 * 192), "attention out": (16384, 32 * 192, 2560),
+                             "moe expert gate+up": (1792, 2560, 2 * 1536), "moe expert down": (1792, 1536, 2560)}
+    assert s.moe_experts == dict(tokens=16384, hidden=2560, routed=55, top_k=6, inter=1536)
+    assert s.prefill_attention == dict(tokens=16384, heads=32, head_dim=192)
+    assert s.decode_attention == dict(batch=64, heads=32, kv_heads=32, head_dim=192, context=2048)
+    assert s.decode_gemm == (512, 2560, 3 * 32 * 192)
+    e = s.engram
+    assert (e.max_ngram_size, e.heads_per_order, e.compressed_vocab_size, e.compressed_pad_id) == (3, 8, 99092, 2)
 
 
 # -- fitting helpers, on synthetic points with known answers -------------------------------------
 
 def test_best_per_core_is_the_rate_per_thread_at_the_best_thread_count():
     rates = {1: 10.0, 2: 20.0, 4: 38.0, 8: 40.0, 16: 39.0}
-    assert calibrate.best_per_core(rates) == (5.0, 8)
-    assert calibrate.best_per_core({1: 9.0, 2: 9.0}) == (9.0, 1)   # a tie: the fewer threads
+    assert best_per_core(rates) == (5.0, 8)
+    assert best_per_core({1: 9.0, 2: 9.0}) == (9.0, 1)   # a tie: the fewer threads
 
 
 def test_fit_gather_curve_finds_where_threads_stop_helping():
     # Per thread 2 GB/s at 256 B and 3 GB/s at 4 KB, linear up to 4 threads, flat beyond.
     per = {256: 2.0, 4096: 3.0}
     pts = {(rb, t): per[rb] * min(t, 4) for rb in per for t in (1, 2, 4, 8, 16)}
-    curve, max_threads = calibrate.fit_gather_curve(pts)
+    curve, max_threads = fit_gather_curve(pts)
     assert max_threads == 4
     assert curve == [{"x": 256, "y": 2.0}, {"x": 4096, "y": 3.0}]
 
 
 def test_copy_engines_from_both_directions_at_once():
-    assert calibrate.copy_engines_from(50.0, 52.0, 100.0) == 2
-    assert calibrate.copy_engines_from(50.0, 52.0, 53.0) == 1
+    assert copy_engines_from(50.0, 52.0, 100.0) == 2
+    assert copy_engines_from(50.0, 52.0, 53.0) == 1
 
 
 def test_fresh_ids_are_distinct_sorted_and_in_range():
     rng = np.random.default_rng(0)
     for rows, n in ((1000, 10), (1000, 500), (1000, 1000), (10, 50)):
-        ids = calibrate.fresh_ids(rng, rows, n)
+        ids = timing.fresh_ids(rng, rows, n)
         assert ids.size == min(n, rows) and ids.dtype == np.int64
         assert (np.diff(ids) > 0).all() and ids.min() >= 0 and ids.max() < rows
 
 
 def test_thread_counts_and_slug():
-    assert calibrate.thread_counts(16, True) == [1, 2, 4, 8, 16]
-    assert calibrate.thread_counts(12, True) == [1, 2, 4, 8, 12]
-    assert calibrate.thread_counts(16, False) == [1, 16]
-    assert calibrate.thread_counts(1, True) == [1]
-    assert calibrate.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
-    assert calibrate.slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "intel-xeon-platinum-8480"
+    assert timing.thread_counts(16, True) == [1, 2, 4, 8, 16]
+    assert timing.thread_counts(12, True) == [1, 2, 4, 8, 12]
+    assert timing.thread_counts(16, False) == [1, 16]
+    assert timing.thread_counts(1, True) == [1]
+    assert output.slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert output.slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "intel-xeon-platinum-8480"
 
 
 def synthetic_gpu_raw() -> dict:
@@ -248,7 +284,7 @@ def synthetic_gpu_raw() -> dict:
                 fixed, body = costs.uva_gather_time(ref, n, rb, g * GiB)
                 uva.append({"table_gib": g, "row_bytes": rb, "rows": n, "us": (fixed + body) * 1e6})
     layers = {name: {"shape": list(shape), "s": 2 * np.prod(shape) / 500e12, "tflops": 500.0}
-              for name, shape in calibrate.LAYER_GEMMS.items()}
+              for name, shape in preset_shapes().layer_gemms.items()}
     layers["attention prefill (causal SDPA)"] = {"shape": [16384, 192, 16384], "flops": 1e12, "s": 1e12 / 500e12,
                                                  "tflops": 500.0}
     memory_bound = {"decode attention": {"shape": [64, 32, 2048, 192], "bytes": 3.2e9, "s": 3.2e9 / 2030e9,
@@ -278,10 +314,10 @@ def synthetic_gpu_raw() -> dict:
 def test_gpu_side_assembly_fits_known_models(tmp_path):
     raw = synthetic_gpu_raw()
     base = load_profile("h100-sxm")
-    profile, comments, header = calibrate.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=False,
+    profile, comments, header = assemble.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=False,
                                                    cpu_only=False)
     out = tmp_path / "gpu.toml"
-    calibrate.write_profile_atomic(calibrate.dump_toml(profile, comments, header), out)
+    output.write_profile_atomic(dump_toml(profile, comments, header), out)
     p = load_profile(out)
     assert p.link.kind == "PCIe Gen5 x16" and p.link.copy_engines == 2
     assert p.link.h2d_gbps == pytest.approx(50.0, rel=0.02) and p.link.d2h_gbps == pytest.approx(40.0, rel=0.02)
@@ -307,7 +343,7 @@ def test_gpu_side_assembly_fits_known_models(tmp_path):
     text = out.read_text()
     assert "# D2H pinned GB/s by bytes" in text and "# H2D + D2H at once" in text
     assert "# memory_efficiency: memory-bound decode work" in text and "random 800 us" in text
-    lines = calibrate.comparison(raw, gpu_measured=True)
+    lines = assemble.comparison(raw, gpu_measured=True)
     assert any("H2D pinned copy, 1 GiB" in line for line in lines)
     assert not any("machines differ" in line for line in lines)
 
@@ -315,15 +351,15 @@ def test_gpu_side_assembly_fits_known_models(tmp_path):
 def test_backbone_kernels_are_measured_with_the_backbones_own_code(monkeypatch):
     """On the CPU with small shapes and the host timer: what the GPU run records, and that it assembles."""
     pytest.importorskip("torch")
-    monkeypatch.setattr(calibrate, "WARM_S", 0.0)
-    monkeypatch.setattr(calibrate, "TIMED_S", 0.0)
+    monkeypatch.setattr(timing, "WARM_S", 0.0)
+    monkeypatch.setattr(timing, "TIMED_S", 0.0)
     raw = {"gemm_layers": {}}
-    sizes = dataclasses.replace(calibrate.QUICK, warmup=0, repeats=1)
-    done = list(calibrate.measure_backbone_kernels(
-        sizes, raw, device="cpu", timer=calibrate.median_time,
-        moe_shape=dict(tokens=64, hidden=32, routed=4, top_k=2, inter=16),
-        prefill=dict(tokens=32, heads=2, head_dim=16),
-        decode=dict(batch=2, heads=4, kv_heads=2, head_dim=16, context=24), decode_gemm=(4, 32, 48)))
+    sizes = dataclasses.replace(plan.QUICK, warmup=0, repeats=1)
+    small = dataclasses.replace(
+        preset_shapes(), moe_experts=dict(tokens=64, hidden=32, routed=4, top_k=2, inter=16),
+        prefill_attention=dict(tokens=32, heads=2, head_dim=16),
+        decode_attention=dict(batch=2, heads=4, kv_heads=2, head_dim=16, context=24), decode_gemm=(4, 32, 48))
+    done = list(measure_gpu.measure_backbone_kernels(sizes, raw, small, device="cpu", timer=timing.median_time))
     assert done == ["moe experts", "prefill attention", "decode attention", "decode projection"]
     moe = next(v for k, v in raw["gemm_layers"].items() if k.startswith("moe experts ("))
     assert moe["flops"] == 2 * 128 * 32 * 3 * 16 and moe["s"] > 0
@@ -334,7 +370,7 @@ def test_backbone_kernels_are_measured_with_the_backbones_own_code(monkeypatch):
     assert raw["memory_bound"]["decode qkv projection"]["bytes"] == 2 * (32 * 48 + 4 * 32 + 4 * 48)
     full = synthetic_gpu_raw()
     full["gemm_layers"], full["memory_bound"] = raw["gemm_layers"], raw["memory_bound"]
-    gpu, *_ = calibrate.gpu_sections(full, load_profile("h100-sxm"))
+    gpu, *_ = assemble.gpu_sections(full, load_profile("h100-sxm"))
     assert 0 < gpu["matmul_efficiency"] <= 1 and 0 < gpu["memory_efficiency"] <= 1
 
 
@@ -344,7 +380,7 @@ def test_gpu_side_without_uva_keeps_the_base_uva_and_says_so():
     raw["gpu_info"]["uva_reason"] = "host_uva needs a CUDA GPU and Triton (pip install triton)"
     raw["gpu_info"]["nvml"] = {"reason": "pynvml is not installed"}
     base = load_profile("h100-sxm")
-    profile, _, _ = calibrate.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=True, cpu_only=False)
+    profile, _, _ = assemble.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=True, cpu_only=False)
     assert profile["uva"]["walk_ns"] == base.uva.walk_ns
     assert "uva copied from the base profile" in profile["provenance"]["notes"]
     assert "measured here: host, gpu, link;" in profile["provenance"]["notes"]
@@ -354,12 +390,12 @@ def test_gpu_side_without_uva_keeps_the_base_uva_and_says_so():
 def test_fit_uva_points_separates_payload_bound_points_and_recovers_the_model():
     raw = synthetic_gpu_raw()          # made from the H100 model, payload limit (49 GB/s) included
     ref = load_profile("h100-sxm").uva
-    fit, max_gbps, used, err = calibrate.fit_uva_points(raw["uva"])
+    fit, max_gbps, used, err = fit_uva_points(raw["uva"])
     assert (fit.translation_unit_kib, fit.tlb_reach_gib, fit.miss_exponent) == (64.0, 1.0, 0.5)
     assert fit.walk_ns == pytest.approx(ref.walk_ns, rel=0.01) and fit.fixed_us == pytest.approx(ref.fixed_us, rel=0.01)
     assert max_gbps == pytest.approx(ref.max_gbps, rel=0.01)
     assert err < 0.01 and 4 <= len(used) < len(raw["uva"])
     # The reference step table itself: within 10 % like the shipped fit.
     pts = [dataclasses.asdict(q) for q in ref.points]
-    fit, max_gbps, used, err = calibrate.fit_uva_points(pts)
+    fit, max_gbps, used, err = fit_uva_points(pts)
     assert err < 0.10 and fit.walk_ns == pytest.approx(ref.walk_ns, rel=0.02)

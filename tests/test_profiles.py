@@ -67,7 +67,7 @@ def test_fit_uva_recovers_a_synthetic_model():
     table = rng.choice([1, 4, 16, 64, 256], 40).astype(float)
     rows = rng.choice([4096, 16384, 65536, 262144], 40)
     rb = rng.choice([128, 256, 1024], 40)
-    from profiles.fit import miss_fraction, units_touched
+    from profiles.uva import miss_fraction, units_touched
     walks = units_touched(rows, table * GiB, 64 * 1024) * miss_fraction(table * GiB, 2 * GiB, 0.5)
     us = (20e-6 + rows * 3e-9 + rows * rb * 1e-12 + walks * 40e-9) * 1e6
     fit = fit_uva(table, rb, rows, us)

@@ -1,0 +1,118 @@
+"""The `engram-sim calibrate` command: its arguments (`register`) and what it does (`run_calibrate`)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from profiles import load_profile
+from profiles.writer import dump_toml
+from real_runs.instrument import cpu_model
+from tools.calibrate import plan
+from tools.calibrate.assemble import assemble, comparison
+from tools.calibrate.measure_cpu import cpu_measurements
+from tools.calibrate.measure_gpu import gpu_measurements
+from tools.calibrate.output import CalibrateError, check_out, default_out, slug, write_profile_atomic
+
+NO_GPU = "no CUDA GPU found"
+NO_GPU_FIX = "use --cpu-only to measure the CPU side only"
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("calibrate", help="measure this machine into a hardware profile (TOML)",
+                              description="Measure this machine into a hardware profile (TOML).")
+    p.add_argument("--out", help="profile to write (default: profiles/<gpu-or-cpu>-measured-<date>.toml)")
+    p.add_argument("--quick", action="store_true", help="fewer sizes and repeats (under 2 minutes on an H100)")
+    p.add_argument("--cpu-only", action="store_true",
+                   help="measure the CPU side only; gpu, link and uva come from --base")
+    p.add_argument("--base", default="h100-sxm",
+                   help="profile the unmeasured sections come from (default h100-sxm)")
+    p.set_defaults(func=run_calibrate)
+    return p
+
+
+def run_calibrate(args) -> int:
+    """Measure, assemble the profile, write it atomically, print a summary and the reference comparison."""
+    quick, cpu_only = bool(getattr(args, "quick", False)), bool(getattr(args, "cpu_only", False))
+    base_name = getattr(args, "base", None) or "h100-sxm"
+    base = load_profile(base_name)                      # ProfileError: one line, exit 2
+    cuda = not cpu_only and _require_cuda()
+    today = _dt.date.today().isoformat()
+    out = Path(args.out) if getattr(args, "out", None) else default_out(_machine_slug(cuda), today)
+    check_out(out)
+
+    raw: dict = {}
+    wall = measure(plan.sizes_for(quick), cuda, quick, raw)
+    profile, comments, header = assemble(raw, base, base_name, out.stem, today, quick, cpu_only=not cuda)
+    write_profile_atomic(dump_toml(profile, comments, header), out)
+    print(f"wrote {out} (measured in {wall:.0f} s)")
+    print_summary(profile, cuda)
+    for line in comparison(raw, gpu_measured=cuda):
+        print(line)
+    return 0
+
+
+def _require_cuda() -> bool:
+    try:
+        import torch  # optional heavy dependency: the GPU side needs it
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if not cuda:
+        raise CalibrateError("calibrate", NO_GPU, NO_GPU_FIX)
+    return True
+
+
+def _machine_slug(cuda: bool) -> str:
+    if cuda:
+        import torch  # optional heavy dependency
+
+        return slug(torch.cuda.get_device_name())
+    return slug(cpu_model())
+
+
+def measure(sizes: plan.Sizes, cuda: bool, quick: bool, raw: dict) -> float:
+    """Run every measurement into `raw` under a progress bar; seconds taken. A failure is one CalibrateError
+    naming the measurement after which it happened."""
+    cplan = plan.cpu_plan(sizes)
+    gplan = plan.gpu_plan(sizes) if cuda else None
+    total = cplan["count"] + (gplan["count"] if gplan else 0)
+    what = "CPU and GPU" if cuda else "CPU side only"
+    print(f"calibrate: measuring {what} ({'quick' if quick else 'full'}), {cpu_model()}, "
+          f"{os.cpu_count()} cores; threads {cplan['threads']}", file=sys.stderr)
+    t0 = time.perf_counter()
+    with tqdm(total=total, desc="calibrate", unit="measurement", file=sys.stderr, dynamic_ncols=True) as bar:
+        steps = [cpu_measurements(sizes, cplan, raw, pin_staging=cuda)]
+        if cuda:
+            steps.append(gpu_measurements(sizes, gplan, raw))
+        label = "start"
+        try:
+            for gen in steps:
+                for label in gen:
+                    bar.set_postfix_str(label, refresh=False)
+                    bar.update(1)
+        except (RuntimeError, OSError, MemoryError, ValueError) as e:   # CUDA errors are RuntimeErrors
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CalibrateError("calibrate", f"a measurement failed after '{label}' ({type(e).__name__}: {first})",
+                                 "nothing was written; try --quick, or free memory and run again") from None
+    return time.perf_counter() - t0
+
+
+def print_summary(profile: dict, cuda: bool) -> None:
+    h = profile["host"]
+    print(f"  host: hashing {h['hash_tokens_per_s_per_core'] / 1e6:.3g} M tokens/s/core, dedup "
+          f"{h['dedup_rows_per_s_per_core'] / 1e6:.3g} M rows/s/core, gather per thread "
+          + ", ".join(f"{p['x']} B {p['y']:.3g}" for p in h["cpu_gather_per_thread"])
+          + f" GB/s (max {h['cpu_gather_max_threads']} threads, fixed {h['cpu_gather_fixed_us']:.3g} us), "
+          f"dram ~{h['dram_gbps']:.3g} GB/s")
+    if cuda:
+        g, lk = profile["gpu"], profile["link"]
+        print(f"  gpu: {g['name']}, bf16 {g['bf16_tflops']:.4g} TFLOP/s (layers x{g['matmul_efficiency']}), "
+              f"HBM {g['hbm_gbps']:.4g} GB/s; link {lk['kind']}: H2D {lk['h2d_gbps']:.4g} GB/s, D2H "
+              f"{lk['d2h_gbps']:.4g} GB/s, fixed {lk['copy_fixed_us']:.3g} us")

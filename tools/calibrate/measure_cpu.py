@@ -1,0 +1,135 @@
+"""CPU-side measurements, with the project's own kernels. Each is a generator that fills `raw` and
+yields a label after each measurement (the command's progress bar counts them)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+
+from real_runs.hashing import NgramHasher
+from real_runs.instrument import cpu_model, memory_gib
+from real_runs.timing import fresh_ids, median_time
+from tools.calibrate.plan import Sizes
+from tools.calibrate.shapes import preset_shapes
+from vocab.units import MiB
+
+
+def measure_hashing(sizes: Sizes, plan: dict, raw: dict):
+    """Tokens/s of NgramHasher (the preset's Engram configuration) on one layer, by threads."""
+    engram = preset_shapes().engram
+    layer = engram.layer_ids[0]
+    rng = np.random.default_rng(0)
+    batch = 64
+    ids = rng.integers(0, engram.compressed_vocab_size, size=(batch, max(1, sizes.hash_tokens // batch)),
+                       dtype=np.int64)
+    raw["hash"] = {}
+    for t in plan["threads"]:
+        hasher = NgramHasher.from_config(engram, threads=t)
+        hasher.hash(ids[:, :8], layer)  # compile (or load from cache) outside the timing
+        out = hasher.hash(ids, layer)    # reused, as a serving loop reuses its buffers
+        s = median_time(lambda: hasher.hash(ids, layer, out=out), sizes.warmup, sizes.repeats)
+        raw["hash"][t] = ids.size / s
+        yield f"hash {t}T"
+
+
+def measure_cpu_gather(sizes: Sizes, plan: dict, raw: dict, pin_staging: bool = False):
+    """Numba gather_rows into staging: payload GB/s by (row bytes, threads), then its fixed cost per call."""
+    import torch  # optional heavy dependency: the staging buffer is a (pinned with a GPU) torch tensor
+
+    from real_runs.stores import HostTable  # imports torch
+
+    max_rb = max(sizes.gather_row_bytes)
+    table = HostTable(plan["table_bytes"] // max_rb, max_rb // 2, "bf16", pin=False, fill=False)
+    flat = table.bytes.reshape(-1)
+    step = 256 * MiB
+    for off in range(0, flat.size, step):        # touch every page (an untouched page reads as the zero page)
+        flat[off:off + step].fill(1)
+    raw["gather_table_bytes"] = table.nbytes
+    stage_bytes = max(sizes.gather_payload_bytes, max(sizes.gather_fixed_rows) * 256)
+    staging_t = torch.empty(stage_bytes, dtype=torch.uint8, pin_memory=pin_staging)
+    staging = staging_t.numpy()
+    staging.fill(0)
+    rng = np.random.default_rng(1)
+    before = numba.get_num_threads()
+    try:
+        yield from _gather_by_threads(sizes, plan, raw, flat, staging, rng)
+        yield from _gather_fixed_cost(sizes, plan, raw, flat, staging, rng)
+    finally:
+        numba.set_num_threads(before)
+        del staging, staging_t, flat
+        table.close()
+
+
+def _gather_by_threads(sizes: Sizes, plan: dict, raw: dict, flat, staging, rng):
+    from real_runs.stores import gather_rows  # imports torch
+
+    sets = sizes.warmup + sizes.repeats
+    raw["gather"] = {}
+    for rb in sizes.gather_row_bytes:
+        words = flat.view(np.uint64).reshape(-1, rb // 8)
+        n = sizes.gather_payload_bytes // rb
+        id_sets = [fresh_ids(rng, words.shape[0], n) for _ in range(sets)]
+        out = staging[:n * rb].view(np.uint64).reshape(n, rb // 8)
+        for t in plan["threads"]:
+            numba.set_num_threads(t)
+            gather_rows(words, id_sets[0][:8], out[:8])  # compile outside the timing
+            s = median_time(lambda ids: gather_rows(words, ids, out[:ids.size]), sizes.warmup, sizes.repeats,
+                            setup=lambda i: id_sets[i % sets])
+            raw["gather"][(rb, t)] = float(np.mean([x.size for x in id_sets])) * rb / s / 1e9
+            yield f"cpu gather {rb} B {t}T"
+
+
+def _gather_fixed_cost(sizes: Sizes, plan: dict, raw: dict, flat, staging, rng):
+    """Call time by row count: 256 B rows, all threads (the fixed-cost fit's points)."""
+    from real_runs.stores import gather_rows  # imports torch
+
+    numba.set_num_threads(plan["max_threads"])
+    words = flat.view(np.uint64).reshape(-1, 32)
+    raw["gather_fixed"] = {}
+    reps = max(sizes.repeats, 15)
+    for n in sizes.gather_fixed_rows:
+        id_sets = [fresh_ids(rng, words.shape[0], n) for _ in range(8)]
+        out = staging[:n * 256].view(np.uint64).reshape(n, 32)
+        s = median_time(lambda ids: gather_rows(words, ids, out), sizes.warmup + 2, reps,
+                        setup=lambda i: id_sets[i % 8])
+        raw["gather_fixed"][n] = s * 1e6
+        yield f"cpu gather fixed {n} rows"
+
+
+def measure_dedup(sizes: Sizes, plan: dict, raw: dict):
+    """Lookups/s of the stores' dedup on one thread."""
+    from real_runs.stores import dedup  # imports torch
+
+    rng = np.random.default_rng(2)
+    n = sizes.dedup_lookups
+    sets = [rng.integers(0, 4 * n, size=n, dtype=np.int64) for _ in range(3)]
+    s = median_time(lambda ids: dedup(ids, 4 * n), sizes.warmup, sizes.repeats, setup=lambda i: sets[i % 3])
+    raw["dedup"] = n / s
+    yield "dedup"
+
+
+def measure_memcpy(sizes: Sizes, plan: dict, raw: dict):
+    """Payload GB/s of numpy copies split over threads."""
+    src = np.ones(sizes.memcpy_bytes, np.uint8)
+    dst = np.zeros_like(src)
+    raw["memcpy"] = {}
+    for t in plan["threads"]:
+        bounds = [(i * src.size // t, (i + 1) * src.size // t) for i in range(t)]
+        with ThreadPoolExecutor(t) as pool:
+            def copy():
+                list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
+            s = median_time(copy, sizes.warmup, sizes.repeats)
+        raw["memcpy"][t] = src.nbytes / s / 1e9
+        yield f"memcpy {t}T"
+
+
+def cpu_measurements(sizes: Sizes, plan: dict, raw: dict, pin_staging: bool):
+    raw["system"] = {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "memory_gib": memory_gib(),
+                     "numba_threads": plan["max_threads"], "threads": plan["threads"]}
+    yield from measure_hashing(sizes, plan, raw)
+    yield from measure_cpu_gather(sizes, plan, raw, pin_staging)
+    yield from measure_dedup(sizes, plan, raw)
+    yield from measure_memcpy(sizes, plan, raw)

@@ -1,0 +1,115 @@
+"""How much calibrate measures (Sizes: FULL, QUICK) and what each side measures on this machine (the plans)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from real_runs.cuda_gather import uva_unavailable_reason
+from real_runs.instrument import available_gib, numba_max_threads
+from real_runs.timing import thread_counts
+from tools.calibrate.shapes import preset_shapes
+from vocab.units import GiB, KiB, MiB
+
+# Zero-copy gathers are also timed with the same ids in random order (sorted is what the stores do).
+UVA_RANDOM_ROWS = 16384
+
+
+@dataclasses.dataclass
+class Sizes:
+    """How much each measurement does. FULL and QUICK below; tests shrink them."""
+    warmup: int
+    repeats: int
+    # CPU side
+    hash_tokens: int
+    gather_table_bytes: int           # capped by the machine's available memory
+    gather_row_bytes: tuple
+    gather_payload_bytes: int         # bytes gathered per timed call
+    gather_fixed_rows: tuple          # row counts of the fixed-cost fit (256 B rows, all threads)
+    dedup_lookups: int
+    memcpy_bytes: int
+    all_thread_counts: bool           # every power of two up to the cores (else 1 and all)
+    # GPU side
+    copy_sizes: tuple
+    pageable_sizes: tuple
+    bidir_bytes: int                  # per direction
+    d2d_bytes: int
+    hbm_table_bytes: int
+    hbm_row_bytes: tuple
+    hbm_payload_bytes: int
+    uva_table_gib: tuple              # footprints, capped by host memory
+    uva_row_bytes: tuple
+    uva_rows: tuple
+    gemm_n: int
+    launch_kernels: int
+    pin_bytes: int
+
+
+FULL = Sizes(
+    warmup=2, repeats=7,
+    hash_tokens=1 << 21, gather_table_bytes=2 * GiB, gather_row_bytes=(64, 128, 256, 512, 1024, 2048, 4096),
+    gather_payload_bytes=64 * MiB, gather_fixed_rows=(64, 256, 1024, 4096, 16384, 65536),
+    dedup_lookups=1 << 22, memcpy_bytes=512 * MiB, all_thread_counts=True,
+    copy_sizes=(4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, GiB),
+    pageable_sizes=(16 * MiB, 256 * MiB), bidir_bytes=512 * MiB, d2d_bytes=GiB,
+    hbm_table_bytes=8 * GiB, hbm_row_bytes=(64, 128, 256, 512, 1024, 2048, 4096), hbm_payload_bytes=256 * MiB,
+    uva_table_gib=(1, 4, 16, 64), uva_row_bytes=(64, 256, 1024, 4096), uva_rows=(4096, 16384, 65536, 262144),
+    gemm_n=8192, launch_kernels=2000, pin_bytes=GiB,
+)
+
+QUICK = Sizes(
+    warmup=1, repeats=5,
+    hash_tokens=1 << 19, gather_table_bytes=256 * MiB, gather_row_bytes=(64, 256, 1024, 4096),
+    gather_payload_bytes=16 * MiB, gather_fixed_rows=(64, 1024, 16384),
+    dedup_lookups=1 << 20, memcpy_bytes=128 * MiB, all_thread_counts=False,
+    copy_sizes=(4 * KiB, 64 * KiB, MiB, 16 * MiB, 256 * MiB, GiB),
+    pageable_sizes=(256 * MiB,), bidir_bytes=256 * MiB, d2d_bytes=512 * MiB,
+    hbm_table_bytes=2 * GiB, hbm_row_bytes=(64, 256, 1024, 4096), hbm_payload_bytes=64 * MiB,
+    uva_table_gib=(1, 8), uva_row_bytes=(256, 1024), uva_rows=(4096, 16384, 262144),
+    gemm_n=8192, launch_kernels=1000, pin_bytes=256 * MiB,
+)
+
+
+def sizes_for(quick: bool) -> Sizes:
+    """QUICK or FULL, looked up when called (tests replace them)."""
+    return QUICK if quick else FULL
+
+
+def cpu_plan(sizes: Sizes) -> dict:
+    """Thread counts, the gather table's size (a quarter of available memory at most), measurement count."""
+    max_t = numba_max_threads()
+    threads = thread_counts(max_t, sizes.all_thread_counts)
+    table_bytes = int(min(sizes.gather_table_bytes, max(64 * MiB, available_gib() * GiB / 4)))
+    table_bytes -= table_bytes % max(sizes.gather_row_bytes)
+    return {"threads": threads, "max_threads": max_t, "table_bytes": table_bytes,
+            "count": (len(threads) + len(sizes.gather_row_bytes) * len(threads) + len(sizes.gather_fixed_rows)
+                      + 1 + len(threads))}
+
+
+def gpu_plan(sizes: Sizes) -> dict:
+    """The sizes that fit this GPU and host, the zero-copy points (or why there are none), measurement count."""
+    import torch  # optional heavy dependency: only with a CUDA GPU
+
+    free, total = torch.cuda.mem_get_info()
+    host_cap_gib = min(64.0, available_gib() * 0.6)
+    uva_reason = uva_unavailable_reason()
+    footprints = [g for g in sizes.uva_table_gib if g <= host_cap_gib]
+    if not uva_reason and not footprints:
+        uva_reason = f"host memory too small for a {min(sizes.uva_table_gib)} GiB pinned table"
+    uva_points = [] if uva_reason else [
+        (g, rb, n) for rb in sizes.uva_row_bytes for g in footprints for n in sizes.uva_rows
+        if n <= (g * GiB // rb) // 2]
+    copy_max = int(min(max(sizes.copy_sizes), free * 0.25, available_gib() * GiB * 0.25))
+    copy_sizes = [s for s in sizes.copy_sizes if s <= copy_max]
+    pageable = [s for s in sizes.pageable_sizes if s <= copy_max] or [copy_sizes[-1]]
+    # gemm 1, layer shapes, moe + prefill attention 2, decode attention + projection 2, launch 1, pinning 1
+    compute_count = 1 + len(preset_shapes().layer_gemms) + 2 + 2 + 1 + 1
+    return {
+        "free": free, "total": total, "uva_reason": uva_reason, "uva_points": uva_points,
+        "uva_table_gib": max(footprints) if footprints else 0,
+        "copy_sizes": copy_sizes, "pageable_sizes": pageable,
+        "bidir_bytes": int(min(sizes.bidir_bytes, copy_max // 2)),
+        "d2d_bytes": int(min(sizes.d2d_bytes, free * 0.2)),
+        "hbm_table_bytes": int(min(sizes.hbm_table_bytes, free * 0.4)),
+        "count": (2 * len(copy_sizes) + 2 * len(pageable) + 1 + 1 + len(sizes.hbm_row_bytes) + len(uva_points)
+                  + sum(n == UVA_RANDOM_ROWS for _, _, n in uva_points) + compute_count),
+    }
