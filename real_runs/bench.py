@@ -34,6 +34,8 @@ import numpy as np
 from profiles.reference import reference_limits, reference_step_fetch
 from real_runs.instrument import available_gib
 from real_runs.timing import HOST_AHEAD_CYCLES, fresh_ids
+from vocab.config import load_config
+from vocab.memory import memory_footprint
 from vocab.units import GiB
 
 NEEDS_GPU = "needs a CUDA GPU (torch.cuda.is_available() is False)"
@@ -159,8 +161,6 @@ def bench_hbm(quick: bool, reps: int) -> list[dict]:
 
 
 def e2e_config(quick: bool, table_gib: float):
-    from vocab.config import load_config
-
     return (load_config("dense-4b-100b").with_table_gib(table_gib)
             .with_workload(sequences=128 if quick else 256, steps=20 if quick else 50,
                            lengths={"dist": "uniform", "low": 100, "high": 1024})
@@ -170,8 +170,6 @@ def e2e_config(quick: bool, table_gib: float):
 def largest_e2e_tables_gib(quick: bool, host_available_bytes: float, gpu_free_bytes: float) -> tuple[float, float]:
     """(host, hbm): the largest table (whole GiB) host memory holds, and the largest the GPU holds beside the
     model and its KV cache (as run: K and V), with margins for activations, staging and the OS."""
-    from vocab.memory import memory_footprint
-
     fp = memory_footprint(e2e_config(quick, 1.0), gpu_free_bytes)
     gpu_room = gpu_free_bytes * 0.9 - fp["weights_bytes"] - fp["kv_bytes_as_run"] - 4 * GiB
     host_room = host_available_bytes * 0.6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
@@ -19,9 +20,8 @@ from vocab.units import GiB
 
 def tool_version() -> str:
     try:
-        from importlib.metadata import version
         return version("engram-sim")
-    except Exception:
+    except PackageNotFoundError:  # run from a checkout that is not installed
         return "dev"
 
 
