@@ -12,7 +12,7 @@ import sys
 
 from cli import measure, simulate
 from cli.args import Parser
-from vocab.errors import UserError
+from vocab.errors import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,14 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"engram-sim: error: --{name}: must be >= 1; use a positive integer", file=sys.stderr)
             return 2
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"engram-sim: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("engram-sim: interrupted", file=sys.stderr)
-        return 130
+    return run_command(args.func, args)
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ case "$part" in
     rm -rf "$cfgs" ;;
   calibrate | calibrate-quick)
     flag=$([ "$part" = calibrate-quick ] && echo --quick || true)
-    name=$(python3 -c "import torch; from profiles.calibrate import slug; print(slug(torch.cuda.get_device_name()))")
-    python3 -m sim.cli calibrate $flag --out "$out/$name-measured-$(date +%F).toml" 2>&1 | tee -a "$log" ;;
+    name=$(python3 -c "import torch; from tools.calibrate.output import slug; print(slug(torch.cuda.get_device_name()))")
+    python3 -m tools.calibrate $flag --out "$out/$name-measured-$(date +%F).toml" 2>&1 | tee -a "$log" ;;
   *) echo "unknown part '$part': use tests, bench, e2e, runs, calibrate or calibrate-quick" >&2; exit 2 ;;
 esac
 if [ -n "$(ls -A "$records")" ]; then

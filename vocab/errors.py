@@ -1,5 +1,7 @@
 """User-facing errors: one line that names the field and the fix."""
 
+import sys
+
 
 class UserError(Exception):
     """Bad input from the user. The CLI prints it as one line and exits 2."""
@@ -24,3 +26,15 @@ class ProfileError(UserError):
 
 class CapacityError(UserError):
     """The configuration does not fit the hardware (HBM or host memory)."""
+
+
+def run_command(func, args, prog: str = "engram-sim") -> int:
+    """Run a command: bad input prints one line and gives exit code 2; Ctrl-C gives 130 and no traceback."""
+    try:
+        return func(args)
+    except UserError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
