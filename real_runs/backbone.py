@@ -80,7 +80,8 @@ class MoE(nn.Module):
         token = order // self.top_k
         xs = x.index_select(0, token)
         # Not bincount: on CUDA it reads its maximum back to the host, a sync in every MoE layer.
-        counts = torch.zeros(self.routed, dtype=torch.int64, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+        counts = torch.zeros(self.routed, dtype=torch.int64, device=x.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat))
         ys = self._experts(xs, counts)
         ys = ys * weights.flatten().index_select(0, order).unsqueeze(-1)
         out = torch.zeros_like(x).index_add_(0, token, ys)

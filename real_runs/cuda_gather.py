@@ -28,13 +28,13 @@ def uva_unavailable_reason() -> str | None:
     With TRITON_INTERPRET=1 the kernel runs in Triton's interpreter on the CPU (slowly: for tests and
     tiny runs), reading the host table directly; then only Triton is needed."""
     try:
-        import torch
+        import torch  # optional heavy dependency: its absence is one of the answers
     except ImportError:
         return f"{UVA_NEEDS_GPU} (PyTorch is not installed)"
     if not interpreting() and not torch.cuda.is_available():
         return f"{UVA_NEEDS_GPU} (torch.cuda.is_available() is False; TRITON_INTERPRET=1 runs it on the CPU)"
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (optional heavy dependency: its absence is one of the answers)
     except ImportError:
         return f"{UVA_NEEDS_GPU} and Triton (pip install triton)"
     return None
@@ -65,15 +65,15 @@ def _kernel():
     (Triton decides at import; tests switch it after)."""
     interp = interpreting()
     if interp not in _kernels:
-        from real_runs import triton_gather
+        from real_runs import triton_gather  # imports triton, an optional heavy dependency
 
         k = triton_gather.uva_gather_kernel
         if interp != (type(k).__name__ == "InterpretedFunction"):
             if interp:
-                from triton.runtime.interpreter import InterpretedFunction
+                from triton.runtime.interpreter import InterpretedFunction  # triton: optional, heavy
                 k = InterpretedFunction(k.fn, **triton_gather.JIT_OPTIONS)
             else:
-                import triton
+                import triton  # optional heavy dependency
                 k = triton.jit(k.fn, **triton_gather.JIT_OPTIONS)
         _kernels[interp] = k
     return _kernels[interp]
@@ -94,6 +94,7 @@ def uva_gather(table, row_bytes: int, idx, out) -> None:
     reason = uva_unavailable_reason()
     if reason:
         raise RuntimeError(reason)
+    # Optional heavy dependencies, present once uva_unavailable_reason() says so; this module imports without them.
     import torch
     import triton
 

@@ -1,15 +1,13 @@
-"""Table stores: one per placement (PlacementConfig.kind), one interface.
+"""Table stores: one per placement that holds a table (vocab.placements), one interface.
 
     handle = store.prefetch(row_ids)   # int64 ids in lookup order; dedup + sort, bounds check, start the fetch
     rows = store.wait(handle)          # [n_lookups, values_per_row] on the device, in lookup order
 
-`prefetch` checks every id against the table BEFORE any read: an id outside
-[0, rows) raises ValueError naming it and the table size. `wait` expands the
-unique rows back to the lookups (inverse indices). On a GPU, `prefetch` runs on
-the caller's thread with the fetch stream current (the runner's worker thread)
-and `wait` makes the current (compute) stream wait on the fetch's CUDA event;
-the host only blocks if the fetch was not yet issued. On CPU there are no
-streams: the fetch is done by the time `prefetch` returns.
+`prefetch` checks every id against the table BEFORE any read (ValueError naming
+the id and the table size); `wait` expands the unique rows back to the lookups.
+On a GPU, `prefetch` runs on the caller's thread with the fetch stream current
+(the runner's worker thread) and `wait` makes the current (compute) stream wait
+on the fetch's CUDA event. On CPU the fetch is done when `prefetch` returns.
 
 - hbm        the table on the device; the row ids go up, `index_select` gathers.
 - host_dma   the table in pinned host memory; Numba threads gather the unique
@@ -20,6 +18,7 @@ streams: the fetch is done by the time `prefetch` returns.
              TRITON_INTERPRET=1 to run the same kernel on the CPU (tests).
 - hbm_cache  hot rows in a device cache (static top-k by frequency, or LRU);
              misses through host_dma or host_uva.
+- none       has no store: the backbone runs without Engram.
 
 Tables are filled deterministically from (seed, element index), so every store
 built from the same seed returns identical rows. Host tables are mmap'ed
@@ -28,10 +27,13 @@ built from the same seed returns identical rows. Host tables are mmap'ed
 
 from __future__ import annotations
 
+# real_runs modules are imported only to run or time real things, so torch (their own dependency, the
+# 'real' extra) is imported at the top like numpy; the simulator never imports them.
 import mmap
 import time
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import torch
 from numba import njit, prange
@@ -42,6 +44,8 @@ from real_runs.cuda_gather import (
     uva_gather,
     uva_unavailable_reason,
 )
+from vocab.placements import ENGRAM_PLACEMENTS, HBM, HBM_CACHE, HOST_DMA, HOST_PATHS, HOST_UVA, NONE
+from vocab.records import CPU_GATHER, H2D_LINK, UVA_GATHER
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
                 "fp8": getattr(torch, "float8_e4m3fn", torch.uint8), "int8": torch.int8}
@@ -103,10 +107,7 @@ def gather_rows(table, idx, out):
 
 
 def _word_size(row_bytes: int) -> int:
-    for w in (8, 4, 2, 1):
-        if row_bytes % w == 0:
-            return w
-    return 1
+    return next(w for w in (8, 4, 2, 1) if row_bytes % w == 0)
 
 
 # -- tables ----------------------------------------------------------------------------------------
@@ -295,7 +296,7 @@ class TableStore:
 class HBMStore(TableStore):
     """The table in device memory; only the row ids travel, the Engram layer gathers."""
 
-    kind = "hbm"
+    kind = HBM
 
     def __init__(self, table: HostTable, device="cpu", stream=None, timeline=None, name: str = "table"):
         super().__init__(table, device, stream, timeline, name)
@@ -304,7 +305,7 @@ class HBMStore(TableStore):
     def _start(self, f, ids, uniq, inv):
         m0 = self._mark()
         (f.tensors["ids"],) = self._upload(ids)
-        f.events.append(("h2d link", "row ids", m0, self._mark()))
+        f.events.append((H2D_LINK, "row ids", m0, self._mark()))
 
     def _finish(self, f):
         return self.device_table.index_select(0, f.tensors["ids"])
@@ -313,7 +314,7 @@ class HBMStore(TableStore):
 class HostDMAStore(TableStore):
     """CPU gather into double-buffered (pinned) staging, chunk by chunk, each chunk copied H2D async."""
 
-    kind = "host_dma"
+    kind = HOST_DMA
 
     def __init__(self, table: HostTable, device="cpu", stream=None, timeline=None, name: str = "table",
                  chunk_mib: float = 4.0, buffers: int = 2, threads: int | None = None):
@@ -333,7 +334,6 @@ class HostDMAStore(TableStore):
     def gather_into(self, f: Fetch, uniq: np.ndarray, dst: torch.Tensor) -> None:
         """Rows uniq -> dst [len(uniq), values_per_row] on the device, through staging."""
         if self.threads:
-            import numba
             numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         dst_bytes = dst.view(torch.uint8).view(-1, self.row_bytes) if dst.numel() else None
         for c, r0 in enumerate(range(0, uniq.size, self.chunk_rows)):
@@ -344,11 +344,11 @@ class HostDMAStore(TableStore):
                 self.staging_free[slot].synchronize()   # the copy that last read this buffer is done
             g0 = time.perf_counter_ns()
             gather_rows(self.table.words, uniq[r0:r1], buf_words[:r1 - r0])
-            f.events.append(("cpu gather", f"gather {self.name}", g0, time.perf_counter_ns()))
+            f.events.append((CPU_GATHER, f"gather {self.name}", g0, time.perf_counter_ns()))
             c0 = self._mark()
             dst_bytes[r0:r1].view(-1).copy_(buf_t[:(r1 - r0) * self.row_bytes], non_blocking=self.cuda)
             c1 = self._mark()
-            f.events.append(("h2d link", f"copy {self.name}", c0, c1))
+            f.events.append((H2D_LINK, f"copy {self.name}", c0, c1))
             if self.cuda:
                 self.staging_free[slot] = c1
 
@@ -366,7 +366,7 @@ class HostDMAStore(TableStore):
 class HostUVAStore(TableStore):
     """A GPU kernel reads the unique rows straight from the pinned host table (zero-copy)."""
 
-    kind = "host_uva"
+    kind = HOST_UVA
 
     def __init__(self, table: HostTable, device="cuda", stream=None, timeline=None, name: str = "table"):
         reason = uva_unavailable_reason()
@@ -381,7 +381,7 @@ class HostUVAStore(TableStore):
     def gather_into(self, f: Fetch, uniq_dev: torch.Tensor, dst: torch.Tensor) -> None:
         m0 = self._mark()
         uva_gather(self.table, self.row_bytes, uniq_dev, dst)
-        f.events.append(("uva gather", f"gather {self.name}", m0, self._mark()))
+        f.events.append((UVA_GATHER, f"gather {self.name}", m0, self._mark()))
 
     def _start(self, f, ids, uniq, inv):
         uniq_dev, inv_dev = self._upload(uniq, inv)
@@ -403,21 +403,21 @@ class HBMCacheStore(TableStore):
     `protect` prefetches are never evicted, so prefetching ahead cannot evict rows still to be read.
     """
 
-    kind = "hbm_cache"
+    kind = HBM_CACHE
 
     def __init__(self, table: HostTable, device="cpu", stream=None, timeline=None, name: str = "table",
-                 capacity: int = 0, policy: str = "static_topk", miss_path: str = "host_dma",
+                 capacity: int = 0, policy: str = "static_topk", miss_path: str = HOST_DMA,
                  hot_rows=None, protect: int = 2, chunk_mib: float = 4.0, buffers: int = 2,
                  threads: int | None = None):
         super().__init__(table, device, stream, timeline, name)
         if policy not in ("static_topk", "lru"):
             raise ValueError(f"cache policy {policy!r}: this store implements 'static_topk' and 'lru'")
-        if miss_path == "host_uva":
+        if miss_path == HOST_UVA:
             self.miss = HostUVAStore(table, device, self.stream, timeline, name)
-        elif miss_path == "host_dma":
+        elif miss_path == HOST_DMA:
             self.miss = HostDMAStore(table, device, self.stream, timeline, name, chunk_mib, buffers, threads)
         else:
-            raise ValueError(f"miss_path {miss_path!r} is not 'host_dma' or 'host_uva'")
+            raise ValueError(f"miss_path {miss_path!r} is not one of {list(HOST_PATHS)}")
         self.policy, self.protect = policy, max(1, protect)
         self.capacity = int(min(max(0, capacity), table.rows))
         self.slot_of = np.full(table.rows, -1, dtype=np.int64)
@@ -482,24 +482,23 @@ class HBMCacheStore(TableStore):
         return out.index_select(0, t["inv"])
 
 
-STORES = {"hbm": HBMStore, "host_dma": HostDMAStore, "host_uva": HostUVAStore, "hbm_cache": HBMCacheStore}
+STORES = {HBM: HBMStore, HOST_DMA: HostDMAStore, HOST_UVA: HostUVAStore, HBM_CACHE: HBMCacheStore}
+assert set(STORES) == set(ENGRAM_PLACEMENTS), "one store per placement that holds a table"
 
 
 def make_store(kind: str, table: HostTable, device="cpu", *, stream=None, timeline=None, name: str = "table",
                placement=None, cache_rows: int = 0, hot_rows=None, protect: int = 2) -> TableStore:
     """A store of `kind` over `table`, with the staging/cache settings of a vocab.config.PlacementConfig."""
+    if kind == NONE:
+        raise ValueError(f"placement {NONE!r} has no table store: the backbone runs without Engram")
     if kind not in STORES:
         raise ValueError(f"placement {kind!r} is not one of {sorted(STORES)}")
     p = placement
     dma = {} if p is None else {"chunk_mib": p.staging_chunk_mib, "buffers": p.staging_buffers,
                                 "threads": p.gather_threads}
-    if kind == "hbm":
-        return HBMStore(table, device, stream, timeline, name)
-    if kind == "host_dma":
-        return HostDMAStore(table, device, stream, timeline, name, **dma)
-    if kind == "host_uva":
-        return HostUVAStore(table, device, stream, timeline, name)
-    policy = "static_topk" if p is None or p.cache_policy == "static_topk" else "lru"
-    miss_path = "host_dma" if p is None else p.miss_path
-    return HBMCacheStore(table, device, stream, timeline, name, capacity=cache_rows, policy=policy,
-                         miss_path=miss_path, hot_rows=hot_rows, protect=protect, **dma)
+    if kind == HBM_CACHE:
+        policy = "static_topk" if p is None or p.cache_policy == "static_topk" else "lru"   # lfu is run as lru
+        return HBMCacheStore(table, device, stream, timeline, name, capacity=cache_rows, policy=policy,
+                             miss_path=HOST_DMA if p is None else p.miss_path, hot_rows=hot_rows, protect=protect,
+                             **dma)
+    return STORES[kind](table, device, stream, timeline, name, **(dma if kind == HOST_DMA else {}))

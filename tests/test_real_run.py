@@ -1,7 +1,9 @@
 """Tiny real runs on CPU: records in the simulator's format; GPU-only placements fail clearly."""
 
+import importlib
 import json
 import math
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,9 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from real_runs.runner import decode_inputs, main_run, prefill_inputs, run  # noqa: E402
+from real_runs import runner  # noqa: E402
+from real_runs.inputs import decode_inputs, prefill_inputs  # noqa: E402
+from real_runs.runner import main_run, run  # noqa: E402
 from tests.conftest import edited  # noqa: E402
 from vocab.config import load_config  # noqa: E402
+from vocab.errors import CapacityError, UserError  # noqa: E402
 from vocab.records import ACTORS, EVENT_COLUMNS, FETCH_COLUMNS, STEP_COLUMNS, SUMMARY_KEYS, read_record  # noqa: E402
 
 torch.set_num_threads(1)
@@ -80,10 +85,28 @@ def test_tiny_hbm_cache_run_on_cpu(tmp_path):
     assert (f["cache_hits"] + f["host_rows"] == f["unique_rows"]).all() and f["cache_hits"].sum() > 0
 
 
-def test_baseline_without_engram():
-    rec = run(tiny(), placement="none", steps=2, device="cpu")
+def test_baseline_without_engram(tmp_path):
+    out = tmp_path / "none.json"
+    rec = run(tiny(), placement="none", steps=2, device="cpu", out=out)
     assert len(rec.fetches) == 0 and (rec.steps["exposed_stall_s"] == 0).all()
+    assert (rec.steps["fetch_time_s"] == 0).all() and (rec.steps["host_bytes"] == 0).all()
     assert math.isnan(rec.summary["overlap_fraction"])
+    # the record says what ran: the config's placement is none, no Engram layer ran or fetched
+    saved = read_record(out)
+    assert saved.config["placement"]["kind"] == "none" and len(saved.fetches) == 0
+    assert not {"cpu hash", "cpu gather", "h2d link", "stall"} & set(saved.events["actor"])
+    assert not saved.events["name"].str.startswith("engram").any()
+    assert saved.extra["setup"]["table_bytes"] == 0
+    # a config whose placement is none runs the same baseline
+    again = run(tiny(**{"placement.kind": "none"}), steps=2, device="cpu")
+    assert again.config == rec.config and again.steps["tokens"].tolist() == rec.steps["tokens"].tolist()
+
+
+def test_main_run_none(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main_run(SimpleNamespace(config="tiny", placement="none", steps=1, out=None, device="cpu"))
+    saved = read_record(tmp_path / "out" / "tiny-none-measured.json")
+    assert code == 0 and saved.config["placement"]["kind"] == "none" and len(saved.fetches) == 0
 
 
 def test_workload_inputs_are_seeded_and_shaped():
@@ -229,3 +252,22 @@ def test_tiny_runs_on_gpu(tmp_path, placement, phase):
     rec = _check_record(out, cfg, 3)
     if placement in ("host_dma", "host_uva"):
         assert (rec.fetches["host_rows"] == rec.fetches["unique_rows"]).all()
+
+
+def test_without_torch_the_runner_says_so_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)          # as if PyTorch were not installed
+    monkeypatch.delitem(sys.modules, "real_runs.runner")
+    with pytest.raises(UserError, match="real runs need PyTorch"):
+        importlib.import_module("real_runs.runner")
+
+
+def test_kv_cache_check_counts_k_and_v_in_the_model_dtype(monkeypatch):
+    cfg = tiny()
+    backbone = runner.Backbone(cfg.backbone, None, device="cpu")          # float32 on CPU
+    a, w = cfg.backbone.attention, cfg.workload
+    need = 2 * cfg.backbone.layers * w.sequences * a.kv_heads * 100 * a.head_dim * 4
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (need / runner.KV_FREE_FRACTION + 1, 0))
+    runner._check_kv_fits(cfg, backbone, 100)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (need / runner.KV_FREE_FRACTION - 1, 0))
+    with pytest.raises(CapacityError, match="workload.sequences"):
+        runner._check_kv_fits(cfg, backbone, 100)

@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 
 from real_runs.cuda_gather import uva_unavailable_reason  # noqa: E402
 from real_runs.stores import (  # noqa: E402
+    STORES,
     HBMCacheStore,
     HBMStore,
     HostDMAStore,
@@ -16,6 +17,7 @@ from real_runs.stores import (  # noqa: E402
     make_store,
 )
 from vocab.config import load_config  # noqa: E402
+from vocab.placements import ENGRAM_PLACEMENTS, NONE  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
@@ -208,6 +210,9 @@ def test_make_store_uses_the_placement_config(table):
     assert isinstance(s, HostDMAStore) and s.threads == p.gather_threads and len(s.staging) == p.staging_buffers
     with pytest.raises(ValueError, match="placement"):
         make_store("ssd", table)
+    with pytest.raises(ValueError, match="no table store"):
+        make_store(NONE, table)
+    assert set(STORES) == set(ENGRAM_PLACEMENTS) and all(STORES[k].kind == k for k in STORES)
 
 
 @needs_cuda

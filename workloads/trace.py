@@ -4,16 +4,10 @@ A trace covers S = min(workload.steps, workload.tokens.trace_steps) distinct
 steps, hashed exactly with the official rule; the simulator cycles them for
 longer runs (`Trace.at(step)`).
 
-Decode: `workload.sequences` sequences start with context lengths from
-`workload.lengths`; every step each sequence adds one token. Contexts just
-grow: no sequence finishes or is replaced within the trace (S is short next
-to the lengths). The new token's N-grams use that sequence's previous tokens,
-left-padded with the compressed pad id where the context is shorter.
-
-Prefill: an endless stream of prompts (lengths from `workload.lengths`) is
-packed into steps of exactly `workload.tokens_per_step` tokens (chunked
-prefill: a prompt may span steps and share a step with others). Every prompt
-token's N-grams are hashed, padded at the prompt's start.
+Tokens are packed into steps by workloads/steps.py, the packing the real runs
+use too. Decode: every step each sequence adds one token; contexts just grow
+(no sequence finishes or is replaced within the trace: S is short next to the
+lengths). Prefill: prompts packed into steps of exactly tokens_per_step tokens.
 
 Per-layer arrays are [S, n_layers], columns in `layer_ids` order
 (= cfg.engram.layer_ids). Rows are global row ids in the layer's one big table
@@ -40,7 +34,7 @@ from vocab.geometry import table_offsets
 from workloads.cache import replay_flat
 from workloads.fastmod import mod_prime
 from workloads.hashing import layer_multipliers
-from workloads.requests import sample_lengths
+from workloads.steps import decode_steps, prefill_steps
 from workloads.tokens import make_token_source
 
 
@@ -147,57 +141,25 @@ def _build(cfg: RunConfig, cache_rows: int | None) -> Trace:
 
 def _decode_tokens(cfg: RunConfig, n_steps: int, source, rng):
     """Context matrix for S steps x B sequences, step-major; ctx[i, k] = token k places before token i."""
-    eng, work = cfg.engram, cfg.workload
-    back = eng.max_ngram_size - 1
-    ctx0 = sample_lengths(work.lengths, work.sequences, rng)
-    # Only the last `back` context tokens matter for the hashes, then the S new ones.
-    kept = np.minimum(ctx0, back)
-    streams = source.sequences(kept + n_steps, rng)
-    flat = np.concatenate(streams)
-    starts = np.cumsum(kept + n_steps) - (kept + n_steps)
-    # Index in a sequence's stream of step s's new token: kept + s.
-    within = kept[None, :] + np.arange(n_steps)[:, None]  # [S, B]
-    ctx = np.empty((n_steps * work.sequences, back + 1), dtype=np.int64)
-    for k in range(back + 1):
-        idx = within - k
-        ctx[:, k] = np.where(idx >= 0, flat[starts[None, :] + np.maximum(idx, 0)], eng.compressed_pad_id).ravel()
-    bounds = np.arange(n_steps + 1, dtype=np.int64) * work.sequences
-    seen = (ctx0[None, :] + np.arange(1, n_steps + 1)[:, None]).sum(axis=1)  # context incl. the new token
-    step = dict(sequences=np.full(n_steps, work.sequences, dtype=np.int64), attn_context_sum=seen, kv_tokens=seen)
-    return ctx, bounds, step
+    steps = decode_steps(cfg, n_steps, rng, source)
+    B = steps.sequences
+    bounds = np.arange(n_steps + 1, dtype=np.int64) * B
+    seen = (steps.context[None, :] + np.arange(1, n_steps + 1)[:, None]).sum(axis=1)  # context incl. the new token
+    step = dict(sequences=np.full(n_steps, B, dtype=np.int64), attn_context_sum=seen, kv_tokens=seen)
+    return steps.contexts(), bounds, step
 
 
 def _prefill_tokens(cfg: RunConfig, n_steps: int, source, rng):
     """Context matrix for S full steps of packed prompts, and the per-step attention and KV sums."""
-    eng, work = cfg.engram, cfg.workload
-    back = eng.max_ngram_size - 1
-    need = n_steps * work.tokens_per_step
-    batches, total = [], 0
-    while total < need:  # draw prompts a batch at a time until the steps are full
-        batches.append(sample_lengths(work.lengths, work.sequences, rng))
-        total += int(batches[-1].sum())
-    lengths = np.concatenate(batches)
-    lengths = lengths[: np.searchsorted(np.cumsum(lengths), need) + 1]
-    lengths[-1] -= int(lengths.sum()) - need  # the last prompt is cut where the trace ends
-    flat = np.concatenate(source.sequences(lengths, rng))
-    pos = np.arange(need) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position within its prompt
-    ctx = np.empty((need, back + 1), dtype=np.int64)
-    ctx[:, 0] = flat
-    for k in range(1, back + 1):
-        ctx[k:, k] = flat[:-k]
-        ctx[pos < k, k] = eng.compressed_pad_id  # before its prompt's start (covers rows 0..k-1 too)
-    bounds = np.arange(n_steps + 1, dtype=np.int64) * work.tokens_per_step
-    # A chunk ends at a step's last token or where the next token starts a new prompt.
-    chunk_end = np.ones(need, dtype=bool)
-    chunk_end[:-1] = pos[1:] == 0
-    chunk_end[bounds[1:] - 1] = True
-    per_step = (n_steps, work.tokens_per_step)
+    steps = prefill_steps(cfg, n_steps, rng, source)
+    pos, chunk_end = steps.position, steps.chunk_end
+    per_step = (n_steps, steps.tokens_per_step)
     step = dict(
         sequences=chunk_end.reshape(per_step).sum(axis=1),
         attn_context_sum=(pos + 1).reshape(per_step).sum(axis=1),
         kv_tokens=np.where(chunk_end, pos + 1, 0).reshape(per_step).sum(axis=1),
     )
-    return ctx, bounds, step
+    return steps.contexts(), steps.bounds, step
 
 
 # Above this many rows a layer's two bitmaps (n_rows / 4 bytes) cost more in page faults
