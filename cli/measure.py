@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from real_runs.command import add_run_arguments, cmd_run
 from tools.calibrate import register as register_calibrate
 from tools.compare import compare_records, format_summary, format_table, nothing_compared, write_outputs
 from tools.report import build_report
-from vocab.placements import PLACEMENTS
-
-
-def cmd_run(args) -> int:
-    # real_runs needs torch, an optional heavy dependency: imported only when a real run is asked for.
-    from real_runs.runner import main_run
-
-    return main_run(args)
 
 
 def cmd_compare(args) -> int:
@@ -45,13 +38,7 @@ def cmd_report(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("run", help="a real, instrumented Engram-MoE run (GPU; tiny configs also on CPU)")
-    p.add_argument("config")
-    p.add_argument("--placement", choices=list(PLACEMENTS),
-                   help="table placement (none: the backbone without Engram)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--out", help="record path (default: out/<config>-<placement>-measured.json)")
-    p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
-    p.add_argument("--warmup", type=int, default=1, help="steps run before recording (default 1)")
+    add_run_arguments(p)
     p.set_defaults(func=cmd_run)
 
     register_calibrate(sub)

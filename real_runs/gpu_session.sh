@@ -42,7 +42,7 @@ case "$part" in
     for cfg in "$cfgs"/*.toml; do
       name=$(basename "$cfg" .toml)
       for placement in hbm host_dma host_uva hbm_cache; do
-        python3 -m sim.cli run "$cfg" --placement "$placement" --out "$records/$name-$placement.json" 2>&1 \
+        python3 -m real_runs "$cfg" --placement "$placement" --out "$records/$name-$placement.json" 2>&1 \
           | tee -a "$log" || true
       done
     done

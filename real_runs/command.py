@@ -1,0 +1,28 @@
+"""The `run` command's arguments and entry, importable without torch.
+
+`engram-sim run` (cli/measure.py) and `python -m real_runs` (the GPU image,
+which has no SimPy or Altair for the rest of the CLI) share these.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from vocab.placements import PLACEMENTS
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="a config TOML or preset name (see `engram-sim presets`)")
+    p.add_argument("--placement", choices=list(PLACEMENTS),
+                   help="table placement (none: the backbone without Engram)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--out", help="record path (default: out/<config>-<placement>-measured.json)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--warmup", type=int, default=1, help="steps run before recording (default 1)")
+
+
+def cmd_run(args) -> int:
+    # torch is an optional heavy dependency: the runner (which imports it) loads only for a real run.
+    from real_runs.runner import main_run
+
+    return main_run(args)
