@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from vocab.errors import ProfileError
-from vocab.schema import build, read_toml, require, to_dict
+from vocab.schema import build, read_toml, require, require_each, to_dict
 
 
 @dataclass
@@ -54,8 +54,8 @@ class GpuProfile:
     fp8_tflops: float = 0.0
 
     def validate(self, path: str) -> None:
-        for name in ("hbm_gib", "hbm_gbps", "bf16_tflops", "matmul_efficiency", "memory_efficiency"):
-            require(getattr(self, name) > 0, ProfileError, f"{path}.{name}", "must be > 0", "use a positive number")
+        require_each(self, path, ("hbm_gib", "hbm_gbps", "bf16_tflops", "matmul_efficiency", "memory_efficiency"),
+                     ProfileError)
         require(self.hbm_reserved_gib < self.hbm_gib, ProfileError, f"{path}.hbm_reserved_gib",
                 "is not below hbm_gib", "reserve less")
         require(self.matmul_efficiency <= 1 and self.memory_efficiency <= 1, ProfileError,
@@ -77,8 +77,7 @@ class LinkProfile:
     h2d_points: list[CurvePoint] = field(default_factory=list)
 
     def validate(self, path: str) -> None:
-        for name in ("h2d_gbps", "d2h_gbps", "pageable_h2d_gbps"):
-            require(getattr(self, name) > 0, ProfileError, f"{path}.{name}", "must be > 0", "use GB/s")
+        require_each(self, path, ("h2d_gbps", "d2h_gbps", "pageable_h2d_gbps"), ProfileError, fix="use GB/s")
         require(self.copy_fixed_us >= 0, ProfileError, f"{path}.copy_fixed_us", "must be >= 0", "use microseconds")
         require(self.copy_engines >= 1, ProfileError, f"{path}.copy_engines", "must be >= 1", "use e.g. 2")
 
@@ -93,7 +92,19 @@ class UvaPoint:
 
 
 @dataclass
-class UvaProfile:
+class UvaTranslation:
+    """The address-translation part of the zero-copy gather model (UvaProfile; fitted by profiles.fit)."""
+    fixed_us: float
+    row_ns: float
+    byte_ps: float
+    walk_ns: float
+    translation_unit_kib: float
+    tlb_reach_gib: float
+    miss_exponent: float
+
+
+@dataclass
+class UvaProfile(UvaTranslation):
     """Zero-copy gather (a GPU kernel reading pinned host memory).
 
     time = fixed + max(rows * row_ns + bytes * byte_ps
@@ -106,21 +117,13 @@ class UvaProfile:
     were touched recently and still fit in the TLB's reach. profiles/uva.py
     computes it.
     """
-    fixed_us: float
-    row_ns: float
-    byte_ps: float
-    walk_ns: float
-    translation_unit_kib: float
-    tlb_reach_gib: float
-    miss_exponent: float
     max_gbps: float
     points: list[UvaPoint] = field(default_factory=list)
 
     def validate(self, path: str) -> None:
-        for name in ("translation_unit_kib", "tlb_reach_gib", "max_gbps", "miss_exponent"):
-            require(getattr(self, name) > 0, ProfileError, f"{path}.{name}", "must be > 0", "use a positive number")
-        for name in ("fixed_us", "row_ns", "byte_ps", "walk_ns"):
-            require(getattr(self, name) >= 0, ProfileError, f"{path}.{name}", "must be >= 0", "use 0 or more")
+        require_each(self, path, ("translation_unit_kib", "tlb_reach_gib", "max_gbps", "miss_exponent"), ProfileError)
+        require_each(self, path, ("fixed_us", "row_ns", "byte_ps", "walk_ns"), ProfileError, strict=False,
+                     fix="use 0 or more")
 
 
 @dataclass
@@ -142,8 +145,8 @@ class HostProfile:
 
     def validate(self, path: str) -> None:
         require(self.cpu_cores >= 1, ProfileError, f"{path}.cpu_cores", "must be >= 1", "use the core count")
-        for name in ("memory_gib", "dram_gbps", "hash_tokens_per_s_per_core", "dedup_rows_per_s_per_core"):
-            require(getattr(self, name) > 0, ProfileError, f"{path}.{name}", "must be > 0", "use a positive number")
+        require_each(self, path, ("memory_gib", "dram_gbps", "hash_tokens_per_s_per_core", "dedup_rows_per_s_per_core"),
+                     ProfileError)
         _check_curve(self.cpu_gather_per_thread, f"{path}.cpu_gather_per_thread")
 
 

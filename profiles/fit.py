@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from profiles import UvaProfile
+from profiles import UvaProfile, UvaTranslation
 from profiles.uva import page_walks, uva_payload_time, uva_time, uva_translation_time
 from vocab.units import GiB
 
@@ -23,13 +23,19 @@ class CopyFit:
     peak_gbps: float
 
 
+def _line(x: np.ndarray, t: np.ndarray, nonneg: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(fixed, per x) of t = fixed + x * per, least squares on relative error (weights 1/t); and the weights."""
+    w = 1.0 / t
+    a = np.stack([np.ones_like(x), x], 1) * w[:, None]
+    coef = _nonneg_lstsq(a, t * w) if nonneg else np.linalg.lstsq(a, t * w, rcond=None)[0]
+    return coef, w
+
+
 def fit_copy(sizes_bytes, gbps) -> CopyFit:
     """time = fixed + bytes / peak, fitted on times (weighted by 1/time)."""
     sizes = np.asarray(sizes_bytes, float)
     t = sizes / (np.asarray(gbps, float) * 1e9)
-    w = 1.0 / t
-    a = np.stack([np.ones_like(sizes), sizes], 1) * w[:, None]
-    (fixed, per_byte), *_ = np.linalg.lstsq(a, t * w, rcond=None)
+    (fixed, per_byte), w = _line(sizes, t, nonneg=False)
     # Two parameters cannot follow the whole curve; never claim a peak above
     # what was measured, and refit the fixed cost under that peak.
     peak = min(1e-9 / per_byte, float(np.max(gbps)))
@@ -38,14 +44,7 @@ def fit_copy(sizes_bytes, gbps) -> CopyFit:
 
 
 @dataclass
-class UvaFit:
-    fixed_us: float
-    row_ns: float
-    byte_ps: float
-    walk_ns: float
-    translation_unit_kib: float
-    tlb_reach_gib: float
-    miss_exponent: float
+class UvaFit(UvaTranslation):
     max_rel_error: float
 
 
@@ -100,10 +99,7 @@ class LinearFit:
 
 def fit_linear_time(items, us) -> LinearFit:
     """time = fixed + items * per_item, weighted by 1/time."""
-    x = np.asarray(items, float)
-    t = np.asarray(us, float) * 1e-6
-    w = 1.0 / t
-    coef = _nonneg_lstsq(np.stack([np.ones_like(x), x], 1) * w[:, None], t * w)
+    coef, _ = _line(np.asarray(items, float), np.asarray(us, float) * 1e-6, nonneg=True)
     return LinearFit(fixed_us=coef[0] * 1e6, per_item_ns=coef[1] * 1e9)
 
 

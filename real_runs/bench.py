@@ -36,6 +36,7 @@ from real_runs.instrument import available_gib
 from real_runs.timing import HOST_AHEAD_CYCLES, fresh_ids
 from vocab.config import load_config
 from vocab.memory import memory_footprint
+from vocab.records import CPU_GATHER, H2D_LINK
 from vocab.units import GiB
 
 NEEDS_GPU = "needs a CUDA GPU (torch.cuda.is_available() is False)"
@@ -119,8 +120,8 @@ def bench_dma(table, quick: bool, reps: int, threads: int | None) -> list[dict]:
             t1 = time.perf_counter()
             if r:
                 totals.append(t1 - t0)
-                gathers.append(sum(e - s for a, _, s, e in f.events if a == "cpu gather") * 1e-9)
-                copies.append(sum(s.elapsed_time(e) * 1e-3 for a, _, s, e in f.events if a == "h2d link"))
+                gathers.append(sum(e - s for a, _, s, e in f.events if a == CPU_GATHER) * 1e-9)
+                copies.append(sum(s.elapsed_time(e) * 1e-3 for a, _, s, e in f.events if a == H2D_LINK))
         t = _median(totals)
         out.append({"table_gib": gib, "row_bytes": table.row_bytes, "rows": n, "end_to_end_s": t,
                     "gather_s": _median(gathers), "copy_s": _median(copies), "m_rows_per_s": n / t / 1e6,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from vocab.placements import ENGRAM_PLACEMENTS
-from vocab.records import ACTORS
+from vocab.records import ACTORS, CPU_GATHER, CPU_HASH, GPU_COMPUTE, H2D_LINK, STALL
 from vocab.tables import PHASES, SWEEP_COLUMNS
 from vocab.units import GiB, MiB
 
@@ -278,14 +278,14 @@ def synthetic_timeline(with_source: bool = True) -> pd.DataFrame:
         for i, layer in enumerate((2, 15)):
             t = i * 500e-6
             events += [
-                ("cpu hash", f"L{layer} hash", t, t + 40e-6 * slow, source),
-                ("cpu gather", f"L{layer} gather", t + 40e-6 * slow, t + 160e-6 * slow, source),
-                ("h2d link", f"L{layer} copy", t + 160e-6 * slow, t + 420e-6 * slow, source),
-                ("gpu compute", f"layers before L{layer}", t, t + 400e-6, source),
+                (CPU_HASH, f"L{layer} hash", t, t + 40e-6 * slow, source),
+                (CPU_GATHER, f"L{layer} gather", t + 40e-6 * slow, t + 160e-6 * slow, source),
+                (H2D_LINK, f"L{layer} copy", t + 160e-6 * slow, t + 420e-6 * slow, source),
+                (GPU_COMPUTE, f"layers before L{layer}", t, t + 400e-6, source),
             ]
             if slow > 1:
-                events.append(("stall", f"L{layer} wait", t + 400e-6, t + 420e-6 * slow, source))
-        events.append(("gpu compute", "tail", 1000e-6, 1300e-6, source))
+                events.append((STALL, f"L{layer} wait", t + 400e-6, t + 420e-6 * slow, source))
+        events.append((GPU_COMPUTE, "tail", 1000e-6, 1300e-6, source))
         if not with_source:
             break
     df = pd.DataFrame(events, columns=["actor", "name", "start_s", "end_s", "source"])

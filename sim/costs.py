@@ -13,8 +13,7 @@ import numpy as np
 
 from profiles import CurvePoint, HardwareProfile
 from profiles.uva import units_touched, uva_time
-
-GiB = 1 << 30
+from vocab.units import GiB
 
 
 def interp_curve(points: list[CurvePoint], x: float) -> float:

@@ -20,7 +20,7 @@ from typing import Literal
 from vocab.errors import ConfigError
 from vocab.geometry import engram_table_sizes
 from vocab.placements import CACHE_POLICIES, HOST_PATHS, PLACEMENTS
-from vocab.schema import build, read_toml, require, to_dict
+from vocab.schema import build, read_toml, require, require_each, to_dict
 from vocab.units import DTYPE_BYTES, GiB
 
 Dtype = Literal[tuple(DTYPE_BYTES)]
@@ -38,8 +38,7 @@ class AttentionConfig:
     kv_cache_dim: int | None = None
 
     def validate(self, path: str) -> None:
-        for name in ("heads", "kv_heads", "head_dim"):
-            require(getattr(self, name) > 0, ConfigError, f"{path}.{name}", "must be > 0", "use a positive integer")
+        require_each(self, path, ("heads", "kv_heads", "head_dim"), ConfigError, fix="use a positive integer")
         require(self.heads % self.kv_heads == 0, ConfigError, f"{path}.kv_heads",
                 f"{self.kv_heads} does not divide heads={self.heads}", "use a divisor of heads")
 
@@ -191,8 +190,8 @@ class PlacementConfig:
     fetch_streams: int = 1
 
     def validate(self, path: str) -> None:
-        for name in ("hash_threads", "gather_threads", "staging_buffers", "fetch_streams"):
-            require(getattr(self, name) >= 1, ConfigError, f"{path}.{name}", "must be >= 1", "use 1 or more")
+        require_each(self, path, ("hash_threads", "gather_threads", "staging_buffers", "fetch_streams"), ConfigError,
+                     minimum=1, strict=False, fix="use 1 or more")
         require(self.staging_chunk_mib > 0, ConfigError, f"{path}.staging_chunk_mib", "must be > 0",
                 "use e.g. 4")
         if self.kind == "hbm_cache":

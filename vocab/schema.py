@@ -133,3 +133,12 @@ def to_dict(obj) -> dict:
 def require(cond: bool, error: type[UserError], field: str, problem: str, fix: str) -> None:
     if not cond:
         raise error(field, problem, fix)
+
+
+def require_each(obj, path: str, names, error: type[UserError], minimum: float = 0.0, strict: bool = True,
+                 fix: str = "use a positive number") -> None:
+    """Each named field of obj is above `minimum` (at or above when not strict)."""
+    for name in names:
+        value = getattr(obj, name)
+        ok = value > minimum if strict else value >= minimum
+        require(ok, error, f"{path}.{name}", f"must be {'>' if strict else '>='} {minimum:g}", fix)

@@ -41,6 +41,12 @@ def _mark_hits(dense, bounds, cached, is_hit, hits, s):
 
 
 @njit(cache=True, nogil=True)
+def _no_hits(dense, bounds):
+    """Hits per step and a hit flag per access, all zero to start."""
+    return np.zeros(bounds.size - 1, dtype=np.int64), np.zeros(dense.size, dtype=np.bool_)
+
+
+@njit(cache=True, nogil=True)
 def _append(nxt, prv, head, row):
     """Link row in as the most recent."""
     tail = prv[head]
@@ -68,64 +74,28 @@ def _empty_lists(n_rows, sentinels):
 
 
 @njit(cache=True, nogil=True)
-def _replay_lru(dense, bounds, n_rows, capacity):
-    """LRU over dense row ids: a doubly linked list in arrays, O(1) per access.
+def _replay_lists(dense, bounds, n_rows, capacity, max_count, lfu):
+    """LRU (lfu False) or LFU over dense row ids, with doubly linked lists in arrays: O(1) per access.
 
-    Node n_rows is the sentinel: its next is the least recent row, its prev the most recent.
+    Node n_rows + c is the sentinel of the list of cached rows accessed c times; its next is the least
+    recent row, its prev the most recent. LRU keeps every row at count 0 (one list); LFU counts each
+    access and evicts the least recent row of the lowest count (a scan up the counts when that list
+    empties, at most max_count steps).
     """
-    n_steps = bounds.size - 1
-    hits = np.zeros(n_steps, dtype=np.int64)
-    is_hit = np.zeros(dense.size, dtype=np.bool_)
-    head = n_rows
-    nxt, prv = _empty_lists(n_rows, 1)
-    size = 0
-    for s in range(n_steps):
-        _mark_hits(dense, bounds, nxt, is_hit, hits, s)
-        if capacity == 0:
-            continue
-        # Touch the hits: move each to the most recent end.
-        for i in range(bounds[s], bounds[s + 1]):
-            if is_hit[i]:
-                _unlink(nxt, prv, dense[i])
-                _append(nxt, prv, head, dense[i])
-        # Insert the misses, evicting the least recent when full.
-        for i in range(bounds[s], bounds[s + 1]):
-            if is_hit[i] or nxt[dense[i]] >= 0:  # (the second test only guards against repeated ids)
-                continue
-            if size == capacity:
-                victim = nxt[head]
-                _unlink(nxt, prv, victim)
-                nxt[victim] = -1
-            else:
-                size += 1
-            _append(nxt, prv, head, dense[i])
-    return hits
-
-
-@njit(cache=True, nogil=True)
-def _replay_lfu(dense, bounds, n_rows, capacity, max_count):
-    """LFU over dense row ids: one LRU-ordered linked list per access count, O(1) per access
-    (plus a scan up the counts when the lowest list empties, at most max_count steps).
-
-    Node n_rows + c is the sentinel of the list of cached rows accessed c times.
-    """
-    n_steps = bounds.size - 1
-    hits = np.zeros(n_steps, dtype=np.int64)
-    is_hit = np.zeros(dense.size, dtype=np.bool_)
-    nxt, prv = _empty_lists(n_rows, max_count + 1)
-    count = np.zeros(n_rows, dtype=np.int64)  # never reset: counts span the whole trace
+    hits, is_hit = _no_hits(dense, bounds)
+    nxt, prv = _empty_lists(n_rows, max_count + 1 if lfu else 1)
+    count = np.zeros(n_rows, dtype=np.int64)  # LFU: never reset, counts span the whole trace
     lowest = 0  # no cached row has fewer accesses than this
     size = 0
-    for s in range(n_steps):
+    for s in range(bounds.size - 1):
         _mark_hits(dense, bounds, nxt, is_hit, hits, s)
-        if capacity == 0:
-            continue
-        # Touch the hits: each moves up to the next count's list, as its most recent row.
+        # Touch the hits: each becomes the most recent row of its list (LFU: the next count's).
         for i in range(bounds[s], bounds[s + 1]):
             if is_hit[i]:
                 row = dense[i]
                 _unlink(nxt, prv, row)
-                count[row] += 1
+                if lfu:
+                    count[row] += 1
                 _append(nxt, prv, n_rows + count[row], row)
         # Insert the misses, evicting the least recent row of the lowest count when full.
         for i in range(bounds[s], bounds[s + 1]):
@@ -140,8 +110,9 @@ def _replay_lfu(dense, bounds, n_rows, capacity, max_count):
                 nxt[victim] = -1
             else:
                 size += 1
-            count[row] += 1
-            lowest = min(lowest, count[row])
+            if lfu:
+                count[row] += 1
+                lowest = min(lowest, count[row])
             _append(nxt, prv, n_rows + count[row], row)
     return hits
 
@@ -230,12 +201,14 @@ def replay_dense(dense: np.ndarray, counts: np.ndarray, n_rows: int, capacity: i
     if capacity < 0:
         raise ValueError(f"cache capacity must be >= 0 rows, got {capacity}")
     bounds = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+    if capacity == 0:  # an empty cache never hits
+        return np.zeros(bounds.size - 1, dtype=np.int64)
     if policy == "static_topk":
         return _static_topk(dense, bounds, n_rows, capacity)
     if policy == "lfu":
         max_count = int(np.bincount(dense).max()) if dense.size else 0
-        return _replay_lfu(dense, bounds, n_rows, int(capacity), max_count)
-    return _replay_lru(dense, bounds, n_rows, int(capacity))
+        return _replay_lists(dense, bounds, n_rows, int(capacity), max_count, True)
+    return _replay_lists(dense, bounds, n_rows, int(capacity), 0, False)
 
 
 def replay_flat(row_ids: np.ndarray, counts: np.ndarray, capacity: int, policy: str) -> np.ndarray:
