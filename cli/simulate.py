@@ -18,7 +18,7 @@ from tools.bench import bench_simulator
 from tools.sweep import sweep
 from vocab.config import load_config, preset_names
 from vocab.files import staged_dir
-from vocab.placements import ENGRAM_PLACEMENTS, PLACEMENTS
+from vocab.placements import ENGRAM_PLACEMENTS, NONE, PLACEMENTS
 from vocab.records import write_record
 from vocab.tables import PHASES
 from vocab.units import GiB
@@ -40,8 +40,9 @@ def cmd_simulate(args) -> int:
     t0 = time.perf_counter()
     result = simulate(cfg, profile, record_events=bool(args.trace))
     wall = time.perf_counter() - t0
-    _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, "
-                   f"{cfg.engram.total_table_bytes / GiB:.2f} GiB table, profile {profile.name}", result.summary)
+    table = "no Engram" if cfg.placement.kind == NONE else f"{cfg.engram.total_table_bytes / GiB:.2f} GiB table"
+    _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, {table}, profile {profile.name}",
+                   result.summary)
     if args.analytic:
         est = estimate(cfg, profile, plan_steps(cfg, profile, trace_for(cfg)))
         _print_summary("closed-form steady state", est)
