@@ -96,3 +96,16 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_simulate_none_runs_the_backbone_alone_and_is_never_slower_than_hbm(tmp_path, capsys):
+    recs = {}
+    for placement in ("none", "hbm"):
+        recs[placement] = tmp_path / f"{placement}.json"
+        code, out, _ = run_cli(capsys, "simulate", "tiny", "--steps", "4", "--placement", placement,
+                               "--out", str(recs[placement]))
+        assert code == 0
+    none, hbm = (json.loads(recs[p].read_text()) for p in ("none", "hbm"))
+    assert none["config"]["placement"]["kind"] == "none"
+    assert none["summary"]["fetch_time_s"] == 0 and none["summary"]["host_bytes_per_step"] == 0
+    assert none["summary"]["tokens_per_s"] >= hbm["summary"]["tokens_per_s"]
