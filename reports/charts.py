@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from vocab.placements import ENGRAM_PLACEMENTS
-from vocab.records import ACTORS, CPU_GATHER, CPU_HASH, GPU_COMPUTE, H2D_LINK, STALL
+from vocab.records import ACTORS, CPU_GATHER, CPU_HASH, GPU_COMPUTE, H2D_LINK, STALL, overlap_fraction
 from vocab.tables import PHASES, SWEEP_COLUMNS
 from vocab.units import GiB, MiB
 
@@ -259,7 +259,7 @@ def synthetic_sweep(sizes_gib=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), threshold
                     "table_bytes": int(gib * GiB), "table_gib": float(gib), "placement": placement, "phase": phase,
                     "step_time_s": step, "tokens_per_s": tokens[phase] / step, "exposed_stall_s": stall,
                     "fetch_time_s": fetch,
-                    "overlap_fraction": np.nan if placement == "hbm" or fetch == 0 else max(0.0, 1 - stall / fetch),
+                    "overlap_fraction": np.nan if placement == "hbm" else overlap_fraction(stall, fetch),
                     "overhead_vs_hbm": overhead, "host_bytes_per_step": host,
                     "hbm_bytes_per_step": fetch_bytes[phase] - host,
                     "link_utilisation": host / step / 55e9 if step == step else np.nan,
