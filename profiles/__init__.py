@@ -52,6 +52,25 @@ class GpuProfile:
     # Random-row gather from an HBM table: payload GB/s versus row bytes (x = bytes, y = GB/s).
     hbm_gather: list[CurvePoint]
     fp8_tflops: float = 0.0
+    # Achieved fraction of bf16_tflops by a GEMM versus its rows (the step's tokens): x = rows, y = fraction.
+    # Empty: matmul_efficiency at every size.
+    matmul_curve: list[CurvePoint] = field(default_factory=list)
+    # Achieved fraction of hbm_gbps by a memory-bound kernel versus the bytes it moves: x = bytes, y = fraction.
+    # Empty: memory_efficiency at every size.
+    memory_curve: list[CurvePoint] = field(default_factory=list)
+    # CUDA graphs (workload.launch = "cuda_graphs"): host cost of one graph launch, and the GPU's gap
+    # between kernels inside a graph (in place of kernel_launch_us per kernel).
+    graph_launch_us: float = 10.0
+    graph_kernel_gap_us: float = 1.0
+    # Streaming multiprocessors, and how many thread blocks of the zero-copy gather kernel one SM holds.
+    sm_count: int = 132
+    uva_blocks_per_sm: int = 2
+    # Rows one zero-copy gather block reads (the kernel's block size in rows).
+    uva_rows_per_cta: int = 32
+    # Share of an SM's throughput that the layers lose while gather blocks sit resident on it, waiting
+    # on host reads (0: none; 1: all of it). The compute stream runs at 1 - uva_interference x the
+    # share of the GPU's block slots the gather holds.
+    uva_interference: float = 0.0
 
     def validate(self, path: str) -> None:
         require_each(self, path, ("hbm_gib", "hbm_gbps", "bf16_tflops", "matmul_efficiency", "memory_efficiency"),
@@ -61,6 +80,15 @@ class GpuProfile:
         require(self.matmul_efficiency <= 1 and self.memory_efficiency <= 1, ProfileError,
                 f"{path}.matmul_efficiency", "efficiencies must be <= 1", "use a fraction")
         _check_curve(self.hbm_gather, f"{path}.hbm_gather")
+        for name in ("matmul_curve", "memory_curve"):
+            if getattr(self, name):
+                _check_curve(getattr(self, name), f"{path}.{name}")
+                require(all(p.y <= 1 for p in getattr(self, name)), ProfileError, f"{path}.{name}",
+                        "has a fraction above 1", "give achieved fractions of the peak, at most 1")
+        require_each(self, path, ("sm_count", "uva_blocks_per_sm", "uva_rows_per_cta"), ProfileError, minimum=1,
+                     strict=False, fix="use a whole number >= 1")
+        require(0 <= self.uva_interference <= 1, ProfileError, f"{path}.uva_interference",
+                f"{self.uva_interference} is outside [0, 1]", "use a fraction")
 
 
 @dataclass
@@ -142,6 +170,17 @@ class HostProfile:
     cpu_gather_per_thread: list[CurvePoint]
     # Threads beyond this add nothing to gathers (memory-level parallelism runs out).
     cpu_gather_max_threads: int = 16
+    # The engine's own work per step before it can launch the step (scheduling, inputs, the previous
+    # step's read-back): fixed plus per sequence in the batch. It sits on the step's critical path.
+    engine_step_fixed_us: float = 0.0
+    engine_step_per_seq_us: float = 0.0
+    # Hashing on the critical path (placement.hash_on = "critical_path"): a harness's one host thread
+    # hashing in NumPy, per Engram layer: a fixed cost (a pass per order and head) plus a cost per token.
+    # Defaults: the NumPy reference (workloads/hashing.py) timed on one core of a 2-core Xeon VM.
+    critical_hash_fixed_us: float = 17.0
+    critical_hash_ns_per_token: float = 76.0
+    # Sorting a step's row ids on one host thread (np.sort; critical path, before a zero-copy gather).
+    sort_rows_per_s: float = 2.5e8
 
     def validate(self, path: str) -> None:
         require(self.cpu_cores >= 1, ProfileError, f"{path}.cpu_cores", "must be >= 1", "use the core count")

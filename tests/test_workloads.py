@@ -287,3 +287,16 @@ def test_no_dedup_fetches_every_lookup():
 def test_zero_cache_and_steps_cap():
     t = build_trace(make_cfg(workload={"steps": 3}), cache_rows=0)
     assert t.steps == 3 and np.all(t.cache_hits == 0)
+
+
+def test_clipped_zipf_matches_numpy_and_uniform_covers_the_vocabulary():
+    from workloads.tokens import UniformSource, ZipfSource
+
+    z = ZipfSource(99092, 1.1, 0.0, 0, clipped=True)
+    ids = np.concatenate(z.sequences([200_000], np.random.default_rng(1)))
+    ref = np.minimum(np.random.default_rng(2).zipf(1.1, size=200_000), 99092)
+    # numpy.random.zipf clipped to the vocabulary puts about 30 % on its last rank, 9.5 % on rank 1.
+    assert abs(np.bincount(ids).max() / ids.size - (ref == 99092).mean()) < 0.01
+    assert abs((ids == z.rank_to_id[0]).mean() - (ref == 1).mean()) < 0.01
+    u = np.concatenate(UniformSource(50).sequences([50_000], np.random.default_rng(3)))
+    assert set(u) == set(range(50)) and np.bincount(u).max() / u.size < 0.03

@@ -76,6 +76,8 @@ class BackboneConfig:
     dense_layers: list[int] = field(default_factory=list)
     vocab_size: int = 129280
     dtype: Dtype = "bf16"
+    # The LM head's logits each step (false: a backbone benchmark that stops at the last layer).
+    lm_head: bool = True
 
     def validate(self, path: str) -> None:
         require(self.layers > 0, ConfigError, f"{path}.layers", "must be > 0", "use a positive integer")
@@ -188,12 +190,22 @@ class PlacementConfig:
     miss_path: HostPath = "host_uva"
     # How many Engram fetches run at once on the fetch side (1 = one fetch stream, in layer order).
     fetch_streams: int = 1
+    # Where a step's row ids are made: "worker" threads hash while the GPU runs the layers before
+    # the Engram layer (an engine with a hashing thread); on the host's "critical_path" before the
+    # step's first kernels are launched (hash, dedup or sort, upload: a simple harness).
+    hash_on: Literal["worker", "critical_path"] = "worker"
+    # host_uva: thread blocks of the zero-copy gather kernel. None: one per gpu.uva_rows_per_cta rows
+    # (a grid that grows with the step); a number: a persistent grid that loops over the rows, which
+    # gathers slower but leaves more SMs to the layers it overlaps.
+    uva_ctas: int | None = None
 
     def validate(self, path: str) -> None:
         require_each(self, path, ("hash_threads", "gather_threads", "staging_buffers", "fetch_streams"), ConfigError,
                      minimum=1, strict=False, fix="use 1 or more")
         require(self.staging_chunk_mib > 0, ConfigError, f"{path}.staging_chunk_mib", "must be > 0",
                 "use e.g. 4")
+        require(self.uva_ctas is None or self.uva_ctas >= 1, ConfigError, f"{path}.uva_ctas", "must be >= 1",
+                "use a block count such as the GPU's SM count, or leave it out")
         if self.kind == "hbm_cache":
             given = (self.cache_gib is not None) + (self.cache_fraction is not None)
             require(given == 1, ConfigError, f"{path}.cache_gib",
@@ -213,6 +225,8 @@ class LengthDistribution:
     high: int = 1024
     mean: float = 0.0
     std: float = 0.0
+    # Decode: contexts grow by one token a step (false: a fixed-length KV cache, as a benchmark may hold it).
+    grow: bool = True
 
     def validate(self, path: str) -> None:
         require(1 <= self.low <= self.high, ConfigError, f"{path}.low",
@@ -221,8 +235,11 @@ class LengthDistribution:
 
 @dataclass
 class TokenSourceConfig:
-    source: Literal["zipf", "text", "npy"] = "zipf"
-    # Zipf-Mandelbrot: p(rank k) ~ 1 / (k + q)^s over the compressed vocabulary.
+    source: Literal["zipf", "zipf_clipped", "uniform", "text", "npy"] = "zipf"
+    # zipf: Zipf-Mandelbrot, p(rank k) ~ 1 / (k + q)^s over the compressed vocabulary.
+    # zipf_clipped: p(k) ~ k^-s over all k >= 1 (numpy.random.zipf), ranks beyond the vocabulary
+    # clipped to its last one (which then takes the whole tail: about 30 % at s = 1.1).
+    # uniform: every compressed id equally likely.
     zipf_s: float = 1.1
     zipf_q: float = 2.7
     # text: a UTF-8 file (default: the Python standard library's own sources);
@@ -235,6 +252,8 @@ class TokenSourceConfig:
     def validate(self, path: str) -> None:
         require(self.zipf_s > 0, ConfigError, f"{path}.zipf_s", "must be > 0", "use e.g. 1.1")
         require(self.zipf_q >= 0, ConfigError, f"{path}.zipf_q", "must be >= 0", "use e.g. 2.7")
+        require(self.source != "zipf_clipped" or self.zipf_s > 1, ConfigError, f"{path}.zipf_s",
+                "zipf_clipped needs zipf_s > 1 (the tail must converge)", "use e.g. 1.1")
         require(self.source != "npy" or self.path, ConfigError, f"{path}.path",
                 "source 'npy' needs a path", "set path to a .npy of token ids")
         require(self.trace_steps >= 1, ConfigError, f"{path}.trace_steps", "must be >= 1", "use e.g. 32")
@@ -255,6 +274,9 @@ class WorkloadConfig:
     prefill_prefetch_ahead: int = 1
     # Decode: speculative lookahead steps (0: the next tokens exist only when the step ends).
     decode_lookahead: int = 0
+    # How the engine launches a step's kernels: one by one ("eager": each kernel pays the launch
+    # cost) or as CUDA graphs (one launch per graph; kernels inside run back to back).
+    launch: Literal["eager", "cuda_graphs"] = "eager"
 
     def validate(self, path: str) -> None:
         require(self.sequences >= 1, ConfigError, f"{path}.sequences", "must be >= 1", "use 1 or more")

@@ -44,10 +44,11 @@ ENCODE_PIECE_CHARS = 1 << 20
 
 
 class ZipfSource:
-    """i.i.d. Zipf-Mandelbrot tokens over vocab_size compressed ids."""
+    """i.i.d. Zipf-Mandelbrot tokens over vocab_size compressed ids (clipped: numpy.random.zipf's
+    unbounded law with ranks beyond the vocabulary on its last rank)."""
 
-    def __init__(self, vocab_size: int, s: float, q: float, seed: int):
-        self.cdf = _zipf_cdf(vocab_size, s, q)
+    def __init__(self, vocab_size: int, s: float, q: float, seed: int, clipped: bool = False):
+        self.cdf = _zipf_cdf(vocab_size, s, q, clipped)
         # Which id is the most frequent is arbitrary; a fixed seed keeps it reproducible.
         self.rank_to_id = np.random.default_rng([seed, 0x21FF]).permutation(vocab_size).astype(np.int64)
 
@@ -58,9 +59,25 @@ class ZipfSource:
         return np.split(ids, np.cumsum(lengths)[:-1])
 
 
+class UniformSource:
+    """i.i.d. tokens, every compressed id equally likely."""
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def sequences(self, lengths, rng: np.random.Generator) -> list[np.ndarray]:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        ids = rng.integers(0, self.vocab_size, size=int(lengths.sum()), dtype=np.int64)
+        return np.split(ids, np.cumsum(lengths)[:-1])
+
+
 @lru_cache(maxsize=8)
-def _zipf_cdf(vocab_size: int, s: float, q: float) -> np.ndarray:
+def _zipf_cdf(vocab_size: int, s: float, q: float, clipped: bool = False) -> np.ndarray:
     weights = (np.arange(1, vocab_size + 1) + q) ** -s
+    if clipped:
+        # The last rank takes the whole tail sum_{k >= V} k^-s (Euler-Maclaurin; exact to ~V^-s-3).
+        v = float(vocab_size)
+        weights[-1] = v ** (1 - s) / (s - 1) + v ** -s / 2 + s * v ** (-s - 1) / 12
     cdf = np.cumsum(weights)
     return cdf / cdf[-1]
 
@@ -85,8 +102,11 @@ class CorpusSource:
 
 def make_token_source(cfg: RunConfig):
     tokens, vocab = cfg.workload.tokens, cfg.engram.compressed_vocab_size
-    if tokens.source == "zipf":
-        return ZipfSource(vocab, tokens.zipf_s, tokens.zipf_q, cfg.workload.seed)
+    if tokens.source in ("zipf", "zipf_clipped"):
+        clipped = tokens.source == "zipf_clipped"
+        return ZipfSource(vocab, tokens.zipf_s, 0.0 if clipped else tokens.zipf_q, cfg.workload.seed, clipped)
+    if tokens.source == "uniform":
+        return UniformSource(vocab)
     if tokens.source == "npy":
         return CorpusSource(_load_npy(tokens.path, vocab))
     return CorpusSource(_text_corpus(tokens.path, tokens.tokenizer, vocab))
