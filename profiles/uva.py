@@ -29,9 +29,13 @@ def page_walks(rows, footprint_bytes, unit_kib, reach_gib, exponent):
                                                                                  exponent)
 
 
-def uva_translation_time(uva, rows: int, row_bytes: int, footprint_bytes: float, warm_fraction: float = 0.0) -> float:
-    """Seconds of the gather's body when address translation limits it."""
-    walks = float(page_walks(rows, footprint_bytes, uva.translation_unit_kib, uva.tlb_reach_gib, uva.miss_exponent))
+def uva_translation_time(uva, rows: int, row_bytes: int, footprint_bytes: float, warm_fraction: float = 0.0,
+                         distinct_rows: int | None = None) -> float:
+    """Seconds of the gather's body when address translation limits it.
+
+    distinct_rows (default: rows): a step that fetches repeated rows walks the translations of its distinct rows."""
+    walked = rows if distinct_rows is None else min(distinct_rows, rows)
+    walks = float(page_walks(walked, footprint_bytes, uva.translation_unit_kib, uva.tlb_reach_gib, uva.miss_exponent))
     nbytes = rows * row_bytes
     return (rows * uva.row_ns * 1e-9 + nbytes * uva.byte_ps * 1e-12
             + walks * (1.0 - warm_fraction) * uva.walk_ns * 1e-9)
@@ -43,12 +47,15 @@ def uva_payload_time(uva, rows: int, row_bytes: int) -> float:
 
 
 def uva_time(uva, rows: int, row_bytes: int, footprint_bytes: float,
-             warm_fraction: float = 0.0) -> tuple[float, float]:
+             warm_fraction: float = 0.0, distinct_rows: int | None = None,
+             concurrency: float = 1.0) -> tuple[float, float]:
     """(fixed seconds, body seconds) of a zero-copy gather of sorted unique rows.
 
     The body is limited by address translation or by the payload rate, whichever is slower.
-    warm_fraction: the part of the step's translation units still cached from recent steps."""
+    warm_fraction: the part of the step's translation units still cached from recent steps.
+    concurrency: thread blocks in flight against those of the grid the model was fitted with; translation is
+    latency-bound, so fewer blocks (a bounded grid) walk proportionally slower."""
     if rows <= 0:
         return 0.0, 0.0
-    return uva.fixed_us * 1e-6, max(uva_translation_time(uva, rows, row_bytes, footprint_bytes, warm_fraction),
-                                    uva_payload_time(uva, rows, row_bytes))
+    translation = uva_translation_time(uva, rows, row_bytes, footprint_bytes, warm_fraction, distinct_rows)
+    return uva.fixed_us * 1e-6, max(translation / concurrency, uva_payload_time(uva, rows, row_bytes))

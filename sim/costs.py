@@ -66,6 +66,46 @@ def uva_warm_fraction(profile: HardwareProfile, rows: int, reused_rows: int, foo
 
 
 def uva_gather_time(profile: HardwareProfile, rows: int, row_bytes: int, footprint_bytes: float,
-                    warm_fraction: float = 0.0) -> tuple[float, float]:
-    """(fixed seconds, body seconds) of a zero-copy gather of sorted unique rows (profiles/uva.py's model)."""
-    return uva_time(profile.uva, rows, row_bytes, footprint_bytes, warm_fraction)
+                    warm_fraction: float = 0.0, distinct_rows: int | None = None,
+                    ctas: int | None = None) -> tuple[float, float]:
+    """(fixed seconds, body seconds) of a zero-copy gather of sorted rows (profiles/uva.py's model).
+
+    ctas: a bounded grid of that many thread blocks (None: one block per gpu.uva_rows_per_cta rows, the grid
+    the model describes); fewer blocks in flight walk translations proportionally slower."""
+    full = min(uva_grid(profile, rows, None), uva_block_slots(profile))
+    concurrency = min(uva_grid(profile, rows, ctas), uva_block_slots(profile)) / full if ctas is not None else 1.0
+    return uva_time(profile.uva, rows, row_bytes, footprint_bytes, warm_fraction, distinct_rows, concurrency)
+
+
+def uva_grid(profile: HardwareProfile, rows: int, ctas: int | None) -> int:
+    """Thread blocks of a zero-copy gather of `rows` rows: the bounded grid, or one per uva_rows_per_cta rows."""
+    return int(ctas) if ctas is not None else max(1, math.ceil(rows / profile.gpu.uva_rows_per_cta))
+
+
+def uva_block_slots(profile: HardwareProfile) -> int:
+    """Gather blocks the whole GPU holds at once."""
+    return profile.gpu.sm_count * profile.gpu.uva_blocks_per_sm
+
+
+def uva_sm_share(profile: HardwareProfile, rows: int, ctas: int | None) -> float:
+    """Share of the compute stream's throughput lost while the gather's blocks are resident."""
+    held = min(uva_grid(profile, rows, ctas), uva_block_slots(profile)) / uva_block_slots(profile)
+    return profile.gpu.uva_interference * held
+
+
+def engine_step_time(profile: HardwareProfile, sequences: int, cuda_graphs: bool) -> float:
+    """The engine's own host work before a step can launch (and the first graph launch with CUDA graphs)."""
+    h = profile.host
+    t = (h.engine_step_fixed_us + h.engine_step_per_seq_us * sequences) * 1e-6
+    return t + (profile.gpu.graph_launch_us * 1e-6 if cuda_graphs else 0.0)
+
+
+def critical_hash_time(profile: HardwareProfile, tokens: int, engram_layers: int) -> float:
+    """Hashing on the host's critical path: one thread, per Engram layer a fixed cost and a cost per token."""
+    h = profile.host
+    return engram_layers * (h.critical_hash_fixed_us * 1e-6 + h.critical_hash_ns_per_token * 1e-9 * tokens)
+
+
+def sort_time(profile: HardwareProfile, rows: int) -> float:
+    """Sorting `rows` row ids on one host thread."""
+    return rows / profile.host.sort_rows_per_s

@@ -2,12 +2,17 @@
 
 Actors, each a generator process:
 
+- the host: when a step may begin (decode: the previous step has ended), it
+  does the step's critical path (sim.plan: the engine's step work, and with
+  placement.hash_on = "critical_path" the hashing and sorting of the row ids)
+  and then launches the step;
 - the GPU compute stream runs each step's layers in order; at an Engram layer
-  it waits until that layer's rows are in HBM (the wait is the exposed stall);
+  it waits until that layer's rows are in HBM (the wait is the exposed stall).
+  It runs slower while zero-copy gather blocks hold SMs (resources.compute_rate);
 - a fetch process per step: CPU hashing (and dedup) on a pool of cores as soon
-  as the step's tokens exist, then one fetch per Engram layer on the fetch
-  stream(s), through the placement's path (sim.placements says how each
-  placement moves its rows).
+  as the step's tokens exist (or nothing, if the host hashed already), then one
+  fetch per Engram layer on the fetch stream(s), through the placement's path
+  (sim.placements says how each placement moves its rows).
 
 Shared resources model contention (sim.resources): CPU cores, copy engines
 and staging buffers, and the PCIe H2D direction and host DRAM as fluid pipes.
@@ -32,7 +37,7 @@ from sim.plan import StepPlan, plan_steps
 from sim.resources import SharedResources
 from sim.result import SimResult, StepLog, collect
 from vocab.config import RunConfig
-from vocab.records import CPU_HASH, GPU_COMPUTE, STALL
+from vocab.records import CPU_HASH, GPU_COMPUTE, HOST, STALL
 from workloads.trace import Trace, build_trace
 
 __all__ = ["SimResult", "Simulation", "StepPlan", "plan_steps", "simulate"]
@@ -75,18 +80,52 @@ class Simulation:
                 yield from self.memos.replay(self, memo, step, new)
                 continue
             mark = self.memos.mark(self)
-            for n in new:
-                self.launch_fetch(n)
+            yield from self.host(step, new)
             yield from self.compute(step)
             log.end = self.env.now
             if quiet and self.inflight == 0:
                 self.memos.keep(self, key, step, new, t0, mark)
 
+    # -- the host ----------------------------------------------------------------------------
+    def host(self, step: int, new: list[int]):
+        """The step's critical path on the host, then its launch. Worker threads start hashing the new
+        steps' tokens as soon as they exist; a host that hashes itself hands over finished ids."""
+        plan = self.plan(step)
+        critical = self.cfg.placement.hash_on == "critical_path"
+        if not critical:
+            for n in new:
+                self.launch_fetch(n)
+        if plan.host_time > 0:
+            t = self.env.now
+            yield self.env.timeout(plan.host_time)
+            self.res.log(HOST, "step work" + (" + hash ids" if critical and self.layer_ids else ""), t, step)
+        if critical:
+            for n in new:
+                self.launch_fetch(n)
+
+    def run_layers(self, seconds: float):
+        """`seconds` of compute at full rate, slower while gather blocks hold SMs."""
+        if self.profile.gpu.uva_interference == 0.0:  # nothing can take SMs: one timeout, as fast as it gets
+            yield self.env.timeout(seconds)
+            return
+        remaining = seconds
+        while remaining > 0:
+            rate, changed = self.res.compute_rate, self.res.rate_changed
+            if rate <= 0.0:  # every SM taken: wait for blocks to leave
+                yield changed
+                continue
+            start = self.env.now
+            done = self.env.timeout(remaining / rate)
+            fired = yield done | changed
+            if done in fired:
+                return
+            remaining -= (self.env.now - start) * rate
+
     def compute(self, step: int):
         """One step's layers; before each Engram layer, wait for its rows."""
         plan, log = self.plan(step), self.logs[step]
         t = self.env.now
-        yield self.env.timeout(plan.segments[0])
+        yield from self.run_layers(plan.segments[0])
         self.res.log(GPU_COMPUTE, "layers", t, step)
         for k, layer in enumerate(self.layer_ids):
             log.wait_start.append(self.env.now)
@@ -97,7 +136,7 @@ class Simulation:
             if self.env.now > t:
                 self.res.log(STALL, f"wait rows L{layer}", t, step, layer)
             t = self.env.now
-            yield self.env.timeout(plan.segments[k + 1])
+            yield from self.run_layers(plan.segments[k + 1])
             self.res.log(GPU_COMPUTE, "layers", t, step)
         del self.ready[step]
 
@@ -113,11 +152,12 @@ class Simulation:
         log = self.logs[step]
         log.fetch_start = self.env.now
         log.fetch_end = [math.nan] * len(self.layer_ids)
-        t = self.env.now
-        yield self.res.cores.get(self.hash_threads)
-        yield self.env.timeout(plan.hash_time)
-        yield self.res.cores.put(self.hash_threads)
-        self.res.log(CPU_HASH, "hash+dedup", t, step)
+        if plan.hash_time > 0:  # worker threads hash (with hash_on = "critical_path" the host did)
+            t = self.env.now
+            yield self.res.cores.get(self.hash_threads)
+            yield self.env.timeout(plan.hash_time)
+            yield self.res.cores.put(self.hash_threads)
+            self.res.log(CPU_HASH, "hash+dedup", t, step)
         for k in range(len(self.layer_ids)):
             self.env.process(self.fetch_layer(step, k, plan))
 

@@ -47,6 +47,7 @@ class Placement:
     """Base: an Engram placement over the config's Engram layers, in layer order."""
     kind: str
     holds_table = True  # the layers run the Engram module on rows of a table
+    sorts_row_ids = False  # a harness sorts the ids it fetches (a zero-copy gather reads them in order)
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -77,6 +78,10 @@ class Placement:
     def fetch_alone(self, profile: HardwareProfile, plan, k: int) -> float:
         """Seconds for Engram layer k's rows to reach HBM with nothing else running."""
         raise NotImplementedError
+
+    def sm_hold(self, profile: HardwareProfile, plan, k: int) -> tuple[float, float]:
+        """(share of the compute stream's throughput the fetch takes, seconds at its end that it lasts)."""
+        return 0.0, 0.0
 
     # -- memory --------------------------------------------------------------------------------
     def memory_needs(self, max_unique_rows: int) -> MemoryNeeds:
@@ -160,6 +165,15 @@ class OverHostLink(Placement):
             return self._row_ids_alone(profile, plan, k)
         return self.path.rows_alone(profile, plan, k, rows)
 
+    def sm_hold(self, profile, plan, k) -> tuple[float, float]:
+        """(share of the compute stream's throughput lost, seconds at the end of the fetch it lasts)."""
+        rows = int(plan.host_rows[k])
+        return self.path.rows_sm_hold(profile, plan, k, rows) if rows else (0.0, 0.0)
+
+    @property
+    def sorts_row_ids(self) -> bool:
+        return self.path is not self and self.path.sorts_row_ids
+
     def memory_needs(self, max_unique_rows):
         return MemoryNeeds(0, self._landed_bytes(max_unique_rows), self.cfg.engram.total_table_bytes)
 
@@ -207,6 +221,9 @@ class HostDMA(OverHostLink):
             res.log(H2D_LINK, f"copy L{layer}", t, step, layer)
         yield res.staging.put(1)
 
+    def rows_sm_hold(self, profile, plan, k, rows):
+        return 0.0, 0.0  # copy engines hold no SMs
+
     def rows_alone(self, profile: HardwareProfile, plan, k: int, rows: int) -> float:
         # A two-stage pipeline (CPU gather, then copy) over staging chunks,
         # with at most `staging_buffers` chunks between gather start and copy end.
@@ -225,29 +242,42 @@ class HostDMA(OverHostLink):
 
 
 class HostUVA(OverHostLink):
-    """A GPU kernel reads pinned host memory directly (zero-copy)."""
+    """A GPU kernel reads pinned host memory directly (zero-copy); its blocks hold SMs while they wait."""
     kind = names.HOST_UVA
+    sorts_row_ids = True
 
     def _gather_time(self, profile: HardwareProfile, plan, k: int, rows: int) -> tuple[float, float]:
         """(fixed, body) seconds of the zero-copy gather of `rows` of layer k's step rows."""
         footprint = self.footprints[k]
-        # Rows reused from the previous step, in proportion among the rows gathered.
-        reused = int(plan.reused_rows[k] * rows / max(int(plan.unique_rows[k]), 1))
-        warm = costs.uva_warm_fraction(profile, rows, reused, footprint)
-        return costs.uva_gather_time(profile, rows, self.cfg.engram.row_bytes, footprint, warm)
+        # Rows reused from the previous step, and distinct rows, in proportion among the rows gathered.
+        scale = rows / max(int(plan.unique_rows[k]), 1)
+        reused = int(plan.reused_rows[k] * scale)
+        distinct = int(plan.distinct_rows[k] * scale)
+        warm = costs.uva_warm_fraction(profile, distinct, reused, footprint)
+        return costs.uva_gather_time(profile, rows, self.cfg.engram.row_bytes, footprint, warm, distinct,
+                                     self.cfg.placement.uva_ctas)
 
     def fetch_rows(self, res: SharedResources, step: int, k: int, rows: int, plan):
+        # The kernel reads the row ids from GPU memory: they go up first.
+        yield from self._send_row_ids(res, step, k, plan)
         fixed, body = self._gather_time(res.profile, plan, k, rows)
+        share, _ = self.rows_sm_hold(res.profile, plan, k, rows)
         nbytes = rows * self.cfg.engram.row_bytes
         t = res.env.now
+        res.hold_sms(share)
         yield res.env.timeout(fixed)
         # The kernel alone would move nbytes in `body`; sharing the link can only slow it.
         yield res.net.transfer(nbytes, {PCIE_H2D: 1.0, HOST_DRAM: 1.0}, cap=nbytes / body)
+        res.hold_sms(-share)
         res.log(UVA_GATHER, f"gather L{self.layer_ids[k]}", t, step, self.layer_ids[k])
+
+    def rows_sm_hold(self, profile, plan, k, rows):
+        fixed, body = self._gather_time(profile, plan, k, rows)
+        return costs.uva_sm_share(profile, rows, self.cfg.placement.uva_ctas), fixed + body
 
     def rows_alone(self, profile: HardwareProfile, plan, k: int, rows: int) -> float:
         fixed, body = self._gather_time(profile, plan, k, rows)
-        return fixed + body
+        return self._row_ids_alone(profile, plan, k) + fixed + body
 
 
 class HBMCache(OverHostLink):

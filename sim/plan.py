@@ -1,4 +1,12 @@
-"""A step's work before contention: compute segments, hashing, and rows per Engram layer."""
+"""A step's work before contention: the host's critical path, compute segments, hashing, rows per Engram layer.
+
+The host's critical path is what must happen after the previous step ends and
+before this step's first kernel can run: the engine's own step work (and the
+first graph launch with CUDA graphs) and, with placement.hash_on =
+"critical_path", hashing the step's tokens on one host thread plus sorting or
+deduplicating the ids. With hash_on = "worker", worker threads hash while the
+GPU runs (hash_time).
+"""
 
 from __future__ import annotations
 
@@ -20,9 +28,11 @@ class StepPlan:
     tokens: int
     segments: np.ndarray        # compute seconds: before Engram layer 0, between, after the last
     compute_time: float
-    hash_time: float            # hashing + dedup of all Engram layers
+    hash_time: float            # hashing + dedup of all Engram layers on worker threads (0: on the critical path)
+    host_time: float            # the host's critical path before the step's first kernel runs
     lookups: np.ndarray         # per Engram layer
-    unique_rows: np.ndarray
+    unique_rows: np.ndarray     # rows fetched: distinct rows with dedup, else every lookup
+    distinct_rows: np.ndarray   # distinct rows among them (the translations a zero-copy gather walks)
     host_rows: np.ndarray       # rows that cross the link
     reused_rows: np.ndarray
     cache_hits: np.ndarray
@@ -39,6 +49,7 @@ def plan_steps(cfg: RunConfig, profile: HardwareProfile, trace, placement: Place
         tokens = int(trace.tokens[s])
         lookups = np.asarray(trace.lookups[s], dtype=np.int64)[order]
         unique = np.asarray(trace.unique_rows[s], dtype=np.int64)[order] if p.dedup else lookups.copy()
+        distinct = np.minimum(np.asarray(trace.distinct_rows[s], dtype=np.int64)[order], unique)
         reused = np.minimum(np.asarray(trace.reused_rows[s], dtype=np.int64)[order], unique)
         hits = placement.cache_hits(np.asarray(trace.cache_hits[s], dtype=np.int64)[order], unique)
         host = placement.host_rows(unique, hits)
@@ -48,9 +59,29 @@ def plan_steps(cfg: RunConfig, profile: HardwareProfile, trace, placement: Place
         bounds = [0, *placement.layer_ids, len(times)]
         segments = np.array([times[a:b].sum() for a, b in pairwise(bounds)])
         segments[-1] += lm_head_time(cfg, profile, shape)
-        # Hashing and dedup scale with the Engram layers fetched (none: nothing to hash).
-        hashing = costs.hash_time(profile, tokens, n_layers, p.hash_threads)
-        if p.dedup:
-            hashing += costs.dedup_time(profile, int(lookups.sum()), p.hash_threads)
-        plans.append(StepPlan(tokens, segments, float(segments.sum()), hashing, lookups, unique, host, reused, hits))
+        hashing, critical = _hashing(cfg, profile, placement, tokens, lookups)
+        host_time = costs.engine_step_time(profile, shape.sequences, cfg.workload.launch == "cuda_graphs") + critical
+        plans.append(StepPlan(tokens, segments, float(segments.sum()), hashing, host_time, lookups, unique, distinct,
+                              host, reused, hits))
     return plans
+
+
+def _hashing(cfg: RunConfig, profile: HardwareProfile, placement: Placement, tokens: int,
+             lookups: np.ndarray) -> tuple[float, float]:
+    """(seconds on worker threads, seconds on the host's critical path) to turn tokens into row ids."""
+    p = cfg.placement
+    n_layers = len(lookups)  # the Engram layers fetched (none: nothing to hash)
+    if n_layers == 0:
+        return 0.0, 0.0
+    if p.hash_on == "critical_path":
+        # One host thread hashes, then deduplicates (a sort with it) or sorts what a zero-copy gather reads.
+        critical = costs.critical_hash_time(profile, tokens, n_layers)
+        if p.dedup:
+            critical += costs.dedup_time(profile, int(lookups.sum()), 1)
+        elif placement.sorts_row_ids:
+            critical += costs.sort_time(profile, int(lookups.sum()))
+        return 0.0, critical
+    hashing = costs.hash_time(profile, tokens, n_layers, p.hash_threads)
+    if p.dedup:
+        hashing += costs.dedup_time(profile, int(lookups.sum()), p.hash_threads)
+    return hashing, 0.0

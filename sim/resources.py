@@ -2,7 +2,10 @@
 
 CPU cores are a Container (hashing and gathers take threads from it), copy
 engines and fetch streams are Resources, staging buffers a Container; the PCIe
-H2D direction and host DRAM are fluid pipes (bandwidth.SharedBandwidth).
+H2D direction and host DRAM are fluid pipes (bandwidth.SharedBandwidth). The
+GPU's SMs are shared by rate: while zero-copy gather blocks sit resident, the
+compute stream runs at `compute_rate` < 1, and `rate_changed` fires when that
+rate changes.
 """
 
 from __future__ import annotations
@@ -30,9 +33,25 @@ class SharedResources:
         buffers = placement.staging_buffers * placement.fetch_streams
         self.staging = simpy.Container(env, capacity=buffers, init=buffers)
         self.net = SharedBandwidth(env, {PCIE_H2D: profile.link.h2d_gbps * 1e9, HOST_DRAM: host.dram_gbps * 1e9})
+        self.sm_share = 0.0        # compute throughput lost to resident gather blocks (summed, at most 1)
+        self.rate_changed = env.event()
         self.record_events = record_events
         # (actor, name, start_s, end_s, step, layer), as vocab.records.EVENT_COLUMNS.
         self.events: list[tuple] = []
+
+    @property
+    def compute_rate(self) -> float:
+        return 1.0 - min(1.0, self.sm_share)
+
+    def hold_sms(self, share: float) -> None:
+        """A gather's blocks take (share > 0) or give back (share < 0) compute throughput."""
+        if share == 0.0:
+            return
+        self.sm_share = max(0.0, self.sm_share + share)
+        if self.sm_share < 1e-12:
+            self.sm_share = 0.0
+        changed, self.rate_changed = self.rate_changed, self.env.event()
+        changed.succeed()
 
     def log(self, actor: str, name: str, start: float, step: int, layer: int = -1) -> None:
         """An interval on `actor` from `start` to now."""

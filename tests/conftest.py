@@ -21,7 +21,8 @@ def synthetic_trace(cfg, steps=4, tokens=None, unique_fraction=0.85, reuse_fract
         tokens=np.full(steps, tokens), attn_context_sum=np.full(steps, context),
         sequences=np.full(steps, w.sequences if w.phase == "decode" else max(1, tokens // 560)),
         kv_tokens=np.full(steps, w.sequences * 600), lookups=full(lookups),
-        unique_rows=full(lookups * unique_fraction), reused_rows=full(lookups * reuse_fraction),
+        unique_rows=full(lookups * unique_fraction), distinct_rows=full(lookups * unique_fraction),
+        reused_rows=full(lookups * reuse_fraction),
         cache_hits=full(lookups * unique_fraction * hit_fraction))
 
 

@@ -50,7 +50,8 @@ CPU_GATHER = "cpu gather"
 H2D_LINK = "h2d link"
 UVA_GATHER = "uva gather"
 STALL = "stall"
-ACTORS = (GPU_COMPUTE, CPU_HASH, CPU_GATHER, H2D_LINK, UVA_GATHER, STALL)
+HOST = "host"  # the host's critical path: engine step work, hashing on the host, launches
+ACTORS = (GPU_COMPUTE, CPU_HASH, CPU_GATHER, H2D_LINK, UVA_GATHER, STALL, HOST)
 
 
 # -- the formulas every table uses ------------------------------------------------------------------

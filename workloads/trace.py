@@ -144,7 +144,9 @@ def _decode_tokens(cfg: RunConfig, n_steps: int, source, rng):
     steps = decode_steps(cfg, n_steps, rng, source)
     B = steps.sequences
     bounds = np.arange(n_steps + 1, dtype=np.int64) * B
-    seen = (steps.context[None, :] + np.arange(1, n_steps + 1)[:, None]).sum(axis=1)  # context incl. the new token
+    # Keys each new token attends to (its context and itself); a cache that does not grow stays at its length.
+    growth = np.arange(1, n_steps + 1) if cfg.workload.lengths.grow else np.ones(n_steps, dtype=np.int64)
+    seen = (steps.context[None, :] + growth[:, None]).sum(axis=1)
     step = dict(sequences=np.full(n_steps, B, dtype=np.int64), attn_context_sum=seen, kv_tokens=seen)
     return steps.contexts(), bounds, step
 
