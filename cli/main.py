@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import measure, simulate
+from cli import measure, simulate, validate
 from cli.args import Parser
 from vocab.errors import run_command
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     simulate.register(sub)
     measure.register(sub)
+    validate.register(sub)
     return parser
 
 

@@ -15,13 +15,13 @@ from vocab.units import GiB
 REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
 
-def _rows(name: str) -> list[dict]:
+def _load(name: str) -> list | dict:
     return json.loads((REFERENCE_DIR / name).read_text())
 
 
 def reference_figures() -> dict:
     """{key: (what, figure, unit)} of the H100 reference limits (h100-limits.json)."""
-    rows = _rows("h100-limits.json")
+    rows = _load("h100-limits.json")
 
     def one(kind, **match):
         return next(r for r in rows if r.get("kind") == kind and all(r.get(k) == v for k, v in match.items()))
@@ -45,7 +45,17 @@ def reference_figures() -> dict:
 
 def reference_step_fetch() -> list[dict]:
     """The reference per-step fetch points (h100-step-fetch.json): UVA gather and CPU path per shape."""
-    return [r for r in _rows("h100-step-fetch.json") if "rows" in r]
+    return [r for r in _load("h100-step-fetch.json") if "rows" in r]
+
+
+def reference_e2e() -> dict:
+    """The H100 end-to-end decode experiment (h100-e2e-decode-b512.json): machine, setup and runs."""
+    return _load("h100-e2e-decode-b512.json")
+
+
+def reference_table4() -> dict:
+    """The paper's Table 4 (paper-table4.json): source, setup and one run per backbone."""
+    return _load("paper-table4.json")
 
 
 def reference_limits() -> dict:
