@@ -74,12 +74,13 @@ def step_estimate(cfg: RunConfig, profile: HardwareProfile, plan: StepPlan,
             stalls.append(stall)
             reach = _advance(reach + stall, plan.segments[k + 1], holds)
         slowed = reach - plan.host_time - plan.compute_time - sum(stalls) if holds else 0.0
-        new = max(plan.host_time + plan.compute_time + sum(stalls) + slowed, fetch_side if ahead else 0.0)
+        laid = plan.host_time + plan.compute_time + sum(stalls) + slowed
+        new = max(laid, fetch_side if ahead else 0.0)
         if math.isclose(new, step, rel_tol=1e-12):
             break
         step = new
     # Waits at Engram layers (and a fetch side too slow to keep up), not the slowed compute or the host.
-    stall_total = step - plan.compute_time - plan.host_time - slowed
+    stall_total = sum(stalls) + (step - laid if step > laid else 0.0)
     return {"step_time_s": step, "exposed_stall_s": stall_total,
             "fetch_time_s": float(sum(ready)), "tokens": plan.tokens}
 

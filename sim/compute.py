@@ -22,7 +22,6 @@ from sim.placements import Placement, placement_for
 from vocab.config import RunConfig
 from vocab.units import DTYPE_BYTES
 
-
 # Kernels the Engram module launches (gather, projections, norms, gating, residual).
 ENGRAM_KERNELS = 8
 

@@ -28,7 +28,7 @@ from tests.conftest import edited, synthetic_trace
 from vocab import placements as names
 from vocab.config import load_config
 from vocab.memory import cache_bytes
-from vocab.records import ACTORS, GPU_COMPUTE, read_record, write_record
+from vocab.records import ACTORS, GPU_COMPUTE, HOST, read_record, write_record
 
 H100 = load_profile("h100-sxm")
 quick = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -202,8 +202,10 @@ def test_none_writes_a_valid_record(tmp_path):
     assert len(s) == cfg.workload.steps and (s["step_time_s"] > 0).all()
     assert (s["fetch_time_s"] == 0).all() and s["overlap_fraction"].isna().all()
     assert (s["exposed_stall_s"] == 0).all() and (s["host_bytes"] == 0).all() and (s["hbm_bytes"] == 0).all()
-    assert np.allclose(s["step_time_s"], s["compute_time_s"], rtol=1e-12)
-    assert len(r.fetches) == 0 and set(r.events["actor"]) == {GPU_COMPUTE}
+    # The step is its compute and the engine's own step work on the host.
+    host = load_profile(cfg.profile).host.engine_step_fixed_us * 1e-6
+    assert np.allclose(s["step_time_s"], s["compute_time_s"] + host, rtol=1e-12)
+    assert len(r.fetches) == 0 and set(r.events["actor"]) == {GPU_COMPUTE, HOST}
     assert r.pipe_bytes == {PCIE_H2D: 0.0, HOST_DRAM: 0.0}
     assert math.isnan(r.summary["overlap_fraction"]) and r.summary["fetch_time_s"] == 0
     back = read_record(write_record(r.to_record(), tmp_path / "none.json"))
@@ -220,7 +222,7 @@ def test_the_closed_form_of_none_is_its_compute():
     plans = plan_steps(cfg, H100, trace)
     assert all(p.hash_time == 0 and len(p.lookups) == 0 for p in plans)
     est = estimate(cfg, H100, plans)
-    assert est["step_time_s"] == pytest.approx(plans[0].compute_time, rel=1e-12)
+    assert est["step_time_s"] == pytest.approx(plans[0].compute_time + plans[0].host_time, rel=1e-12)
     assert est["exposed_stall_s"] == 0 and est["fetch_time_s"] == 0 and math.isnan(est["overlap_fraction"])
     des = simulate(cfg, H100, trace, steps=4, check_capacity=False).summary
     assert des["step_time_s"] == pytest.approx(est["step_time_s"], rel=1e-12)
@@ -230,4 +232,4 @@ def test_none_hashes_and_fetches_nothing_even_with_lookahead():
     cfg = cfg_for("none", **{"workload.decode_lookahead": 2})
     assert isinstance(placement_for(cfg), NoEngram)
     r = simulate(cfg, H100, synthetic_trace(cfg), steps=5, check_capacity=False, record_events=True)
-    assert (r.steps["fetch_time_s"] == 0).all() and set(r.events["actor"]) == {GPU_COMPUTE}
+    assert (r.steps["fetch_time_s"] == 0).all() and set(r.events["actor"]) == {GPU_COMPUTE, HOST}

@@ -41,10 +41,13 @@ from sim.engine import simulate
 from vocab.config import from_dict
 from vocab.errors import UserError
 from vocab.files import staged_dir
-from vocab.placements import HBM
+from vocab.placements import HBM, NONE
 from vocab.records import overhead, read_record
 from vocab.tables import COMPARE_COLUMNS, EXTRA_METRICS, METRICS, TIMELINE_COLUMNS, summarise_errors
 from vocab.units import GiB
+
+# The overhead columns and the baseline placement each is measured against.
+OVERHEADS = {"overhead_vs_hbm": HBM, "overhead_vs_none": NONE}
 
 
 class CompareError(UserError):
@@ -166,15 +169,14 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
         profile_name, matched, note = match_profile(record, cfg.profile)
     prof = load_profile(profile_name)
     predicted = simulate(cfg, prof, steps=n, record_events=True, check_capacity=False)
-    if cfg.placement.kind == HBM:
-        hbm = predicted
-    else:
-        hbm = simulate(cfg.with_placement(HBM), prof, steps=n, check_capacity=False)
+    baselines = {kind: predicted if cfg.placement.kind == kind else
+                 simulate(cfg.with_placement(kind), prof, steps=n, check_capacity=False) for kind in (HBM, NONE)}
     ps, ms = predicted.summary, record.summary
-    pred = {m: float(ps[m]) for m in METRICS if m != "overhead_vs_hbm"}
-    meas = {m: float(ms.get(m, math.nan)) for m in METRICS if m != "overhead_vs_hbm"}
-    pred["overhead_vs_hbm"] = overhead(ps["tokens_per_s"], hbm.summary["tokens_per_s"])
-    meas["overhead_vs_hbm"] = math.nan  # filled in once every record is read
+    pred = {m: float(ps[m]) for m in METRICS if m not in OVERHEADS}
+    meas = {m: float(ms.get(m, math.nan)) for m in METRICS if m not in OVERHEADS}
+    for m, kind in OVERHEADS.items():
+        pred[m] = overhead(ps["tokens_per_s"], baselines[kind].summary["tokens_per_s"])
+        meas[m] = math.nan  # filled in once every record is read
     gpu = machine_gpu(record)
     row = {
         "record": path.name, "config": cfg.name, "placement": cfg.placement.kind, "phase": cfg.workload.phase,
@@ -201,6 +203,7 @@ def _errors(df: pd.DataFrame) -> pd.DataFrame:
     for m in METRICS:
         df[f"rel_err_{m}"] = [_rel(p, q) for p, q in zip(df[f"predicted_{m}"], df[f"measured_{m}"])]
     df["overhead_error_pp"] = (df["predicted_overhead_vs_hbm"] - df["measured_overhead_vs_hbm"]) * 100
+    df["overhead_vs_none_error_pp"] = (df["predicted_overhead_vs_none"] - df["measured_overhead_vs_none"]) * 100
     return df
 
 
@@ -221,19 +224,22 @@ def compare_records(paths, profile: str | None = None, *, keep_results: bool = F
             skipped.append((str(p), str(e)))
     if profile:  # fail once, as a one-line error, on a bad --profile
         load_profile(profile)
-    baselines: dict[str, float] = {}
+    # Measured baselines: an hbm and a none record of the same configuration, phase, steps and machine.
+    baselines: dict[tuple[str, str], float] = {}
     for p, record, cfg in loaded:
-        if cfg.placement.kind == HBM:
-            baselines.setdefault(_baseline_key(record), float(record.summary.get("tokens_per_s", math.nan)))
+        if cfg.placement.kind in (HBM, NONE):
+            baselines.setdefault((cfg.placement.kind, _baseline_key(record)),
+                                 float(record.summary.get("tokens_per_s", math.nan)))
     for p, record, cfg in loaded:
         try:
             row, timeline, predicted = compare_one(p, record, cfg, profile)
         except UserError as e:  # e.g. the config's profile does not exist here
             skipped.append((str(p), f"cannot simulate it ({e})"))
             continue
-        base = baselines.get(_baseline_key(record))
-        if base is not None and base > 0 and math.isfinite(row["measured_tokens_per_s"]):
-            row["measured_overhead_vs_hbm"] = overhead(row["measured_tokens_per_s"], base)
+        for m, kind in OVERHEADS.items():
+            base = baselines.get((kind, _baseline_key(record)))
+            if base is not None and base > 0 and math.isfinite(row["measured_tokens_per_s"]):
+                row[f"measured_{m}"] = overhead(row["measured_tokens_per_s"], base)
         rows.append(row)
         if not timeline.empty:
             timelines.append(timeline)
@@ -277,6 +283,8 @@ def format_table(df: pd.DataFrame) -> str:
         "overlap meas": [f(x, fmt="{:.2f}") for x in df["measured_overlap_fraction"]],
         "ovh% pred": [f(x, 100, "{:+.1f}") for x in df["predicted_overhead_vs_hbm"]],
         "ovh% meas": [f(x, 100, "{:+.1f}") for x in df["measured_overhead_vs_hbm"]],
+        "vs none% pred": [f(x, 100, "{:+.1f}") for x in df["predicted_overhead_vs_none"]],
+        "vs none% meas": [f(x, 100, "{:+.1f}") for x in df["measured_overhead_vs_none"]],
     })
     with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_rows", 500):
         return view.to_string(index=False)

@@ -2,7 +2,8 @@
 
 Each (phase, table size) point builds one token trace and simulates every
 placement on it, plus the same run with the table in HBM (capacity ignored),
-the baseline for `overhead_vs_hbm`. Points run in worker processes.
+the baseline for `overhead_vs_hbm`, and the backbone alone (placement none),
+the baseline for `overhead_vs_none` (the paper's). Points run in worker processes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from profiles import HardwareProfile, load_profile
 from sim.engine import simulate, trace_for
 from vocab.config import RunConfig
-from vocab.placements import ENGRAM_PLACEMENTS, HBM, HBM_CACHE
+from vocab.placements import ENGRAM_PLACEMENTS, HBM, HBM_CACHE, NONE
 from vocab.records import overhead, window_use
 from vocab.tables import SWEEP_COLUMNS
 from vocab.units import GiB
@@ -45,6 +46,9 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
     trace = trace_for(point_config(cfg, table_gib, HBM_CACHE, phase, cache_gib) if HBM_CACHE in placements else base)
     t0 = time.perf_counter()
     baseline = simulate(base, profile, trace, steps=steps, check_capacity=False)
+    # The backbone alone: the paper's baseline (cheap: no fetch side to simulate).
+    backbone = simulate(point_config(cfg, table_gib, NONE, phase, cache_gib), profile, trace, steps=steps,
+                        check_capacity=False)
     sim_s += time.perf_counter() - t0
     rows = []
     for placement in placements:
@@ -68,6 +72,7 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
             "fetch_time_s": s["fetch_time_s"],
             "overlap_fraction": s["overlap_fraction"],
             "overhead_vs_hbm": loss,
+            "overhead_vs_none": overhead(s["tokens_per_s"], backbone.summary["tokens_per_s"]),
             "host_bytes_per_step": s["host_bytes_per_step"],
             "hbm_bytes_per_step": s["hbm_bytes_per_step"],
             "link_utilisation": s["link_utilisation"],

@@ -12,13 +12,13 @@ import pandas as pd
 
 SWEEP_COLUMNS = [
     "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
-    "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "host_bytes_per_step", "hbm_bytes_per_step",
+    "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "overhead_vs_none", "host_bytes_per_step", "hbm_bytes_per_step",
     "link_utilisation", "window_use", "fits_hbm", "fits_host", "hidden", "steps", "sim_events", "replayed_steps",
 ]
 PHASES = ("prefill", "decode")
 
 # Metrics compared; each gets predicted_<m>, measured_<m> and rel_err_<m> columns.
-METRICS = ["step_time_s", "tokens_per_s", "exposed_stall_s", "overlap_fraction", "overhead_vs_hbm"]
+METRICS = ["step_time_s", "tokens_per_s", "exposed_stall_s", "overlap_fraction", "overhead_vs_hbm", "overhead_vs_none"]
 # Also carried predicted and measured (no error column): the bytes per tier and the fetch time.
 EXTRA_METRICS = ["fetch_time_s", "host_bytes_per_step", "hbm_bytes_per_step"]
 
@@ -27,7 +27,7 @@ COMPARE_COLUMNS = [
     "profile", "profile_matched",
     *[f"{side}_{m}" for m in METRICS for side in ("predicted", "measured")],
     *[f"rel_err_{m}" for m in METRICS],
-    "overhead_error_pp",
+    "overhead_error_pp", "overhead_vs_none_error_pp",
     *[f"{side}_{m}" for m in EXTRA_METRICS for side in ("predicted", "measured")],
     "note",
 ]
