@@ -210,8 +210,11 @@ class DecoderLayer(nn.Module):
 
 class Backbone(nn.Module):
     def __init__(self, backbone_cfg, engram_cfg=None, *, device="cpu", dtype=None, seed: int = 0,
-                 moe_impl: str = "auto"):
+                 moe_impl: str = "auto", grow: bool = True):
+        """grow False: decode writes each step's keys over the same position, so the cache (and the attention
+        over it) keeps its length, as a benchmark with a fixed-length KV cache does."""
         super().__init__()
+        self.grow = grow
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.cfg, self.engram_cfg = backbone_cfg, engram_cfg
@@ -279,8 +282,10 @@ class Backbone(nn.Module):
             last = x[:, -1]
         else:
             last = x[torch.arange(B, device=x.device), last_index]
-        logits = rms_norm(last, self.final_norm, NORM_EPS) @ self.lm_head
-        if cache is not None:
+        last = rms_norm(last, self.final_norm, NORM_EPS)
+        # Without an LM head the step ends at the last layer (its hidden state stands in for the logits).
+        logits = last @ self.lm_head if self.cfg.lm_head else last
+        if cache is not None and self.grow:
             cache.lengths += 1
         if hook:
             hook(len(self.layers), "end")

@@ -137,7 +137,7 @@ class Model:
 def build_model(cfg: RunConfig, device: str, context: np.ndarray | None, total_steps: int) -> Model:
     """The backbone (with Engram unless the placement is none); in decode a KV cache for every step."""
     engram = None if cfg.placement.kind == NONE else cfg.engram
-    backbone = Backbone(cfg.backbone, engram, device=device, seed=cfg.workload.seed)
+    backbone = Backbone(cfg.backbone, engram, device=device, seed=cfg.workload.seed, grow=cfg.workload.lengths.grow)
     if context is None:
         return Model(backbone)
     capacity = int(context.max()) + total_steps
@@ -264,7 +264,7 @@ class StepLoop:
                             last_index=last_index, hook=hook, max_len=m.max_len + 1 if m.cache is not None else None)
         logits.argmax(-1).cpu()      # the next token's dependency: a read-back every step
         tl.anchor()                  # the compute stream is idle: re-tie the GPU clock to the host's
-        if m.cache is not None:
+        if m.cache is not None and self.cfg.workload.lengths.grow:
             m.max_len += 1
         log.end_ns = time.perf_counter_ns()
 

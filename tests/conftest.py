@@ -38,6 +38,6 @@ def edited(cfg, changes: dict):
         section, _, name = dotted.partition(".")
         parts.setdefault(section, {})[name] = value
     for section, fields in parts.items():
-        cfg = {"engram": cfg.with_engram, "placement": cfg.with_placement,
-               "workload": cfg.with_workload}[section](**fields)
+        cfg = {"engram": cfg.with_engram, "placement": cfg.with_placement, "workload": cfg.with_workload,
+               "backbone": cfg.with_backbone}[section](**fields)
     return cfg

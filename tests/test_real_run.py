@@ -271,3 +271,18 @@ def test_kv_cache_check_counts_k_and_v_in_the_model_dtype(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (need / runner.KV_FREE_FRACTION - 1, 0))
     with pytest.raises(CapacityError, match="workload.sequences"):
         runner._check_kv_fits(cfg, backbone, 100)
+
+
+def test_a_fixed_length_cache_and_no_lm_head_run_for_real(tmp_path):
+    # The end-to-end benchmark's shape: the KV cache keeps its length, the step ends at the last layer.
+    cfg = tiny(**{"workload.steps": 3, "workload.lengths": {"dist": "fixed", "low": 6, "high": 6, "grow": False}})
+    cfg = cfg.with_backbone(lm_head=False)
+    rec = run(cfg, placement="hbm", steps=3, out=tmp_path / "r.json", device="cpu")
+    assert len(rec.steps) == 3 and (rec.steps["step_time_s"] > 0).all()
+    from real_runs.backbone import Backbone
+
+    model = Backbone(cfg.backbone, cfg.engram, grow=False)
+    cache = model.new_cache(2, 8, np.array([6, 6]))
+    out = model(torch.zeros((2, 1), dtype=torch.int64), lambda layer: torch.zeros((2, cfg.engram.d_mem)), cache=cache,
+                states=model.new_states(2), max_len=7)
+    assert out.shape == (2, cfg.backbone.hidden_size) and cache.lengths.tolist() == [6, 6]

@@ -324,6 +324,9 @@ class RunConfig:
             changes.setdefault("cache_gib", None)
         return self._with(placement=_edit(self.placement, "placement", changes))
 
+    def with_backbone(self, **changes) -> "RunConfig":
+        return self._with(backbone=_edit(self.backbone, "backbone", changes))
+
     def with_workload(self, **changes) -> "RunConfig":
         return self._with(workload=_edit(self.workload, "workload", changes))
 
