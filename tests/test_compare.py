@@ -211,3 +211,26 @@ def test_report_errors_are_one_line_exit_2(report_inputs, tmp_path, capsys):
     code, _, err = run_cli(capsys, "report", str(broken), "--out", str(tmp_path / "r"))
     assert code == 2 and "lacks column 'measured_tokens_per_s'" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_measured_none_record_is_the_baseline_of_overhead_vs_none(tmp_path):
+    # Records that claim the simulator's own numbers as measurements: each overhead must then match exactly.
+    from sim.engine import simulate
+    from vocab.config import load_config
+    from vocab.records import write_record
+
+    base = load_config("tiny").with_steps(6)
+    paths, tps = [], {}
+    for kind in ("none", "hbm", "host_dma"):
+        record = simulate(base.with_placement(kind)).to_record()
+        record.kind, record.machine = "measured", {"cpu_model": "test CPU", "device": "cpu"}
+        tps[kind] = record.summary["tokens_per_s"]
+        paths.append(write_record(record, tmp_path / f"{kind}.json"))
+    df, summary, _, skipped = compare_records(paths)
+    assert skipped == [] and set(df["placement"]) == {"none", "hbm", "host_dma"}
+    row = df.set_index("placement")
+    for kind in ("hbm", "host_dma"):
+        assert row.loc[kind, "measured_overhead_vs_none"] == pytest.approx(1 - tps[kind] / tps["none"])
+        assert row.loc[kind, "overhead_vs_none_error_pp"] == pytest.approx(0, abs=1e-9)
+    assert row.loc["host_dma", "measured_overhead_vs_hbm"] == pytest.approx(1 - tps["host_dma"] / tps["hbm"])
+    assert row.loc["none", "measured_overhead_vs_none"] == 0 and row.loc["none", "predicted_overhead_vs_none"] == 0
