@@ -26,8 +26,9 @@ from vocab.units import GiB
 # resident for the whole window, whatever it slows the layers by), at most COVER_MAX_REPEATS times.
 COVER_FACTOR = 1.5
 COVER_MAX_REPEATS = 64
-# The host enqueues the side work and every layer while the GPU spins this long (about 2 ms).
-AHEAD_CYCLES = 4 * HOST_AHEAD_CYCLES
+# The host enqueues the side work and every layer (a few hundred launches) while the GPU spins this long
+# (about 5 ms), so that neither the window alone nor beside the gather waits on the host.
+AHEAD_CYCLES = 10 * HOST_AHEAD_CYCLES
 
 
 def windowed_time(main_fn, side_fn, side_stream, warmup: int, repeats: int) -> tuple[float, float]:
