@@ -103,6 +103,24 @@ def fit_linear_time(items, us) -> LinearFit:
     return LinearFit(fixed_us=coef[0] * 1e6, per_item_ns=coef[1] * 1e9)
 
 
+def fit_interference(shares, losses) -> float:
+    """uva_interference from contention points: the share of block slots a zero-copy gather held
+    (profiles.uva.gather_block_share) and the share of its rate the overlapped layer lost (1 - alone / with).
+    Least squares of loss = interference x share through the origin, clipped to [0, 1]."""
+    s, loss = np.asarray(shares, float), np.asarray(losses, float)
+    den = float(np.sum(s * s))
+    return float(np.clip(np.sum(s * loss) / den, 0.0, 1.0)) if den > 0 else 0.0
+
+
+def fraction_curve(xs, rates, peak: float) -> list[dict]:
+    """[{x, y}] with y = rate / peak (at most 1), sorted by x, one point per x (the best), for the profile's
+    matmul_curve and memory_curve."""
+    best: dict = {}
+    for x, r in zip(xs, rates):
+        best[x] = max(best.get(x, 0.0), float(r))
+    return [{"x": x, "y": min(1.0, best[x] / peak)} for x in sorted(best)]
+
+
 def best_per_core(rates_by_threads: dict) -> tuple[float, int]:
     """(rate / threads at the thread count with the highest rate, that thread count)."""
     best_t = max(rates_by_threads, key=lambda t: (rates_by_threads[t], -t))

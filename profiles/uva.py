@@ -59,3 +59,10 @@ def uva_time(uva, rows: int, row_bytes: int, footprint_bytes: float,
         return 0.0, 0.0
     translation = uva_translation_time(uva, rows, row_bytes, footprint_bytes, warm_fraction, distinct_rows)
     return uva.fixed_us * 1e-6, max(translation / concurrency, uva_payload_time(uva, rows, row_bytes))
+
+
+def gather_block_share(ctas: int, sm_count: int, blocks_per_sm: int) -> float:
+    """Share of the GPU's thread-block slots a zero-copy gather of `ctas` programs holds:
+    min(1, ctas / (sm_count x blocks_per_sm)). The layers it overlaps run at
+    1 - uva_interference x this share (profiles.GpuProfile)."""
+    return min(1.0, ctas / (sm_count * blocks_per_sm))

@@ -1,6 +1,7 @@
 """GPU benchmarks of the real Engram paths, written as JSON.
 
     python -m real_runs.bench --quick --out out/bench.json [--parts hash,uva,dma,hbm,e2e] [--max-table-gib 64]
+                              [--e2e-batches 512,128]
 
 - hash: Numba N-gram hashing M tokens/s and its ratio to the NumPy reference (runs on CPU too);
 - uva:  the host_uva gather kernel at 4K-256K rows of 160/256/1024 B on 1-64 GiB pinned tables,
@@ -8,9 +9,11 @@
 - dma:  host_dma end to end, 16K x 256 B rows from a 64 GiB table, host-timed (dedup, Numba gather
         into pinned staging, async H2D copy, expand), plus its gather and copy parts;
 - hbm:  index_select from an HBM table at 160 B / 256 B / 1 KB rows;
-- e2e:  Dense-4B decode (batch 256) with Engram at layer id 1 per placement (none = no Engram, hbm,
-        host_dma, host_uva, hbm_cache): tokens/s and the overhead of each against the table in HBM and
-        against no Engram; the table is the largest both host memory and the GPU (for the hbm run) hold.
+- e2e:  Dense-4B decode with Engram at layer id 1 per placement (none = no Engram, hbm, host_dma,
+        host_uva, hbm_cache) at each of --e2e-batches (default 512 and 128; KV cache of 560 tokens a
+        sequence, as the H100 end-to-end experiment): tokens/s and the overhead of each against the table
+        in HBM and against no Engram; the table is the largest both host memory and the GPU (for the hbm
+        run) hold beside that batch's KV cache.
 
 Without a CUDA GPU only `hash` runs; the other parts record {"skipped": "needs a CUDA GPU"}.
 Each part also records its own errors instead of stopping the others.
@@ -161,48 +164,57 @@ def bench_hbm(quick: bool, reps: int) -> list[dict]:
     return out
 
 
-def e2e_config(quick: bool, table_gib: float):
+# The e2e runs' batches, and their KV length: that of the H100 end-to-end experiment
+# (profiles/reference/h100-e2e-decode-b512.json); 512 sequences of up to 1024 tokens would need 81 GB of KV.
+E2E_BATCHES = (512, 128)
+E2E_CONTEXT = 560
+
+
+def e2e_config(quick: bool, table_gib: float, batch: int = E2E_BATCHES[0]):
     return (load_config("dense-4b-100b").with_table_gib(table_gib)
-            .with_workload(sequences=128 if quick else 256, steps=20 if quick else 50,
-                           lengths={"dist": "uniform", "low": 100, "high": 1024})
+            .with_workload(sequences=int(batch), steps=20 if quick else 50,
+                           lengths={"dist": "fixed", "low": E2E_CONTEXT, "high": E2E_CONTEXT})
             .with_placement(hash_threads=8, gather_threads=8))
 
 
-def largest_e2e_tables_gib(quick: bool, host_available_bytes: float, gpu_free_bytes: float) -> tuple[float, float]:
+def largest_e2e_tables_gib(quick: bool, host_available_bytes: float, gpu_free_bytes: float,
+                           batch: int = E2E_BATCHES[0]) -> tuple[float, float]:
     """(host, hbm): the largest table (whole GiB) host memory holds, and the largest the GPU holds beside the
     model and its KV cache (as run: K and V), with margins for activations, staging and the OS."""
-    fp = memory_footprint(e2e_config(quick, 1.0), gpu_free_bytes)
+    fp = memory_footprint(e2e_config(quick, 1.0, batch), gpu_free_bytes)
     gpu_room = gpu_free_bytes * 0.9 - fp["weights_bytes"] - fp["kv_bytes_as_run"] - 4 * GiB
     host_room = host_available_bytes * 0.6
     return float(max(1, int(host_room // GiB))), float(max(1, int(min(gpu_room, host_room) // GiB)))
 
 
-def bench_e2e(quick: bool, table_gib: float | None, placements: list[str], records: Path | None = None) -> dict:
-    """Each placement's decode throughput. The host placements use the largest table host memory allows;
-    `hbm` the largest the GPU holds (the same when that is as large): the gather from HBM costs the same
-    whatever the table's size, so it stands for the table in HBM at the host size too."""
+def bench_e2e(quick: bool, table_gib: float | None, placements: list[str], records: Path | None = None,
+              batch: int = E2E_BATCHES[0]) -> dict:
+    """Each placement's decode throughput at `batch` sequences. The host placements use the largest table host
+    memory allows; `hbm` the largest the GPU holds (the same when that is as large): the gather from HBM costs
+    the same whatever the table's size, so it stands for the table in HBM at the host size too."""
     import torch
 
     from real_runs.runner import run
 
     if table_gib is None:
         free, _ = torch.cuda.mem_get_info()
-        host_gib, hbm_gib = largest_e2e_tables_gib(quick, available_gib() * GiB, free)
+        host_gib, hbm_gib = largest_e2e_tables_gib(quick, available_gib() * GiB, free, batch)
     else:
         host_gib = hbm_gib = table_gib
-    out = {"host_table_gib": host_gib, "hbm_table_gib": hbm_gib, "runs": {}}
+    out = {"batch": int(batch), "host_table_gib": host_gib, "hbm_table_gib": hbm_gib, "runs": {}}
     for placement in placements:
         gib = hbm_gib if placement == "hbm" else host_gib
-        cfg = e2e_config(quick, gib)
+        cfg = e2e_config(quick, gib, batch)
         out.setdefault("config", cfg.to_dict())
         try:
-            out_file = None if records is None else records / f"e2e-dense4b-{gib:g}gib-decode-{placement}.json"
+            name = f"e2e-dense4b-b{batch}-{gib:g}gib-decode-{placement}.json"
+            out_file = None if records is None else records / name
             rec = run(cfg, placement=placement, warmup=2, out=out_file)
             s = rec.summary
             out["runs"][placement] = {"table_gib": 0.0 if placement == "none" else gib,
                                       **{k: s[k] for k in ("tokens_per_s", "step_time_s", "exposed_stall_s",
                                                            "fetch_time_s", "overlap_fraction")}}
-            print(f"e2e {placement:>9} ({gib:g} GiB): {s['tokens_per_s']:.0f} tok/s, stall "
+            print(f"e2e B={batch} {placement:>9} ({gib:g} GiB): {s['tokens_per_s']:.0f} tok/s, stall "
                   f"{s['exposed_stall_s'] * 1e3:.3f} ms/step, fetch {s['fetch_time_s'] * 1e3:.3f} ms/step", flush=True)
         except Exception as e:  # record and go on with the next placement
             out["runs"][placement] = {"table_gib": gib, "error": f"{type(e).__name__}: {e}"}
@@ -263,21 +275,29 @@ def evaluate(result: dict, ref_points: list[dict], ref: dict | None = None) -> l
     best = max((p["gb_per_s"] for p in hbm if p["row_bytes"] == 1024), default=None)
     rows.append(_check("hbm gather, 1 KB rows", best, HBM_MIN_GBPS, "GB/s", True, ref["hbm_gather_1k_gbps"]))
     e2e_result = result.get("e2e") if isinstance(result.get("e2e"), dict) else {}
+    # {"batches": [one result a batch]}; a single batch's result (older files) is the one batch
+    for one in e2e_result.get("batches", [e2e_result]):
+        rows += _e2e_checks(one)
+    return rows
+
+
+def _e2e_checks(e2e_result: dict) -> list[dict]:
+    """The e2e targets of one batch's runs."""
     e2e = e2e_result.get("runs", {})
     hbm_tps = e2e.get("hbm", {}).get("tokens_per_s")
     host = {k: v for k, v in e2e.items() if k.startswith("host_") and "tokens_per_s" in v}
+    what = f"e2e Dense-4B decode B={e2e_result['batch']}" if "batch" in e2e_result else "e2e Dense-4B decode"
     sizes = (f" ({e2e_result.get('host_table_gib', 0):g} GiB in host memory, {e2e_result.get('hbm_table_gib', 0):g} "
              f"GiB in HBM)" if e2e_result.get("host_table_gib") != e2e_result.get("hbm_table_gib") else "")
-    for kind, r in sorted(host.items()):
-        rows.append(_check(f"e2e Dense-4B decode, {kind} against hbm{sizes}",
-                           1 - r["tokens_per_s"] / hbm_tps if hbm_tps else None, E2E_MAX_OVERHEAD, "overhead", False,
-                           None, "the paper: 1.9-2.8 % against no Engram, on an H800"))
+    rows = [_check(f"{what}, {kind} against hbm{sizes}", 1 - r["tokens_per_s"] / hbm_tps if hbm_tps else None,
+                   E2E_MAX_OVERHEAD, "overhead", False, None, "the paper: 1.9-2.8 % against no Engram, on an H800")
+            for kind, r in sorted(host.items())]
     if host and hbm_tps:
         kind = max(host, key=lambda k: host[k]["tokens_per_s"])
-        rows.append(_check(f"e2e best host path ({kind}) against hbm{sizes}", 1 - host[kind]["tokens_per_s"] / hbm_tps,
-                           E2E_MAX_OVERHEAD, "overhead", False, None))
+        rows.append(_check(f"{what}, best host path ({kind}) against hbm{sizes}",
+                           1 - host[kind]["tokens_per_s"] / hbm_tps, E2E_MAX_OVERHEAD, "overhead", False, None))
     else:
-        rows.append(_check("e2e best host path against hbm", None, E2E_MAX_OVERHEAD, "overhead", False))
+        rows.append(_check(f"{what}, best host path against hbm", None, E2E_MAX_OVERHEAD, "overhead", False))
     return rows
 
 
@@ -329,6 +349,8 @@ def main(argv=None) -> int:
                          "the GPU allow)")
     ap.add_argument("--threads", type=int, default=None, help="Numba gather threads (default: all)")
     ap.add_argument("--records", default=None, help="folder for the e2e runs' records (default: none written)")
+    ap.add_argument("--e2e-batches", default=",".join(map(str, E2E_BATCHES)),
+                    help="comma-separated decode batch sizes of the e2e runs (default 512,128)")
     args = ap.parse_args(argv)
     import torch
 
@@ -383,9 +405,10 @@ def main(argv=None) -> int:
         if "hbm" in parts:
             attempt("hbm", lambda: bench_hbm(args.quick, reps))
         if "e2e" in parts:
-            attempt("e2e", lambda: bench_e2e(args.quick, args.e2e_table_gib,
-                                             ["none", "hbm", "host_dma", "host_uva", "hbm_cache"],
-                                             Path(args.records) if args.records else None))
+            batches = [int(b) for b in args.e2e_batches.split(",") if b.strip()]
+            attempt("e2e", lambda: {"batches": [
+                bench_e2e(args.quick, args.e2e_table_gib, ["none", "hbm", "host_dma", "host_uva", "hbm_cache"],
+                          Path(args.records) if args.records else None, batch) for batch in batches]})
     result["targets"] = evaluate(result, reference_step_fetch())
     print_targets(result["targets"])
     out = Path(args.out)

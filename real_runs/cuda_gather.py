@@ -7,7 +7,10 @@ step's deduplicated, sorted row ids (sorted ids keep neighbouring reads on the
 same pages, which is what the address translation needs; see
 shared/reference/H100.md). Rows are read as int32 words in 2-D blocks
 [BLOCK_ROWS, BLOCK_COLS]; when a row is a multiple of 16 bytes the compiler is
-told so and emits 16-byte vector loads.
+told so and emits 16-byte vector loads. The grid is one program per BLOCK_ROWS
+rows (it grows with the step), or with `ctas` a bounded, persistent grid whose
+programs loop over the row blocks (placement.uva_ctas): a slower gather that
+leaves more of the GPU's block slots to the layers it overlaps.
 
 Importable without CUDA or Triton: everything that needs them is imported on
 first use, and `uva_gather` raises RuntimeError("host_uva needs a CUDA GPU ...")
@@ -83,23 +86,40 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def uva_gather(table, row_bytes: int, idx, out) -> None:
+def block_shape(row_bytes: int) -> tuple[int, int, int, int]:
+    """(row words, vector words, BLOCK_COLS, BLOCK_ROWS) of the kernel for rows of `row_bytes`."""
+    words = row_bytes // 4
+    vec = 4 if words % 4 == 0 else (2 if words % 2 == 0 else 1)
+    block_cols = _pow2(words)
+    return words, vec, block_cols, max(1, min(256, 4096 // block_cols))
+
+
+def gather_grid(rows: int, row_bytes: int, ctas: int | None = None) -> int:
+    """Programs the kernel launches for `rows` rows: one per BLOCK_ROWS rows, at most `ctas` when given."""
+    blocks = -(-rows // block_shape(row_bytes)[3])
+    return blocks if ctas is None else min(int(ctas), blocks)
+
+
+def uva_gather(table, row_bytes: int, idx, out, ctas: int | None = None) -> None:
     """out[i] = row idx[i] of the host table, on the current CUDA stream.
 
     table: a real_runs.stores.HostTable, registered (pinned) on a GPU; its memory is read as rows of
     `row_bytes` (which may differ from the table's own row size: benchmarks view one table at several).
     idx: int64 tensor [n] of row ids, bounds-checked by the caller; out: contiguous tensor holding
     n * row_bytes bytes. Both on the GPU, or both on the CPU under TRITON_INTERPRET=1.
+    ctas: None launches one program per BLOCK_ROWS rows; a number bounds the grid at that many programs,
+    each looping over its share of the row blocks (the same rows out).
     """
     reason = uva_unavailable_reason()
     if reason:
         raise RuntimeError(reason)
     # Optional heavy dependencies, present once uva_unavailable_reason() says so; this module imports without them.
     import torch
-    import triton
 
     if row_bytes % 4:
         raise ValueError(f"UVA gather reads 4-byte words; row of {row_bytes} B is not a multiple of 4")
+    if ctas is not None and int(ctas) < 1:
+        raise ValueError(f"ctas must be None or >= 1 (got {ctas})")
     n = idx.numel()
     if out.numel() * out.element_size() != n * row_bytes or not out.is_contiguous():
         raise ValueError(f"out must be contiguous with {n} x {row_bytes} bytes")
@@ -116,10 +136,7 @@ def uva_gather(table, row_bytes: int, idx, out) -> None:
         src = HostPointer(table.ptr, torch.int32)
     if n == 0:
         return
-    words = row_bytes // 4
-    vec = 4 if words % 4 == 0 else (2 if words % 2 == 0 else 1)
-    block_cols = _pow2(words)
-    block_rows = max(1, min(256, 4096 // block_cols))
-    grid = (triton.cdiv(n, block_rows),)
+    words, vec, block_cols, block_rows = block_shape(row_bytes)
+    grid = (gather_grid(n, row_bytes, ctas),)
     _kernel()[grid](src, idx, out.view(torch.int32), n, ROW_WORDS=words, VEC=vec, BLOCK_ROWS=block_rows,
                     BLOCK_COLS=block_cols, num_warps=4)

@@ -1,7 +1,20 @@
 #!/usr/bin/env bash
-# Everything issues 3 and 4 measure on a GPU, in parts that each fit one 10-minute device call.
+# Everything the real runs and the calibration measure on a GPU, in parts that each fit one 10-minute
+# device call.
 #
-#   bash real_runs/gpu_session.sh PART [OUT]      PART: tests | bench | e2e | runs | calibrate | calibrate-quick
+#   bash real_runs/gpu_session.sh PART [OUT]
+#     PART: tests | bench | e2e | runs | probe | calibrate | calibrate-quick
+#
+#   tests      the CUDA tests (skipped on CPU) and the kernels' CPU tests
+#   bench      hashing, the zero-copy gather at the H100 reference points, host_dma, HBM gather (3-4 min)
+#   e2e        Dense-4B decode at batch 512 and 128, every placement including none (no Engram); the
+#              largest tables host and GPU hold (E2E_TABLE_GIB=N fixes the size, e.g. to save time)
+#   runs       records at several table sizes, every placement, decode and prefill
+#   probe      the simulator's end-to-end mechanisms only (python -m tools.calibrate.probe): GEMM and
+#              decode-attention rate ladders, CUDA-graph timing and the SM contention probe of the zero-copy
+#              gather, written over this GPU's shipped profile (a few minutes; PROBE_ARGS=--engine adds the
+#              engine's step, --quick fewer points)
+#   calibrate  the whole profile (calibrate-quick: fewer points), the probe's figures included
 #
 # OUT (default $OUT, else out/gpu) receives a log per part and, since a device call returns at most
 # 8 files, the run records as one tarball (records-PART.tgz). Unpack the records into
@@ -11,7 +24,7 @@
 # Needs what the GPU image has (torch, Triton, Numba, pandas, nvidia-ml-py, tokenizers, tqdm); not
 # SimPy or Altair: nothing here imports them.
 set -euo pipefail
-part=${1:?usage: gpu_session.sh tests|bench|e2e|runs|calibrate|calibrate-quick [OUT]}
+part=${1:?usage: gpu_session.sh tests|bench|e2e|runs|probe|calibrate|calibrate-quick [OUT]}
 out=${2:-${OUT:-out/gpu}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
@@ -23,11 +36,12 @@ records=$(mktemp -d)
 case "$part" in
   tests)     # the CUDA tests (skipped on CPU) and the kernels' CPU tests
     python3 -m pytest -p no:cacheprovider -q -rs tests/test_real_stores.py tests/test_real_run.py \
-      tests/test_hashing.py tests/test_real_engram.py 2>&1 | tee -a "$log" ;;
+      tests/test_hashing.py tests/test_real_engram.py tests/test_calibrate_gpu.py 2>&1 | tee -a "$log" ;;
   bench)     # hashing, UVA gather at the reference points, host_dma, HBM gather: about 3-4 minutes
     python3 -m real_runs.bench --parts hash,uva,dma,hbm --out "$out/bench.json" 2>&1 | tee -a "$log" ;;
-  e2e)       # Dense-4B decode, batch 256, every placement, largest tables host and GPU hold
-    python3 -m real_runs.bench --parts e2e --records "$records" --out "$out/bench-e2e.json" 2>&1 | tee -a "$log" ;;
+  e2e)       # Dense-4B decode, batches 512 and 128 (KV 560 tokens), every placement including none
+    python3 -m real_runs.bench --parts e2e --e2e-batches 512,128 ${E2E_TABLE_GIB:+--e2e-table-gib "$E2E_TABLE_GIB"} \
+      --records "$records" --out "$out/bench-e2e.json" 2>&1 | tee -a "$log" ;;
   runs)      # Dense-4B (the paper's Table 4 shape) at 1, 8 and 32 GiB, and Engram-27B (MoE) at 2 GiB:
              # every placement, decode and prefill. Batches sized so the hbm runs fit 80 GB.
     cfgs=$(mktemp -d)
@@ -47,11 +61,16 @@ case "$part" in
       done
     done
     rm -rf "$cfgs" ;;
+  probe)     # gpu.matmul_curve, memory_curve, graph_*, sm_count, uva_rows_per_cta, uva_interference
+    name=$(python3 -c "import torch; from tools.calibrate.output import slug; print(slug(torch.cuda.get_device_name()))")
+    # shellcheck disable=SC2086  # PROBE_ARGS is a list of options
+    python3 -m tools.calibrate.probe ${PROBE_ARGS:-} --out "$out/$name-probe-$(date +%F).toml" 2>&1 \
+      | tee -a "$log" ;;
   calibrate | calibrate-quick)
     flag=$([ "$part" = calibrate-quick ] && echo --quick || true)
     name=$(python3 -c "import torch; from tools.calibrate.output import slug; print(slug(torch.cuda.get_device_name()))")
     python3 -m tools.calibrate $flag --out "$out/$name-measured-$(date +%F).toml" 2>&1 | tee -a "$log" ;;
-  *) echo "unknown part '$part': use tests, bench, e2e, runs, calibrate or calibrate-quick" >&2; exit 2 ;;
+  *) echo "unknown part '$part': use tests, bench, e2e, runs, probe, calibrate or calibrate-quick" >&2; exit 2 ;;
 esac
 if [ -n "$(ls -A "$records")" ]; then
   tar czf "$out/records-$part.tgz" -C "$records" .

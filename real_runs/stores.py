@@ -14,8 +14,8 @@ on the fetch's CUDA event. On CPU the fetch is done when `prefetch` returns.
              rows into double-buffered pinned staging chunks, each chunk copied
              H2D asynchronously on the fetch stream (on CPU: a memcpy).
 - host_uva   the table in pinned host memory, read by a GPU kernel through its
-             device pointer (real_runs/cuda_gather.py). Needs a CUDA GPU, or
-             TRITON_INTERPRET=1 to run the same kernel on the CPU (tests).
+             device pointer (real_runs/cuda_gather.py; grid: placement.uva_ctas). Needs
+             a CUDA GPU, or TRITON_INTERPRET=1 to run the same kernel on the CPU (tests).
 - hbm_cache  hot rows in a device cache (static top-k by frequency, or LRU);
              misses through host_dma or host_uva.
 - none       has no store: the backbone runs without Engram.
@@ -368,19 +368,21 @@ class HostUVAStore(TableStore):
 
     kind = HOST_UVA
 
-    def __init__(self, table: HostTable, device="cuda", stream=None, timeline=None, name: str = "table"):
+    def __init__(self, table: HostTable, device="cuda", stream=None, timeline=None, name: str = "table",
+                 ctas: int | None = None):
         reason = uva_unavailable_reason()
         on_cuda = torch.device(device).type == "cuda"
         if reason or on_cuda == interpreting():
             raise RuntimeError(reason or (f"{UVA_NEEDS_GPU} (device is {device!r})" if not on_cuda else
                                           "under TRITON_INTERPRET=1 host_uva runs on the CPU: use device 'cpu'"))
         super().__init__(table, device, stream, timeline, name)
+        self.ctas = ctas          # the kernel's grid: None grows with the rows, a number bounds it
         if self.cuda and not table.pinned:
             table.pin()
 
     def gather_into(self, f: Fetch, uniq_dev: torch.Tensor, dst: torch.Tensor) -> None:
         m0 = self._mark()
-        uva_gather(self.table, self.row_bytes, uniq_dev, dst)
+        uva_gather(self.table, self.row_bytes, uniq_dev, dst, ctas=self.ctas)
         f.events.append((UVA_GATHER, f"gather {self.name}", m0, self._mark()))
 
     def _start(self, f, ids, uniq, inv):
@@ -408,12 +410,12 @@ class HBMCacheStore(TableStore):
     def __init__(self, table: HostTable, device="cpu", stream=None, timeline=None, name: str = "table",
                  capacity: int = 0, policy: str = "static_topk", miss_path: str = HOST_DMA,
                  hot_rows=None, protect: int = 2, chunk_mib: float = 4.0, buffers: int = 2,
-                 threads: int | None = None):
+                 threads: int | None = None, uva_ctas: int | None = None):
         super().__init__(table, device, stream, timeline, name)
         if policy not in ("static_topk", "lru"):
             raise ValueError(f"cache policy {policy!r}: this store implements 'static_topk' and 'lru'")
         if miss_path == HOST_UVA:
-            self.miss = HostUVAStore(table, device, self.stream, timeline, name)
+            self.miss = HostUVAStore(table, device, self.stream, timeline, name, ctas=uva_ctas)
         elif miss_path == HOST_DMA:
             self.miss = HostDMAStore(table, device, self.stream, timeline, name, chunk_mib, buffers, threads)
         else:
@@ -496,9 +498,11 @@ def make_store(kind: str, table: HostTable, device="cpu", *, stream=None, timeli
     p = placement
     dma = {} if p is None else {"chunk_mib": p.staging_chunk_mib, "buffers": p.staging_buffers,
                                 "threads": p.gather_threads}
+    ctas = None if p is None else p.uva_ctas
     if kind == HBM_CACHE:
         policy = "static_topk" if p is None or p.cache_policy == "static_topk" else "lru"   # lfu is run as lru
         return HBMCacheStore(table, device, stream, timeline, name, capacity=cache_rows, policy=policy,
                              miss_path=HOST_DMA if p is None else p.miss_path, hot_rows=hot_rows, protect=protect,
-                             **dma)
-    return STORES[kind](table, device, stream, timeline, name, **(dma if kind == HOST_DMA else {}))
+                             uva_ctas=ctas, **dma)
+    extra = dma if kind == HOST_DMA else {"ctas": ctas} if kind == HOST_UVA else {}
+    return STORES[kind](table, device, stream, timeline, name, **extra)

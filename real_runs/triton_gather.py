@@ -16,16 +16,20 @@ JIT_OPTIONS = dict(do_not_specialize=["n_rows"])
 @triton.jit(**JIT_OPTIONS)
 def uva_gather_kernel(table_ptr, idx_ptr, out_ptr, n_rows, ROW_WORDS: tl.constexpr, VEC: tl.constexpr,
                       BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    """out[r, :] = table[idx[r], :] for r in this program's BLOCK_ROWS rows; rows are ROW_WORDS int32 words."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    row_ok = rows < n_rows
-    # int64 offsets: a 64 GiB table has more than 2^31 words
-    src = tl.load(idx_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+    """out[r, :] = table[idx[r], :]; rows are ROW_WORDS int32 words, read BLOCK_ROWS rows at a time.
+
+    Program p reads row blocks p, p + grid, p + 2 grid, ...: with one program per block (the default
+    grid) that is block p alone; a smaller (persistent) grid loops, holding fewer of the GPU's block slots."""
     cols = tl.max_contiguous(tl.multiple_of(tl.arange(0, BLOCK_COLS), VEC), VEC)
-    mask = row_ok[:, None] & (cols[None, :] < ROW_WORDS)
-    # VEC words in a row are contiguous and the row starts VEC-aligned: 16-byte loads when VEC == 4
-    src_off = tl.multiple_of(src * ROW_WORDS, VEC)
-    dst_off = tl.multiple_of(rows.to(tl.int64) * ROW_WORDS, VEC)
-    vals = tl.load(table_ptr + src_off[:, None] + cols[None, :], mask=mask, other=0)
-    tl.store(out_ptr + dst_off[:, None] + cols[None, :], vals, mask=mask)
+    blocks = (n_rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+    for block in range(tl.program_id(0), blocks, tl.num_programs(0)):
+        rows = block * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+        row_ok = rows < n_rows
+        # int64 offsets: a 64 GiB table has more than 2^31 words
+        src = tl.load(idx_ptr + rows, mask=row_ok, other=0).to(tl.int64)
+        mask = row_ok[:, None] & (cols[None, :] < ROW_WORDS)
+        # VEC words in a row are contiguous and the row starts VEC-aligned: 16-byte loads when VEC == 4
+        src_off = tl.multiple_of(src * ROW_WORDS, VEC)
+        dst_off = tl.multiple_of(rows.to(tl.int64) * ROW_WORDS, VEC)
+        vals = tl.load(table_ptr + src_off[:, None] + cols[None, :], mask=mask, other=0)
+        tl.store(out_ptr + dst_off[:, None] + cols[None, :], vals, mask=mask)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from profiles import CurvePoint, HardwareProfile
-from profiles.uva import units_touched, uva_time
+from profiles.uva import gather_block_share, units_touched, uva_time
 from vocab.units import GiB
 
 
@@ -89,8 +89,8 @@ def uva_block_slots(profile: HardwareProfile) -> int:
 
 def uva_sm_share(profile: HardwareProfile, rows: int, ctas: int | None) -> float:
     """Share of the compute stream's throughput lost while the gather's blocks are resident."""
-    held = min(uva_grid(profile, rows, ctas), uva_block_slots(profile)) / uva_block_slots(profile)
-    return profile.gpu.uva_interference * held
+    g = profile.gpu
+    return g.uva_interference * gather_block_share(uva_grid(profile, rows, ctas), g.sm_count, g.uva_blocks_per_sm)
 
 
 def engine_step_time(profile: HardwareProfile, sequences: int, cuda_graphs: bool) -> float:

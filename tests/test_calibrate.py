@@ -12,12 +12,30 @@ import numpy as np
 import pytest
 
 from profiles import load_profile, shipped_names
-from profiles.fit import best_per_core, copy_engines_from, fit_gather_curve, fit_uva_points
+from profiles.fit import (
+    best_per_core,
+    copy_engines_from,
+    fit_gather_curve,
+    fit_interference,
+    fit_uva_points,
+    fraction_curve,
+)
+from profiles.uva import gather_block_share
 from profiles.writer import dump_toml
 from real_runs import timing
 from real_runs.instrument import cpu_model
 from sim import costs
-from tools.calibrate import assemble, measure_cpu, measure_gpu, output, plan
+from tools.calibrate import (
+    assemble,
+    assemble_mechanisms,
+    measure_cpu,
+    measure_engine,
+    measure_gpu,
+    measure_rates,
+    output,
+    plan,
+    probe,
+)
 from tools.calibrate.shapes import preset_shapes
 from vocab.units import GiB, MiB
 
@@ -26,7 +44,7 @@ NO_GPU_LINE = "engram-sim: error: calibrate: no CUDA GPU found; use --cpu-only t
 TINY = dataclasses.replace(
     plan.QUICK, warmup=1, repeats=2, hash_tokens=1 << 12, gather_table_bytes=8 * MiB,
     gather_row_bytes=(64, 256, 4096), gather_payload_bytes=256 << 10, gather_fixed_rows=(16, 256, 2048),
-    dedup_lookups=1 << 14, memcpy_bytes=4 * MiB, all_thread_counts=True)
+    dedup_lookups=1 << 14, memcpy_bytes=4 * MiB, all_thread_counts=True, critical_batches=(1, 8, 64))
 
 
 @pytest.fixture
@@ -79,6 +97,12 @@ def test_cpu_only_quick_writes_a_valid_profile_that_says_what_was_measured(measu
     assert h.cpu_cores >= 1 and h.cpu_gather_fixed_us >= 0 and h.cpu_gather_max_threads >= 1
     assert [q.x for q in h.cpu_gather_per_thread] == [64, 256, 4096]
     assert all(q.y > 0 for q in h.cpu_gather_per_thread)
+    # The host's critical path is measured; the engine's step (a GPU run) is the base's, and the notes say so.
+    for name in ("critical_hash_fixed_us", "critical_hash_ns_per_token", "sort_rows_per_s"):
+        assert 0 < getattr(h, name) < float("inf"), name
+    assert (h.engine_step_fixed_us, h.engine_step_per_seq_us) == (base.host.engine_step_fixed_us,
+                                                                  base.host.engine_step_per_seq_us)
+    assert "critical_hash_fixed_us" in notes.split("NOT measured")[0] and "engine_step_per_seq_us" in notes
     # The unmeasured sections are the base's, unchanged.
     assert (p.gpu, p.link, p.uva) == (base.gpu, base.link, base.uva)
 
@@ -92,6 +116,8 @@ def test_raw_points_are_kept_in_the_profile(measured):
     assert "# hashing, tokens/s by threads" in text
     assert "#   64 B: 1T" in text and "#   4096 B: 1T" in text
     assert "# CPU gather call, us by rows" in text and "# memcpy payload GB/s by threads" in text
+    assert "# critical_hash_*: workloads/hashing.py hash_layer" in text and "# sort_rows_per_s: np.sort" in text
+    assert "# engine_step_*: the base profile's" in text
 
 
 def test_the_simulator_accepts_the_measured_profile(measured, tmp_path, capsys):
@@ -228,6 +254,9 @@ def test_shapes_come_from_the_engram_27b_preset():
     assert s.prefill_attention == dict(tokens=16384, heads=32, head_dim=192)
     assert s.decode_attention == dict(batch=64, heads=32, kv_heads=32, head_dim=192, context=2048)
     assert s.decode_gemm == (512, 2560, 3 * 32 * 192)
+    assert s.ladder_gemms == {"attention qkv": (2560, 3 * 32 * 192), "attention out": (32 * 192, 2560),
+                              "dense ffn gate+up": (2560, 2 * 10240), "dense ffn down": (10240, 2560)}
+    assert s.contention == dict(layer=0, batch=512, context=256, row_bytes=160, table_gib=4)
     e = s.engram
     assert (e.max_ngram_size, e.heads_per_order, e.compressed_vocab_size, e.compressed_pad_id) == (3, 8, 99092, 2)
 
@@ -298,6 +327,9 @@ def synthetic_gpu_raw() -> dict:
         "hash": {1: 9e6, 16: 112e6}, "gather": {(256, 1): 3.0, (256, 16): 40.0, (4096, 1): 4.0, (4096, 16): 48.0},
         "gather_table_bytes": 2 * GiB, "gather_fixed": {64: 3.0 + 64 * 0.01, 4096: 3.0 + 4096 * 0.01},
         "memcpy": {1: 5.0, 16: 50.0}, "dedup": 5e7,
+        # the critical path: 17 us + 76 ns a token; sorting 1 us + 4 ns an id
+        "critical_hash": {b: 17.0 + 0.076 * b for b in (1, 16, 256, 4096)}, "critical_rows_per_token": 16,
+        "sort": {n: 1.0 + 0.004 * n for n in (16, 256, 4096, 65536)},
         "gpu_info": {"name": "NVIDIA Test GPU", "total_bytes": 80 * GiB, "context_bytes": GiB // 2, "torch": "2.x",
                      "cuda": "13.0", "nvml": {"name": "NVIDIA Test GPU", "driver": "580.1", "pcie_gen": 5,
                                               "pcie_width": 16}, "uva_reason": None},
@@ -399,3 +431,176 @@ def test_fit_uva_points_separates_payload_bound_points_and_recovers_the_model():
     pts = [dataclasses.asdict(q) for q in ref.points]
     fit, max_gbps, used, err = fit_uva_points(pts)
     assert err < 0.10 and fit.walk_ns == pytest.approx(ref.walk_ns, rel=0.02)
+
+
+# -- the end-to-end mechanisms' figures ------------------------------------------------------------------
+
+SM, BLOCKS_PER_SM = 132, 2            # the h100-sxm base's uva_blocks_per_sm is 2
+
+
+def matmul_fraction(m: int) -> float:
+    return m / (m + 256)
+
+
+def memory_fraction(nbytes: float) -> float:
+    return nbytes / (nbytes + 64 * MiB)
+
+
+def synthetic_mechanism_raw(interference: float = 0.4) -> dict:
+    """Mechanism points made from known answers: GEMM rate fraction M / (M + 256) of 750 TFLOP/s, attention
+    bytes / (bytes + 64 MiB) of 2900 GB/s, graphs 8 us + 0.01 us a kernel to launch and 3 us + 0.9 us a kernel
+    on the GPU, a layer window slowed by 1 / (1 - interference x share), the engine 50 us + 0.2 us a sequence."""
+    ladder = {m: {name: {"shape": [m, k, n], "flops": 2 * m * k * n, "s": 2 * m * k * n / (matmul_fraction(m) * 750e12)}
+                  for name, (k, n) in preset_shapes().ladder_gemms.items()} for m in (1, 8, 32, 128, 512, 2048, 8192)}
+    memory = [{"batch": b, "context": c, "bytes": b * c * 24576, "s": b * c * 24576 / (memory_fraction(b * c * 24576)
+                                                                                      * 2900e9)}
+              for b, c in ((1, 64), (1, 512), (8, 512), (64, 512), (64, 2048))]
+    graphs = [{"kernels": k, "graph_gpu_us": 3 + 0.9 * k, "graph_launch_us": 8 + 0.01 * k, "eager_us": 5.0 * k}
+              for k in (16, 64, 256, 1024)]
+    alone = 4000.0
+    points = []
+    for ctas, grid in ((33, 33), (66, 66), (132, 132), (264, 264), (None, 4096)):
+        share = gather_block_share(grid, SM, BLOCKS_PER_SM)
+        window = alone / (1 - interference * share)
+        points.append({"ctas": ctas, "grid": grid, "rows": 64 * grid * 4, "gather_alone_us": 300.0,
+                       "gather_rows_alone": 65536, "window_us": window, "side_us": 1.5 * window})
+    contention = {"layer": 0, "batch": 512, "context": 256, "row_bytes": 160, "table_gib": 4, "layers": 8,
+                  "window_alone_us": alone, "rows": 65536, "points": points,
+                  "copy": {"bytes": 1 << 28, "copy_alone_us": 200.0, "copy_bytes_alone": 10 << 20,
+                           "window_us": alone * 1.01, "side_us": alone * 1.2}}
+    return {"matmul_ladder": ladder, "memory_ladder": memory, "graphs": graphs, "sm_count": SM,
+            "uva_rows_per_cta": 64, "contention": contention, "engine_step": {8: 51.6, 64: 62.8, 256: 101.2},
+            "engine_preset": "tiny"}
+
+
+def test_fit_interference_and_fraction_curves_on_known_points():
+    shares = [0.125, 0.25, 0.5, 1.0, 1.0]
+    assert fit_interference(shares, [0.4 * x for x in shares]) == pytest.approx(0.4)
+    assert fit_interference(shares, [-0.01] * 5) == 0.0 and fit_interference(shares, [3.0] * 5) == 1.0
+    assert fit_interference([], []) == 0.0
+    assert gather_block_share(66, 132, 2) == 0.25 and gather_block_share(1000, 132, 2) == 1.0
+    assert fraction_curve([8, 1, 8], [2.0, 1.0, 3.0], 4.0) == [{"x": 1, "y": 0.25}, {"x": 8, "y": 0.75}]
+    assert fraction_curve([1], [5.0], 4.0) == [{"x": 1, "y": 1.0}]          # above the peak: at most 1
+
+
+def test_gpu_side_assembly_of_the_mechanisms_gives_the_known_answers(tmp_path):
+    raw = {**synthetic_gpu_raw(), **synthetic_mechanism_raw(0.4)}
+    base = load_profile("h100-sxm")
+    profile, comments, header = assemble.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=False,
+                                                   cpu_only=False)
+    out = tmp_path / "gpu.toml"
+    output.write_profile_atomic(dump_toml(profile, comments, header), out)
+    p = load_profile(out)
+    g, h = p.gpu, p.host
+    assert [(q.x, q.y) for q in g.matmul_curve] == [(m, pytest.approx(matmul_fraction(m), rel=2e-3))
+                                                    for m in (1, 8, 32, 128, 512, 2048, 8192)]
+    assert [q.y for q in g.memory_curve] == [pytest.approx(memory_fraction(q.x), rel=2e-3) for q in g.memory_curve]
+    assert len(g.memory_curve) == 5 and g.memory_curve[0].x == 64 * 24576
+    assert g.graph_launch_us == pytest.approx(8.0, rel=0.01) and g.graph_kernel_gap_us == pytest.approx(0.9, rel=0.01)
+    assert g.uva_interference == pytest.approx(0.4) and g.sm_count == SM and g.uva_rows_per_cta == 64
+    assert g.uva_blocks_per_sm == base.gpu.uva_blocks_per_sm
+    assert h.engine_step_fixed_us == pytest.approx(50.0, rel=0.01)
+    assert h.engine_step_per_seq_us == pytest.approx(0.2, rel=0.01)
+    assert (h.critical_hash_fixed_us, h.critical_hash_ns_per_token, h.sort_rows_per_s) == (
+        pytest.approx(17.0, rel=0.01), pytest.approx(76.0, rel=0.01), pytest.approx(2.5e8, rel=0.01))
+    text = out.read_text()
+    assert "# matmul_curve: bf16 GEMMs" in text and "# memory_curve: decode_attention" in text
+    assert "#   uva_ctas unbounded: grid 4096, share 1" in text and "beside an H2D copy" in text
+    assert "# graph_*: a captured CUDA graph" in text and "# engine_step_*: the real runner" in text
+    assert "uva_blocks_per_sm (2) from the base profile" in p.provenance.notes
+
+
+def test_mechanisms_not_measured_come_from_the_base_and_the_notes_say_so():
+    raw = synthetic_gpu_raw()
+    raw.update(sm_count=114, uva_rows_per_cta=64, contention={"skipped": "host_uva needs a CUDA GPU"})
+    base = load_profile("h100-sxm")
+    profile, _, _ = assemble.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=True, cpu_only=False)
+    g, notes = profile["gpu"], profile["provenance"]["notes"]
+    assert g["sm_count"] == 114 and g["uva_interference"] == base.gpu.uva_interference
+    assert g["graph_launch_us"] == base.gpu.graph_launch_us
+    assert g["matmul_curve"] == [{"x": p.x, "y": p.y} for p in base.gpu.matmul_curve]
+    for said in ("gpu.uva_interference from the base profile: the contention probe did not run (host_uva needs",
+                 "gpu.matmul_curve from the base profile", "gpu.graph_* from the base profile",
+                 "host.engine_step_* from the base profile"):
+        assert said in notes, said
+
+
+def test_critical_path_measurements_are_positive_and_finite(monkeypatch):
+    monkeypatch.setattr(timing, "WARM_S", 0.0)
+    monkeypatch.setattr(timing, "TIMED_S", 0.0)
+    raw = {}
+    done = list(measure_cpu.measure_critical_path(TINY, {}, raw))
+    assert done == ["critical-path hash B=1", "sort 16 ids", "critical-path hash B=8", "sort 128 ids",
+                    "critical-path hash B=64", "sort 1024 ids"]
+    assert sorted(raw["critical_hash"]) == [1, 8, 64] and sorted(raw["sort"]) == [16, 128, 1024]
+    fields, comments = assemble_mechanisms.critical_path_fields(raw)
+    assert all(0 < v < float("inf") for v in fields.values()), fields
+    assert comments[0].startswith("critical_hash_*")
+
+
+def test_engine_step_is_measured_from_a_real_run_on_the_cpu(monkeypatch):
+    pytest.importorskip("torch")
+    sizes = dataclasses.replace(TINY, engine_batches=(2, 16), engine_steps=4)
+    raw = {}
+    assert list(measure_engine.measure_engine_step(sizes, raw, device="cpu")) == ["engine step B=2",
+                                                                                   "engine step B=16"]
+    assert all(0 < v < float("inf") for v in raw["engine_step"].values())
+    fields, comments, notes = assemble_mechanisms.engine_fields(raw, load_profile("h100-sxm"))
+    assert fields["engine_step_fixed_us"] >= 0 and fields["engine_step_per_seq_us"] >= 0 and notes == []
+
+
+def test_step_gaps_are_from_one_steps_last_compute_to_the_next_ones_first():
+    from vocab.records import CPU_HASH, GPU_COMPUTE, event_table
+
+    events = event_table([(GPU_COMPUTE, "layer 0", 0.0, 1.0, 0, 0), (GPU_COMPUTE, "lm head", 1.0, 1.5, 0, -1),
+                          (CPU_HASH, "hash", 1.6, 1.7, 1, 1), (GPU_COMPUTE, "layer 0", 1.75, 2.5, 1, 0),
+                          (GPU_COMPUTE, "lm head", 2.5, 3.0, 1, -1), (GPU_COMPUTE, "layer 0", 3.5, 4.0, 2, 0)])
+    assert measure_engine.step_gaps_s(events).tolist() == pytest.approx([0.25, 0.5])
+
+
+def test_rate_ladders_run_the_backbones_code_on_the_cpu(monkeypatch):
+    """On the CPU with small shapes and the host timer: what the GPU run records, and that it assembles."""
+    pytest.importorskip("torch")
+    monkeypatch.setattr(timing, "WARM_S", 0.0)
+    monkeypatch.setattr(timing, "TIMED_S", 0.0)
+    sizes = dataclasses.replace(TINY, warmup=0, repeats=1, matmul_rows=(1, 16), kv_ladder=((1, 8), (4, 16)))
+    small = dataclasses.replace(preset_shapes(), ladder_gemms={"a": (32, 48), "b": (48, 32)},
+                                decode_attention=dict(batch=2, heads=4, kv_heads=2, head_dim=16, context=24))
+    raw = {}
+    for gen in (measure_rates.measure_matmul_ladder(sizes, raw, small, "cpu", timing.median_time),
+                measure_rates.measure_memory_ladder(sizes, raw, small, "cpu", timing.median_time)):
+        list(gen)
+    assert raw["matmul_ladder"][16]["a"]["flops"] == 2 * 16 * 32 * 48
+    assert [p["bytes"] for p in raw["memory_ladder"]] == [2 * 1 * 2 * 8 * 16 * 2, 2 * 4 * 2 * 16 * 16 * 2]
+    curve, _ = assemble_mechanisms.matmul_curve(raw, 1e-3)
+    assert [q["x"] for q in curve] == [1, 16] and all(0 < q["y"] <= 1 for q in curve)
+    curve, _ = assemble_mechanisms.memory_curve(raw, 1e3)
+    assert len(curve) == 2 and all(0 < q["y"] <= 1 for q in curve)
+
+
+def test_the_probe_writes_the_base_with_the_probed_fields(tmp_path):
+    raw = {**synthetic_mechanism_raw(0.25), "gemm_large": {"n": 8192, "tflops": 900.0}, "d2d_gbps": 4000.0,
+           "d2d_bytes": GiB, "gpu_info": {"name": "NVIDIA H200", "torch": "2.x", "cuda": "13.0"}}
+    base = load_profile("h200-sxm")
+    profile, comments, header = probe.assemble_probe(raw, base, "h200-sxm", "probe", "2026-01-01", " --quick")
+    out = tmp_path / "probe.toml"
+    output.write_profile_atomic(dump_toml(profile, comments, header), out)
+    p = load_profile(out)
+    assert p.gpu.bf16_tflops == 900.0 and p.gpu.hbm_gbps == 4000.0 and p.gpu.uva_interference == pytest.approx(0.25)
+    assert p.gpu.matmul_efficiency == base.gpu.matmul_efficiency and (p.link, p.uva) == (base.link, base.uva)
+    assert p.host.engine_step_fixed_us == pytest.approx(50.0, rel=0.01)
+    assert p.host.cpu == base.host.cpu
+    assert "gpu.uva_interference" in p.provenance.notes and "host.engine_step_fixed_us" in p.provenance.notes
+    assert "everything else is the base profile 'h200-sxm'" in p.provenance.notes
+    assert [probe.base_for_gpu(n) for n in ("NVIDIA H200", "NVIDIA GH200 480GB", "NVIDIA H100 80GB HBM3",
+                                            "NVIDIA A100-SXM4-80GB", "NVIDIA L4")] == [
+        "h200-sxm", "gh200", "h100-sxm", "a100-sxm4-80gb", "h100-sxm"]
+
+
+def test_the_probe_without_a_gpu_exits_2_with_one_line(monkeypatch, tmp_path, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert probe.main(["--out", str(tmp_path / "p.toml")]) == 2
+    assert capsys.readouterr().err == NO_GPU_LINE
+    assert list(tmp_path.iterdir()) == []

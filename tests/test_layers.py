@@ -126,7 +126,8 @@ def test_nothing_imports_the_cli():
     assert users == []
 
 
-@pytest.mark.parametrize("module", ["real_runs.__main__", "real_runs.runner", "real_runs.bench", "tools.calibrate.__main__"])
+@pytest.mark.parametrize("module", ["real_runs.__main__", "real_runs.runner", "real_runs.bench", "tools.calibrate.__main__",
+                                    "tools.calibrate.probe"])
 def test_gpu_side_code_imports_neither_simpy_nor_altair(module):
     # The GPU image has neither; these modules run there (real_runs/gpu_session.sh).
     code = (f"import sys, {module}; bad = [m for m in ('simpy', 'altair', 'vl_convert') if m in sys.modules]; "

@@ -226,10 +226,17 @@ def test_bench_targets_against_the_reference():
     assert rows["hbm gather, 1 KB rows"]["measured"] == 1150.0 and rows["hbm gather, 1 KB rows"]["ok"]
     assert rows["e2e Dense-4B decode, host_dma against hbm"]["measured"] == pytest.approx(20 / 990)
     assert rows["e2e Dense-4B decode, host_uva against hbm"]["ok"] is False
-    assert rows["e2e best host path (host_dma) against hbm"]["ok"] is True
+    assert rows["e2e Dense-4B decode, best host path (host_dma) against hbm"]["ok"] is True
     # Parts that did not run: checks say so (None), never pass.
     empty = evaluate({"hash": {"skipped": "x"}, "uva": {"skipped": "needs a CUDA GPU"}}, ref)
     assert all(r["ok"] is None for r in empty)
+    # Several batches: one set of checks a batch, named by it.
+    one = result["e2e"]
+    result["e2e"] = {"batches": [{**one, "batch": 512}, {**one, "batch": 128, "runs": {"hbm": {"tokens_per_s": 990.0}}}]}
+    rows = {r["check"]: r for r in evaluate(result, ref)}
+    assert rows["e2e Dense-4B decode B=512, host_dma against hbm"]["measured"] == pytest.approx(20 / 990)
+    assert rows["e2e Dense-4B decode B=512, best host path (host_dma) against hbm"]["ok"] is True
+    assert rows["e2e Dense-4B decode B=128, best host path against hbm"]["ok"] is None
 
 
 def test_e2e_tables_are_the_largest_each_memory_holds():
@@ -240,6 +247,16 @@ def test_e2e_tables_are_the_largest_each_memory_holds():
     assert largest_e2e_tables_gib(False, 128 * GiB, 140 * GiB)[1] > hbm
     assert largest_e2e_tables_gib(False, 20 * GiB, 140 * GiB) == (12.0, 12.0)  # the host limits both
     assert largest_e2e_tables_gib(False, 1 * GiB, 1 * GiB) == (1.0, 1.0)
+    assert largest_e2e_tables_gib(False, 128 * GiB, 79 * GiB, batch=128)[1] > hbm   # a smaller KV cache
+
+
+def test_e2e_runs_batch_512_and_128_with_the_reference_kv_length():
+    from real_runs.bench import E2E_BATCHES, E2E_CONTEXT, e2e_config
+
+    assert E2E_BATCHES == (512, 128) and E2E_CONTEXT == 560
+    for batch in E2E_BATCHES:
+        w = e2e_config(False, 4.0, batch).workload
+        assert w.sequences == batch and (w.lengths.dist, w.lengths.low, w.lengths.high) == ("fixed", 560, 560)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (torch.cuda.is_available() is False)")

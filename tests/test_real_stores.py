@@ -167,6 +167,61 @@ def test_uva_kernel_in_the_interpreter_at_every_row_shape(interpret, vpr):
     assert torch.equal(out.view(torch.int16), t.tensor[ids].view(torch.int16))
 
 
+@pytest.mark.parametrize("vpr", [80, 2048])                     # 160 B rows (64 a block), 4 KB rows (4 a block)
+@pytest.mark.parametrize("ctas", [None, 1, 3, 7, 100_000])      # 100_000: more programs than rows
+def test_uva_kernel_bounded_grid_gives_the_same_rows(interpret, vpr, ctas):
+    from real_runs.cuda_gather import gather_grid, uva_gather
+
+    t = HostTable(1500, vpr, "bf16", seed=3)
+    ids = torch.from_numpy(np.unique(np.random.default_rng(1).integers(0, 1500, 700)))
+    out = torch.full((ids.numel(), vpr), 7.0, dtype=torch.bfloat16)
+    uva_gather(t, t.row_bytes, ids, out, ctas=ctas)
+    assert torch.equal(out.view(torch.int16), t.tensor[ids].view(torch.int16))
+    blocks = gather_grid(ids.numel(), t.row_bytes)
+    assert gather_grid(ids.numel(), t.row_bytes, ctas) == (blocks if ctas is None else min(ctas, blocks))
+
+
+def test_uva_kernel_compiles_for_a_hopper_gpu_without_one():
+    """The same kernel through Triton's CUDA compiler (PTX and ptxas) for sm_90: 16-byte loads and stores."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    from real_runs import triton_gather
+    from real_runs.cuda_gather import block_shape
+
+    words, vec, cols, rows = block_shape(160)
+    sig = {"table_ptr": "*i32", "idx_ptr": "*i64", "out_ptr": "*i32", "n_rows": "i32", "ROW_WORDS": "constexpr",
+           "VEC": "constexpr", "BLOCK_ROWS": "constexpr", "BLOCK_COLS": "constexpr"}
+    aligned = {(i,): [["tt.divisibility", 16]] for i in range(3)}
+    # The module's kernel is an interpreted one when the interpreter tests imported it first.
+    kernel = JITFunction(triton_gather.uva_gather_kernel.fn, **triton_gather.JIT_OPTIONS)
+    src = ASTSource(kernel, sig, attrs=aligned,
+                    constexprs={"ROW_WORDS": words, "VEC": vec, "BLOCK_ROWS": rows, "BLOCK_COLS": cols})
+    try:
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    except (RuntimeError, FileNotFoundError) as e:       # no CUDA toolchain in this Triton install
+        pytest.skip(f"Triton cannot compile for CUDA here: {e}")
+    assert "ld.global.v4.b32" in k.asm["ptx"] and "st.global.v4.b32" in k.asm["ptx"]
+
+
+def test_uva_grid_comes_from_the_placement(table, interpret):
+    cfg = load_config("tiny").with_placement("host_uva", uva_ctas=3)
+    uva = make_store("host_uva", table, placement=cfg.placement)
+    cached = make_store("hbm_cache", table, placement=cfg.with_placement("hbm_cache", miss_path="host_uva",
+                                                                         cache_fraction=0.1).placement, cache_rows=50)
+    assert uva.ctas == 3 and cached.miss.ctas == 3
+    assert make_store("host_uva", table, placement=load_config("tiny").placement).ctas is None
+    ids = _ids(seed=4)
+    for store in (uva, cached):
+        got = store.wait(store.prefetch(ids))
+        assert torch.equal(got.view(torch.int16), table.row_values(ids).view(torch.int16)), store.kind
+    with pytest.raises(ValueError, match="ctas must be None or >= 1"):
+        from real_runs.cuda_gather import uva_gather
+        uva_gather(table, table.row_bytes, torch.arange(4), torch.empty((4, VPR), dtype=torch.bfloat16), ctas=0)
+
+
 def test_uva_kernel_reads_a_table_at_another_row_size(interpret):
     """Benchmarks view one 256 B-row table as 64 B or 1 KB rows: row r of the view starts at byte r * row_bytes."""
     from real_runs.cuda_gather import uva_gather

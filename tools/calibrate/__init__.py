@@ -13,7 +13,9 @@ preset (shapes.py).
 
 - CPU side (always): hashing rate versus threads, CPU gather into staging versus
   threads and row bytes, the gather's fixed cost, dedup rate, memcpy bandwidth,
-  CPU model, cores and memory.
+  CPU model, cores and memory; the host's critical path of a decode step (the
+  NumPy reference hash of one layer over B windows, np.sort of B x 16 ids, at
+  several B -> critical_hash_fixed_us, critical_hash_ns_per_token, sort_rows_per_s).
 - GPU side (with a CUDA GPU, unless --cpu-only): H2D/D2H pinned and pageable
   copies versus size, both directions at once, device-to-device bandwidth, HBM
   gather versus row bytes, zero-copy gather versus row bytes x table footprint x
@@ -21,7 +23,13 @@ preset (shapes.py).
   large GEMM and on real layer shapes, the backbone's own expert (grouped mm)
   and attention kernels in prefill (-> matmul_efficiency) and decode
   (memory-bound -> memory_efficiency), kernel launch overhead, pinned-allocation
-  rates, NVML facts.
+  rates, NVML facts; and the figures of the simulator's end-to-end mechanisms:
+  a GEMM ladder over rows at the layer's (K, N) (-> matmul_curve), decode attention
+  over a ladder of KV caches (-> memory_curve), a CUDA graph of K tiny kernels
+  against K eager launches (-> graph_launch_us, graph_kernel_gap_us), the
+  contention probe (a decode layer alone and beside a zero-copy gather at several
+  grids, and beside an H2D copy -> sm_count, uva_rows_per_cta, uva_interference),
+  and the real runner's gap between steps (-> engine_step_fixed_us, _per_seq_us).
   With --cpu-only the gpu, link and uva sections are copied from --base and the
   provenance says so.
 
@@ -29,8 +37,10 @@ The profile is written atomically (a temporary file in the target folder,
 validated by profiles.load_profile, then moved into place): nothing is written
 when a measurement or the validation fails.
 
-Modules: plan (how much to measure), shapes, measure_cpu, measure_gpu, assemble (the profile's tables,
-notes and the reference comparison), output (the path and the atomic write), command (the command).
+Modules: plan (how much to measure), shapes, measure_cpu, measure_gpu (with measure_rates, measure_sharing
+and measure_engine for the mechanisms), assemble (the profile's tables, notes and the reference comparison;
+assemble_mechanisms for the mechanisms' figures), output (the path and the atomic write), command (the
+command), probe (`python -m tools.calibrate.probe`: the mechanisms' GPU figures alone, over a base profile).
 """
 
 from tools.calibrate.command import register, run_calibrate

@@ -12,6 +12,7 @@ import numpy as np
 from profiles.fit import best_per_core, copy_engines_from, fit_copy, fit_gather_curve, fit_linear_time, fit_uva_points
 from profiles.reference import reference_figures
 from profiles.writer import plain, sig
+from tools.calibrate.assemble_mechanisms import critical_path_fields, engine_fields, gpu_mechanism_fields
 from tools.calibrate.formatting import format_points, human_bytes
 from tools.calibrate.output import CalibrateError
 from tools.calibrate.shapes import preset_shapes
@@ -27,8 +28,9 @@ def tool_version() -> str:
 
 # -- host ---------------------------------------------------------------------------------------------
 
-def host_section(raw: dict) -> tuple[dict, list[str]]:
-    """(host table, its comments) from the CPU measurements."""
+def host_section(raw: dict, base) -> tuple[dict, list[str], list[str]]:
+    """(host table, its comments, notes) from the CPU measurements; the engine's step from the GPU side's
+    (else the base's)."""
     sysinfo = raw["system"]
     per_core, hash_best_t = best_per_core(raw["hash"])
     curve, max_threads = fit_gather_curve(raw["gather"])
@@ -45,6 +47,10 @@ def host_section(raw: dict) -> tuple[dict, list[str]]:
         "cpu_gather_max_threads": max_threads,
         "cpu_gather_per_thread": [{"x": p["x"], "y": sig(p["y"])} for p in curve],
     }
+    critical, critical_comments = critical_path_fields(raw)
+    engine, engine_comments, notes = engine_fields(raw, base)
+    host.update(engine)
+    host.update(critical)
     engram = preset_shapes().engram
     threads = sorted(raw["hash"])
     comments = [
@@ -64,26 +70,29 @@ def host_section(raw: dict) -> tuple[dict, list[str]]:
         f"  fit: fixed {fixed.fixed_us:.3g} us + {fixed.per_item_ns:.3g} ns/row",
         f"memcpy payload GB/s by threads: {format_points(raw['memcpy'])} (dram_gbps = 2 x best: read + write)",
         f"dedup (np.unique with inverse, 1 thread): {raw['dedup']:.4g} lookups/s",
+        *critical_comments, *engine_comments,
     ]
-    return host, comments
+    return host, comments, notes
 
 
 # -- gpu, link, uva -----------------------------------------------------------------------------------
 
 def gpu_sections(raw: dict, base) -> tuple[dict, dict, dict, dict, list[str]]:
     """(gpu, link, uva, comments by table, notes) from the GPU measurements."""
-    gpu, gpu_comments = gpu_table(raw, base)
+    gpu, gpu_comments, gpu_notes = gpu_table(raw, base)
     link, link_comments = link_table(raw)
     uva, uva_comments, notes = uva_table(raw, base)
+    notes = gpu_notes + notes
     comments = {"gpu": gpu_comments, "link": link_comments}
     if uva_comments:
         comments["uva"] = uva_comments
     return gpu, link, uva, comments, notes
 
 
-def gpu_table(raw: dict, base) -> tuple[dict, list[str]]:
-    """The gpu table: matmul_efficiency from the layer shapes' rate over the large GEMM's, memory_efficiency
-    from the memory-bound decode work's read rate over the device copy's (the base's without it)."""
+def gpu_table(raw: dict, base) -> tuple[dict, list[str], list[str]]:
+    """(The gpu table, its comments, notes): matmul_efficiency from the layer shapes' rate over the large
+    GEMM's, memory_efficiency from the memory-bound decode work's read rate over the device copy's (the base's
+    without it); the mechanisms' curves and figures by assemble_mechanisms."""
     info = raw["gpu_info"]
     hbm_gib = info["total_bytes"] / GiB
     reserved = min(max(base.gpu.hbm_reserved_gib, info["context_bytes"] / GiB + 1.0), hbm_gib / 2)
@@ -108,6 +117,8 @@ def gpu_table(raw: dict, base) -> tuple[dict, list[str]]:
         "kernels_per_layer": base.gpu.kernels_per_layer,
         "hbm_gather": [{"x": rb, "y": sig(v)} for rb, v in sorted(raw["hbm_gather"].items())],
     }
+    mechanisms, mechanism_comments, notes = gpu_mechanism_fields(raw, base, gpu["bf16_tflops"], gpu["hbm_gbps"])
+    gpu.update(mechanisms)
     comments = [
         f"bf16 GEMM {raw['gemm_large']['n']}^3: {large:.4g} TFLOP/s; real layer shapes (Engram-27B prefill "
         f"chunk) {layer_tflops:.4g} TFLOP/s together:",
@@ -120,8 +131,9 @@ def gpu_table(raw: dict, base) -> tuple[dict, list[str]]:
         f"hbm_gather: index_select (bf16 rows, random ids with repeats) from a "
         f"{human_bytes(raw['hbm_table_bytes'])} table, payload GB/s",
         f"kernel_launch_us: {raw['launch_us']:.3g} us per back-to-back tiny kernel",
+        *mechanism_comments,
     ]
-    return gpu, comments
+    return gpu, comments, notes
 
 
 def link_table(raw: dict) -> tuple[dict, list[str]]:
@@ -217,10 +229,11 @@ def _common_notes(sysinfo: dict) -> list[str]:
 
 
 def _cpu_only_parts(base, base_name: str, base_desc: str, machine: str, common_notes: list) -> _Sections:
-    notes = [f"measured here: host (all fields: cpu, cpu_cores, memory_gib, dram_gbps, "
-             f"hash_tokens_per_s_per_core, dedup_rows_per_s_per_core, cpu_gather_fixed_us, "
-             f"cpu_gather_max_threads, cpu_gather_per_thread); NOT measured (--cpu-only): gpu, link and uva "
-             f"are copied unchanged from the {base_desc}"] + common_notes
+    notes = [f"measured here: host (cpu, cpu_cores, memory_gib, dram_gbps, hash_tokens_per_s_per_core, "
+             f"dedup_rows_per_s_per_core, cpu_gather_fixed_us, cpu_gather_max_threads, cpu_gather_per_thread, "
+             f"critical_hash_fixed_us, critical_hash_ns_per_token, sort_rows_per_s); NOT measured (--cpu-only): "
+             f"gpu, link and uva are copied unchanged from the {base_desc}, and so are host.engine_step_fixed_us "
+             f"and engine_step_per_seq_us (the engine's step is measured on a GPU)"] + common_notes
     return _Sections(plain(base.gpu), plain(base.link), plain(base.uva), {}, notes, machine,
                        f"CPU side measured on {machine}; GPU, link and UVA from {base_name}", "")
 
@@ -252,7 +265,7 @@ def _gpu_parts(raw: dict, base, base_desc: str, machine: str, common_notes: list
 
 def assemble(raw: dict, base, base_name: str, out_name: str, today: str, quick: bool, cpu_only: bool) -> tuple:
     """(profile dict, comments by table, header lines) from the raw measurements."""
-    host, host_comments = host_section(raw)
+    host, host_comments, host_notes = host_section(raw, base)
     sysinfo = raw["system"]
     version = tool_version()
     bp = base.provenance
@@ -261,7 +274,7 @@ def assemble(raw: dict, base, base_name: str, out_name: str, today: str, quick: 
     machine = f"{sysinfo['cpu']}, {sysinfo['cores']} cores, {sysinfo['memory_gib']:.1f} GiB"
     common_notes = _common_notes(sysinfo)
     parts = (_cpu_only_parts(base, base_name, base_desc, machine, common_notes) if cpu_only
-             else _gpu_parts(raw, base, base_desc, machine, common_notes))
+             else _gpu_parts(raw, base, base_desc, machine, host_notes + common_notes))
     flags = f"{' --quick' if quick else ''}{' --cpu-only' if cpu_only else ''}"
     profile = {
         "name": out_name,

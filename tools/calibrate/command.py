@@ -42,7 +42,7 @@ def run_calibrate(args) -> int:
     quick, cpu_only = bool(getattr(args, "quick", False)), bool(getattr(args, "cpu_only", False))
     base_name = getattr(args, "base", None) or "h100-sxm"
     base = load_profile(base_name)                      # ProfileError: one line, exit 2
-    cuda = not cpu_only and _require_cuda()
+    cuda = not cpu_only and require_cuda()
     today = _dt.date.today().isoformat()
     out = Path(args.out) if getattr(args, "out", None) else default_out(_machine_slug(cuda), today)
     check_out(out)
@@ -58,7 +58,7 @@ def run_calibrate(args) -> int:
     return 0
 
 
-def _require_cuda() -> bool:
+def require_cuda() -> bool:
     try:
         import torch  # optional heavy dependency: the GPU side needs it
         cuda = torch.cuda.is_available()
@@ -91,17 +91,27 @@ def measure(sizes: plan.Sizes, cuda: bool, quick: bool, raw: dict) -> float:
         steps = [cpu_measurements(sizes, cplan, raw, pin_staging=cuda)]
         if cuda:
             steps.append(gpu_measurements(sizes, gplan, raw))
-        label = "start"
-        try:
-            for gen in steps:
-                for label in gen:
-                    bar.set_postfix_str(label, refresh=False)
-                    bar.update(1)
-        except (RuntimeError, OSError, MemoryError, ValueError) as e:   # CUDA errors are RuntimeErrors
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise CalibrateError("calibrate", f"a measurement failed after '{label}' ({type(e).__name__}: {first})",
-                                 "nothing was written; try --quick, or free memory and run again") from None
+
+        def done(label: str) -> None:
+            bar.set_postfix_str(label, refresh=False)
+            bar.update(1)
+
+        drive(steps, done)
     return time.perf_counter() - t0
+
+
+def drive(steps, done) -> None:
+    """Run the measurement generators, calling done(label) after each measurement. A failure is one
+    CalibrateError naming the measurement after which it happened."""
+    label = "start"
+    try:
+        for gen in steps:
+            for label in gen:
+                done(label)
+    except (RuntimeError, OSError, MemoryError, ValueError) as e:   # CUDA errors are RuntimeErrors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CalibrateError("calibrate", f"a measurement failed after '{label}' ({type(e).__name__}: {first})",
+                             "nothing was written; try --quick, or free memory and run again") from None
 
 
 def print_summary(profile: dict, cuda: bool) -> None:
@@ -111,8 +121,21 @@ def print_summary(profile: dict, cuda: bool) -> None:
           + ", ".join(f"{p['x']} B {p['y']:.3g}" for p in h["cpu_gather_per_thread"])
           + f" GB/s (max {h['cpu_gather_max_threads']} threads, fixed {h['cpu_gather_fixed_us']:.3g} us), "
           f"dram ~{h['dram_gbps']:.3g} GB/s")
+    print(f"  host critical path: NumPy hash {h['critical_hash_fixed_us']:.3g} us + {h['critical_hash_ns_per_token']:.3g} "
+          f"ns/token per layer, sort {h['sort_rows_per_s'] / 1e6:.3g} M ids/s; engine step "
+          f"{h['engine_step_fixed_us']:.3g} us + {h['engine_step_per_seq_us']:.3g} us/sequence"
+          + ("" if cuda else " (from the base)"))
     if cuda:
         g, lk = profile["gpu"], profile["link"]
         print(f"  gpu: {g['name']}, bf16 {g['bf16_tflops']:.4g} TFLOP/s (layers x{g['matmul_efficiency']}), "
               f"HBM {g['hbm_gbps']:.4g} GB/s; link {lk['kind']}: H2D {lk['h2d_gbps']:.4g} GB/s, D2H "
               f"{lk['d2h_gbps']:.4g} GB/s, fixed {lk['copy_fixed_us']:.3g} us")
+        print_mechanisms(g)
+
+
+def print_mechanisms(g: dict) -> None:
+    """One line of the gpu table's mechanism figures."""
+    curve = ", ".join(f"{p['x']}: {p['y']:.2g}" for p in g.get("matmul_curve", []))
+    print(f"  gpu mechanisms: {g['sm_count']} SMs, uva_interference {g['uva_interference']:.3g} "
+          f"({g['uva_rows_per_cta']} rows a program), CUDA graph launch {g['graph_launch_us']:.3g} us + "
+          f"{g['graph_kernel_gap_us']:.3g} us a kernel; matmul_curve {curve or 'none'}")

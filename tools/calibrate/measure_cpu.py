@@ -15,6 +15,7 @@ from real_runs.timing import fresh_ids, median_time
 from tools.calibrate.plan import Sizes
 from tools.calibrate.shapes import preset_shapes
 from vocab.units import MiB
+from workloads.hashing import hash_layer
 
 
 def measure_hashing(sizes: Sizes, plan: dict, raw: dict):
@@ -126,6 +127,31 @@ def measure_memcpy(sizes: Sizes, plan: dict, raw: dict):
         yield f"memcpy {t}T"
 
 
+def measure_critical_path(sizes: Sizes, plan: dict, raw: dict):
+    """The host's critical path of a decode step (placement.hash_on = "critical_path"), on one thread: the
+    NumPy reference hash of one Engram layer over the step's B new tokens (one n-gram position each, as a
+    harness hashes them: the cost does not depend on the values), and np.sort of the B x rows-per-token row
+    ids a zero-copy gather reads sorted. Microseconds by batch B."""
+    engram = preset_shapes().engram
+    layer = engram.layer_ids[0]
+    hasher = NgramHasher.from_config(engram)
+    multipliers, table_sizes = hasher.multipliers(layer), hasher.table_sizes(layer)
+    rows_per_token = (engram.max_ngram_size - 1) * engram.heads_per_order
+    total_rows = sum(sum(heads) for heads in table_sizes)
+    rng = np.random.default_rng(7)
+    raw["critical_hash"], raw["sort"] = {}, {}
+    raw["critical_rows_per_token"] = rows_per_token
+    for b in sizes.critical_batches:
+        window = rng.integers(0, engram.compressed_vocab_size, size=(1, b), dtype=np.int64)
+        s = median_time(lambda: hash_layer(window, multipliers, table_sizes, engram.max_ngram_size,
+                                           engram.compressed_pad_id), sizes.warmup, sizes.repeats)
+        raw["critical_hash"][b] = s * 1e6
+        yield f"critical-path hash B={b}"
+        ids = rng.integers(0, total_rows, size=b * rows_per_token, dtype=np.int64)
+        raw["sort"][ids.size] = median_time(lambda: np.sort(ids), sizes.warmup, sizes.repeats) * 1e6
+        yield f"sort {ids.size} ids"
+
+
 def cpu_measurements(sizes: Sizes, plan: dict, raw: dict, pin_staging: bool):
     raw["system"] = {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "memory_gib": memory_gib(),
                      "numba_threads": plan["max_threads"], "threads": plan["threads"]}
@@ -133,3 +159,4 @@ def cpu_measurements(sizes: Sizes, plan: dict, raw: dict, pin_staging: bool):
     yield from measure_cpu_gather(sizes, plan, raw, pin_staging)
     yield from measure_dedup(sizes, plan, raw)
     yield from measure_memcpy(sizes, plan, raw)
+    yield from measure_critical_path(sizes, plan, raw)

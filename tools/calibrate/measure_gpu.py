@@ -15,6 +15,9 @@ from real_runs.cuda_gather import uva_gather
 from real_runs.instrument import nvml_info
 from real_runs.timing import cuda_median_time, fresh_ids
 from tools.calibrate.formatting import human_bytes
+from tools.calibrate.measure_engine import measure_engine_step
+from tools.calibrate.measure_rates import measure_graphs, measure_matmul_ladder, measure_memory_ladder
+from tools.calibrate.measure_sharing import measure_contention
 from tools.calibrate.plan import UVA_RANDOM_ROWS, Sizes
 from tools.calibrate.shapes import Shapes, preset_shapes
 from vocab.units import GiB, MiB
@@ -32,6 +35,20 @@ def gpu_measurements(sizes: Sizes, plan: dict, raw: dict):
     yield from measure_compute(sizes, plan, raw)
     yield from measure_pinning(sizes, plan, raw)
     yield from measure_uva(sizes, plan, raw)
+    yield from mechanism_measurements(sizes, plan, raw)
+
+
+def mechanism_measurements(sizes: Sizes, plan: dict, raw: dict, engine: bool = True):
+    """The figures of the simulator's end-to-end mechanisms: compute-rate ladders, CUDA graphs, the
+    contention probe (SM sharing) and, with `engine`, the engine's step."""
+    import torch  # optional heavy dependency
+
+    for measurement in (measure_matmul_ladder(sizes, raw), measure_memory_ladder(sizes, raw),
+                        measure_graphs(sizes, raw), measure_contention(sizes, plan, raw)):
+        yield from measurement
+        torch.cuda.empty_cache()
+    if engine:
+        yield from measure_engine_step(sizes, raw)
 
 
 # -- the host link ------------------------------------------------------------------------------------
@@ -105,7 +122,7 @@ def measure_hbm(sizes: Sizes, plan: dict, raw: dict):
     """Device-to-device copy bandwidth, then index_select gathers from an HBM table by row bytes."""
     import torch  # optional heavy dependency
 
-    _device_copy(sizes, plan["d2d_bytes"], raw)
+    measure_device_copy(sizes, plan["d2d_bytes"], raw)
     torch.cuda.empty_cache()
     yield "d2d"
     table_bytes = plan["hbm_table_bytes"]
@@ -130,7 +147,8 @@ def measure_hbm(sizes: Sizes, plan: dict, raw: dict):
     torch.cuda.empty_cache()
 
 
-def _device_copy(sizes: Sizes, n: int, raw: dict) -> None:
+def measure_device_copy(sizes: Sizes, n: int, raw: dict) -> None:
+    """hbm_gbps: a device-to-device copy of n bytes, read + write."""
     import torch  # optional heavy dependency
 
     a = torch.empty(n, dtype=torch.uint8, device="cuda")
@@ -196,8 +214,8 @@ def _uva_random_order(sizes: Sizes, table, rb: int, sets: list, out) -> float:
 
 # -- compute ------------------------------------------------------------------------------------------
 
-def measure_compute(sizes: Sizes, plan: dict, raw: dict):
-    """bf16 matmul on a large GEMM and on the layer shapes, the backbone's kernels, kernel launch cost."""
+def measure_peak_gemm(sizes: Sizes, raw: dict) -> None:
+    """bf16_tflops: one large square GEMM."""
     import torch  # optional heavy dependency
 
     n = sizes.gemm_n
@@ -206,8 +224,15 @@ def measure_compute(sizes: Sizes, plan: dict, raw: dict):
     c = torch.empty(n, n, device="cuda", dtype=torch.bfloat16)
     s = cuda_median_time(lambda: torch.matmul(a, b, out=c), sizes.warmup + 2, sizes.repeats)
     raw["gemm_large"] = {"n": n, "tflops": 2 * n ** 3 / s / 1e12}
-    a = b = c = None
-    yield f"bf16 gemm {n}^3"
+
+
+def measure_compute(sizes: Sizes, plan: dict, raw: dict):
+    """bf16 matmul on a large GEMM and on the layer shapes, the backbone's kernels, kernel launch cost."""
+    import torch  # optional heavy dependency
+
+    measure_peak_gemm(sizes, raw)
+    torch.cuda.empty_cache()
+    yield f"bf16 gemm {sizes.gemm_n}^3"
     raw["gemm_layers"] = {}
     for name, (m, k, nn) in preset_shapes().layer_gemms.items():
         x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)

@@ -12,6 +12,8 @@ from vocab.units import GiB, KiB, MiB
 
 # Zero-copy gathers are also timed with the same ids in random order (sorted is what the stores do).
 UVA_RANDOM_ROWS = 16384
+# The contention probe's zero-copy grids, as multiples of the SM count (None: one program per row block).
+CONTENTION_GRIDS = (0.25, 0.5, 1, 2, None)
 
 
 @dataclasses.dataclass
@@ -28,6 +30,7 @@ class Sizes:
     dedup_lookups: int
     memcpy_bytes: int
     all_thread_counts: bool           # every power of two up to the cores (else 1 and all)
+    critical_batches: tuple           # decode batches: NumPy hash of one layer's windows, np.sort of their ids
     # GPU side
     copy_sizes: tuple
     pageable_sizes: tuple
@@ -42,6 +45,14 @@ class Sizes:
     gemm_n: int
     launch_kernels: int
     pin_bytes: int
+    # GPU side: compute-rate ladders, SM sharing, CUDA graphs, the engine's step
+    matmul_rows: tuple                # GEMM rows (tokens) of the matmul_curve ladder
+    kv_ladder: tuple                  # (batch, context) of decode attention: the memory_curve ladder
+    contention_rows: int              # zero-copy rows first timed alone, then repeated to cover the window
+    contention_layers: int            # decode layers per timed window of the contention probe
+    graph_kernels: tuple              # tiny kernels per captured CUDA graph
+    engine_batches: tuple             # batch sizes of the engine-step runs (the tiny preset, no Engram)
+    engine_steps: int
 
 
 FULL = Sizes(
@@ -49,11 +60,15 @@ FULL = Sizes(
     hash_tokens=1 << 21, gather_table_bytes=2 * GiB, gather_row_bytes=(64, 128, 256, 512, 1024, 2048, 4096),
     gather_payload_bytes=64 * MiB, gather_fixed_rows=(64, 256, 1024, 4096, 16384, 65536),
     dedup_lookups=1 << 22, memcpy_bytes=512 * MiB, all_thread_counts=True,
+    critical_batches=(1, 4, 16, 64, 256, 1024, 4096),
     copy_sizes=(4 * KiB, 64 * KiB, 256 * KiB, MiB, 4 * MiB, 16 * MiB, 64 * MiB, 256 * MiB, GiB),
     pageable_sizes=(16 * MiB, 256 * MiB), bidir_bytes=512 * MiB, d2d_bytes=GiB,
     hbm_table_bytes=8 * GiB, hbm_row_bytes=(64, 128, 256, 512, 1024, 2048, 4096), hbm_payload_bytes=256 * MiB,
     uva_table_gib=(1, 4, 16, 64), uva_row_bytes=(64, 256, 1024, 4096), uva_rows=(4096, 16384, 65536, 262144),
     gemm_n=8192, launch_kernels=2000, pin_bytes=GiB,
+    matmul_rows=(1, 8, 32, 128, 512, 2048, 8192), kv_ladder=((1, 64), (1, 512), (8, 512), (64, 512), (64, 2048)),
+    contention_rows=65536, contention_layers=8, graph_kernels=(16, 64, 256, 1024), engine_batches=(8, 64, 256),
+    engine_steps=12,
 )
 
 QUICK = Sizes(
@@ -61,11 +76,15 @@ QUICK = Sizes(
     hash_tokens=1 << 19, gather_table_bytes=256 * MiB, gather_row_bytes=(64, 256, 1024, 4096),
     gather_payload_bytes=16 * MiB, gather_fixed_rows=(64, 1024, 16384),
     dedup_lookups=1 << 20, memcpy_bytes=128 * MiB, all_thread_counts=False,
+    critical_batches=(1, 16, 256, 4096),
     copy_sizes=(4 * KiB, 64 * KiB, MiB, 16 * MiB, 256 * MiB, GiB),
     pageable_sizes=(256 * MiB,), bidir_bytes=256 * MiB, d2d_bytes=512 * MiB,
     hbm_table_bytes=2 * GiB, hbm_row_bytes=(64, 256, 1024, 4096), hbm_payload_bytes=64 * MiB,
     uva_table_gib=(1, 8), uva_row_bytes=(256, 1024), uva_rows=(4096, 16384, 262144),
     gemm_n=8192, launch_kernels=1000, pin_bytes=256 * MiB,
+    matmul_rows=(1, 8, 32, 128, 512, 2048, 8192), kv_ladder=((1, 64), (8, 512), (64, 2048)),
+    contention_rows=65536, contention_layers=4, graph_kernels=(16, 256, 1024), engine_batches=(8, 256),
+    engine_steps=8,
 )
 
 
@@ -82,7 +101,7 @@ def cpu_plan(sizes: Sizes) -> dict:
     table_bytes -= table_bytes % max(sizes.gather_row_bytes)
     return {"threads": threads, "max_threads": max_t, "table_bytes": table_bytes,
             "count": (len(threads) + len(sizes.gather_row_bytes) * len(threads) + len(sizes.gather_fixed_rows)
-                      + 1 + len(threads))}
+                      + 1 + len(threads) + 2 * len(sizes.critical_batches))}
 
 
 def gpu_plan(sizes: Sizes) -> dict:
@@ -103,6 +122,8 @@ def gpu_plan(sizes: Sizes) -> dict:
     pageable = [s for s in sizes.pageable_sizes if s <= copy_max] or [copy_sizes[-1]]
     # gemm 1, layer shapes, moe + prefill attention 2, decode attention + projection 2, launch 1, pinning 1
     compute_count = 1 + len(preset_shapes().layer_gemms) + 2 + 2 + 1 + 1
+    mechanism_count = (len(sizes.matmul_rows) + len(sizes.kv_ladder) + len(sizes.graph_kernels)
+                       + len(sizes.engine_batches) + (0 if uva_reason else 2 + len(CONTENTION_GRIDS)))
     return {
         "free": free, "total": total, "uva_reason": uva_reason, "uva_points": uva_points,
         "uva_table_gib": max(footprints) if footprints else 0,
@@ -111,5 +132,5 @@ def gpu_plan(sizes: Sizes) -> dict:
         "d2d_bytes": int(min(sizes.d2d_bytes, free * 0.2)),
         "hbm_table_bytes": int(min(sizes.hbm_table_bytes, free * 0.4)),
         "count": (2 * len(copy_sizes) + 2 * len(pageable) + 1 + 1 + len(sizes.hbm_row_bytes) + len(uva_points)
-                  + sum(n == UVA_RANDOM_ROWS for _, _, n in uva_points) + compute_count),
+                  + sum(n == UVA_RANDOM_ROWS for _, _, n in uva_points) + compute_count + mechanism_count),
     }
