@@ -1,6 +1,6 @@
 """Build typed dataclasses from TOML tables, with one-line errors.
 
-Shared by the run configuration (sim/config.py) and the hardware profiles
+Shared by the run configuration (vocab/config.py) and the hardware profiles
 (profiles/__init__.py), so both report bad input the same way: the dotted
 path of the field, what is wrong, and how to fix it.
 """
