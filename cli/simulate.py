@@ -18,8 +18,8 @@ from tools.bench import bench_simulator
 from tools.sweep import sweep
 from vocab.config import load_config, preset_names
 from vocab.files import staged_dir
-from vocab.placements import ENGRAM_PLACEMENTS, NONE, PLACEMENTS
-from vocab.records import write_record
+from vocab.placements import ENGRAM_PLACEMENTS, HBM, NONE, PLACEMENTS
+from vocab.records import overhead, write_record
 from vocab.tables import PHASES
 from vocab.units import GiB
 
@@ -41,8 +41,14 @@ def cmd_simulate(args) -> int:
     result = simulate(cfg, profile, record_events=bool(args.trace))
     wall = time.perf_counter() - t0
     table = "no Engram" if cfg.placement.kind == NONE else f"{cfg.engram.total_table_bytes / GiB:.2f} GiB table"
+    summary = dict(result.summary)
+    # Throughput lost against the same run with the table in HBM (capacity aside) and without Engram.
+    for name, kind in (("overhead_vs_hbm", HBM), ("overhead_vs_none", NONE)):
+        base = result if kind == cfg.placement.kind else simulate(cfg.with_placement(kind), profile,
+                                                                    check_capacity=False)
+        summary[name] = overhead(result.summary["tokens_per_s"], base.summary["tokens_per_s"])
     _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, {table}, profile {profile.name}",
-                   result.summary)
+                   summary)
     if args.analytic:
         est = estimate(cfg, profile, plan_steps(cfg, profile, trace_for(cfg)))
         _print_summary("closed-form steady state", est)
