@@ -1,4 +1,4 @@
-"""Timing of small measurements: medians of repeated calls on the host clock or by CUDA events.
+"""Timing of small measurements: medians (and the spread) of repeated calls on the host clock or by CUDA events.
 
 Shared by `engram-sim calibrate` (tools/calibrate/) and the GPU benchmarks (real_runs/bench.py),
 with the fresh row ids both draw for their gathers.
@@ -6,7 +6,9 @@ with the fresh row ids both draw for their gathers.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,8 +26,39 @@ MAX_CALLS = 200
 HOST_AHEAD_CYCLES = 1_000_000
 
 
-def median_time(fn, warmup: int, repeats: int, setup=None) -> float:
-    """Median seconds of fn() by time.perf_counter.
+class Spread(NamedTuple):
+    """Seconds of one measurement's timed repeats: the fastest, the median (the figure) and the slowest."""
+    min: float
+    median: float
+    max: float
+    repeats: int
+
+
+# Lists that every Spread measured is appended to while recording_spreads() is open (calibrate checks them).
+_recorders: list[list] = []
+
+
+@contextlib.contextmanager
+def recording_spreads():
+    """A list that collects the Spread of every timing made while the block runs."""
+    seen: list[Spread] = []
+    _recorders.append(seen)
+    try:
+        yield seen
+    finally:
+        _recorders.remove(seen)
+
+
+def _spread(times: list) -> Spread:
+    a = np.asarray(times, float)
+    out = Spread(max(float(a.min()), 1e-9), max(float(np.median(a)), 1e-9), max(float(a.max()), 1e-9), a.size)
+    for seen in _recorders:
+        seen.append(out)
+    return out
+
+
+def time_spread(fn, warmup: int, repeats: int, setup=None) -> Spread:
+    """Spread of the seconds of fn() by time.perf_counter.
 
     Warm-up: at least `warmup` untimed calls and WARM_S seconds of them; then at least
     `repeats` timed calls and TIMED_S seconds of them (at most MAX_CALLS calls each).
@@ -43,11 +76,16 @@ def median_time(fn, warmup: int, repeats: int, setup=None) -> float:
         fn(arg) if setup else fn()
         times.append(time.perf_counter() - t0)
         i += 1
-    return max(float(np.median(times)), 1e-9)
+    return _spread(times)
 
 
-def cuda_median_time(fn, warmup: int, repeats: int, setup=None) -> float:
-    """Median seconds of fn() by CUDA events on the current stream after `warmup` untimed calls."""
+def median_time(fn, warmup: int, repeats: int, setup=None) -> float:
+    """Median seconds of fn() by time.perf_counter (time_spread's median)."""
+    return time_spread(fn, warmup, repeats, setup).median
+
+
+def cuda_time_spread(fn, warmup: int, repeats: int, setup=None) -> Spread:
+    """Spread of the seconds of fn() by CUDA events on the current stream after `warmup` untimed calls."""
     import torch  # optional heavy dependency: only GPU measurements come here
 
     total = warmup + repeats
@@ -62,7 +100,12 @@ def cuda_median_time(fn, warmup: int, repeats: int, setup=None) -> float:
         end.synchronize()
         if i >= warmup:
             times.append(start.elapsed_time(end) * 1e-3)
-    return max(float(np.median(times)), 1e-9)
+    return _spread(times)
+
+
+def cuda_median_time(fn, warmup: int, repeats: int, setup=None) -> float:
+    """Median seconds of fn() by CUDA events (cuda_time_spread's median)."""
+    return cuda_time_spread(fn, warmup, repeats, setup).median
 
 
 def thread_counts(max_threads: int, all_counts: bool) -> list[int]:

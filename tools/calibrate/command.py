@@ -14,10 +14,12 @@ from tqdm import tqdm
 from profiles import load_profile
 from profiles.writer import dump_toml
 from real_runs.instrument import cpu_model
-from tools.calibrate import plan
+from real_runs.timing import recording_spreads
+from tools.calibrate import plan, sanity
 from tools.calibrate.assemble import assemble, comparison
-from tools.calibrate.measure_cpu import cpu_measurements
-from tools.calibrate.measure_gpu import gpu_measurements
+from tools.calibrate.bounds import CPU_STEPS, GPU_STEPS, MAX_REMEASURES
+from tools.calibrate.measure_cpu import cpu_steps, system_info
+from tools.calibrate.measure_gpu import gpu_info, gpu_steps
 from tools.calibrate.output import CalibrateError, check_out, default_out, slug, write_profile_atomic
 
 NO_GPU = "no CUDA GPU found"
@@ -48,14 +50,41 @@ def run_calibrate(args) -> int:
     check_out(out)
 
     raw: dict = {}
-    wall = measure(plan.sizes_for(quick), cuda, quick, raw)
-    profile, comments, header = assemble(raw, base, base_name, out.stem, today, quick, cpu_only=not cuda)
-    write_profile_atomic(dump_toml(profile, comments, header), out)
+    spread_log: dict = {}
+    wall, steps = measure(plan.sizes_for(quick), cuda, quick, raw, spread_log)
+
+    def build():
+        return assemble(raw, base, base_name, out.stem, today, quick, cpu_only=not cuda)
+
+    (profile, comments, header), findings, tries = remeasure_until_sane(build, steps, raw, spread_log)
+    comments.setdefault("host", []).extend(sanity.spread_comments(spread_log, CPU_STEPS))
+    if cuda:
+        comments.setdefault("gpu", []).extend(sanity.spread_comments(spread_log, GPU_STEPS))
+    warnings = sanity.flag(profile, findings, tries)
+    write_profile_atomic(sanity.annotate(dump_toml(profile, comments, header), findings), out)
     print(f"wrote {out} (measured in {wall:.0f} s)")
     print_summary(profile, cuda)
     for line in comparison(raw, gpu_measured=cuda):
         print(line)
+    sanity.warn(warnings)
     return 0
+
+
+def remeasure_until_sane(build, steps: dict, raw: dict, spread_log: dict) -> tuple:
+    """(build()'s result, the findings left, re-measurements made): while a figure is out of its bounds or
+    its repeats spread too widely, re-run the steps that measure it, at most MAX_REMEASURES times."""
+    tries = 0
+    while True:
+        result = build()
+        findings = sanity.check_bounds(result[0], steps) + sanity.check_spreads(spread_log)
+        if not findings or tries == MAX_REMEASURES:
+            return result, findings, tries
+        tries += 1
+        again = [name for name in steps if name in {f.step for f in findings}]
+        first = findings[0]
+        print(f"calibrate: re-measuring {', '.join(again)} ({tries} of {MAX_REMEASURES}): {first.field} "
+              f"{first.reason}", file=sys.stderr)
+        drive([recorded(name, steps[name], raw, spread_log) for name in again], lambda label: None)
 
 
 def require_cuda() -> bool:
@@ -77,9 +106,10 @@ def _machine_slug(cuda: bool) -> str:
     return slug(cpu_model())
 
 
-def measure(sizes: plan.Sizes, cuda: bool, quick: bool, raw: dict) -> float:
-    """Run every measurement into `raw` under a progress bar; seconds taken. A failure is one CalibrateError
-    naming the measurement after which it happened."""
+def measure(sizes: plan.Sizes, cuda: bool, quick: bool, raw: dict, spread_log: dict) -> tuple[float, dict]:
+    """Run every measurement step into `raw` under a progress bar, the spread of each measurement's repeats
+    into `spread_log`; (seconds taken, the steps by name, to re-run). A failure is one CalibrateError naming
+    the measurement after which it happened."""
     cplan = plan.cpu_plan(sizes)
     gplan = plan.gpu_plan(sizes) if cuda else None
     total = cplan["count"] + (gplan["count"] if gplan else 0)
@@ -87,17 +117,30 @@ def measure(sizes: plan.Sizes, cuda: bool, quick: bool, raw: dict) -> float:
     print(f"calibrate: measuring {what} ({'quick' if quick else 'full'}), {cpu_model()}, "
           f"{os.cpu_count()} cores; threads {cplan['threads']}", file=sys.stderr)
     t0 = time.perf_counter()
+    system_info(cplan, raw)
+    steps = dict(cpu_steps(sizes, cplan, pin_staging=cuda))
+    if cuda:
+        gpu_info(gplan, raw)
+        steps.update(gpu_steps(sizes, gplan))
     with tqdm(total=total, desc="calibrate", unit="measurement", file=sys.stderr, dynamic_ncols=True) as bar:
-        steps = [cpu_measurements(sizes, cplan, raw, pin_staging=cuda)]
-        if cuda:
-            steps.append(gpu_measurements(sizes, gplan, raw))
-
         def done(label: str) -> None:
             bar.set_postfix_str(label, refresh=False)
             bar.update(1)
 
-        drive(steps, done)
-    return time.perf_counter() - t0
+        drive([recorded(name, step, raw, spread_log) for name, step in steps.items()], done)
+    return time.perf_counter() - t0, steps
+
+
+def recorded(name: str, step, raw: dict, spread_log: dict):
+    """Run one step, logging the spreads timed for each of its measurements as {label: (step, [Spread])}
+    (a re-run replaces the step's earlier entries)."""
+    for label in [k for k, (st, _) in spread_log.items() if st == name]:
+        del spread_log[label]
+    with recording_spreads() as seen:
+        for label in step(raw):
+            spread_log[label] = (name, list(seen))
+            seen.clear()
+            yield label
 
 
 def drive(steps, done) -> None:

@@ -152,11 +152,24 @@ def measure_critical_path(sizes: Sizes, plan: dict, raw: dict):
         yield f"sort {ids.size} ids"
 
 
-def cpu_measurements(sizes: Sizes, plan: dict, raw: dict, pin_staging: bool):
+def cpu_steps(sizes: Sizes, plan: dict, pin_staging: bool) -> list[tuple]:
+    """(name, measure(raw) -> generator) of each CPU measurement step, in order (names: bounds.CPU_STEPS);
+    a step can be run again into the same raw (calibrate re-measures a step whose figures look wrong)."""
+    return [
+        ("hashing", lambda raw: measure_hashing(sizes, plan, raw)),
+        ("cpu_gather", lambda raw: measure_cpu_gather(sizes, plan, raw, pin_staging)),
+        ("dedup", lambda raw: measure_dedup(sizes, plan, raw)),
+        ("memcpy", lambda raw: measure_memcpy(sizes, plan, raw)),
+        ("critical_path", lambda raw: measure_critical_path(sizes, plan, raw)),
+    ]
+
+
+def system_info(plan: dict, raw: dict) -> None:
     raw["system"] = {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "memory_gib": memory_gib(),
                      "numba_threads": plan["max_threads"], "threads": plan["threads"]}
-    yield from measure_hashing(sizes, plan, raw)
-    yield from measure_cpu_gather(sizes, plan, raw, pin_staging)
-    yield from measure_dedup(sizes, plan, raw)
-    yield from measure_memcpy(sizes, plan, raw)
-    yield from measure_critical_path(sizes, plan, raw)
+
+
+def cpu_measurements(sizes: Sizes, plan: dict, raw: dict, pin_staging: bool):
+    system_info(plan, raw)
+    for _, step in cpu_steps(sizes, plan, pin_staging):
+        yield from step(raw)

@@ -23,32 +23,58 @@ from tools.calibrate.shapes import Shapes, preset_shapes
 from vocab.units import GiB, MiB
 
 
-def gpu_measurements(sizes: Sizes, plan: dict, raw: dict):
+def gpu_info(plan: dict, raw: dict) -> None:
     import torch  # optional heavy dependency
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     raw["gpu_info"] = {"name": torch.cuda.get_device_name(), "total_bytes": int(props.total_memory),
                        "context_bytes": int(plan["total"] - plan["free"]), "torch": torch.__version__,
                        "cuda": torch.version.cuda, "nvml": nvml_info(), "uva_reason": plan["uva_reason"]}
-    yield from measure_copies(sizes, plan, raw)
-    yield from measure_hbm(sizes, plan, raw)
-    yield from measure_compute(sizes, plan, raw)
-    yield from measure_pinning(sizes, plan, raw)
-    yield from measure_uva(sizes, plan, raw)
-    yield from mechanism_measurements(sizes, plan, raw)
+
+
+def _freeing(gen):
+    """The measurement, then the CUDA cache emptied (the next one may need the memory)."""
+    import torch  # optional heavy dependency
+
+    yield from gen
+    torch.cuda.empty_cache()
+
+
+def gpu_steps(sizes: Sizes, plan: dict) -> list[tuple]:
+    """(name, measure(raw) -> generator) of each GPU measurement step, in order (names: bounds.GPU_STEPS);
+    a step can be run again into the same raw."""
+    return [
+        ("copies", lambda raw: measure_copies(sizes, plan, raw)),
+        ("hbm", lambda raw: measure_hbm(sizes, plan, raw)),
+        ("compute", lambda raw: measure_compute(sizes, plan, raw)),
+        ("pinning", lambda raw: measure_pinning(sizes, plan, raw)),
+        ("uva", lambda raw: measure_uva(sizes, plan, raw)),
+        *mechanism_steps(sizes, plan),
+    ]
+
+
+def mechanism_steps(sizes: Sizes, plan: dict, engine: bool = True) -> list[tuple]:
+    """The steps of the simulator's end-to-end mechanisms: compute-rate ladders, CUDA graphs, the contention
+    probe (SM sharing) and, with `engine`, the engine's step."""
+    steps = [("matmul_ladder", lambda raw: _freeing(measure_matmul_ladder(sizes, raw))),
+             ("memory_ladder", lambda raw: _freeing(measure_memory_ladder(sizes, raw))),
+             ("graphs", lambda raw: _freeing(measure_graphs(sizes, raw))),
+             ("contention", lambda raw: _freeing(measure_contention(sizes, plan, raw)))]
+    if engine:
+        steps.append(("engine", lambda raw: measure_engine_step(sizes, raw)))
+    return steps
+
+
+def gpu_measurements(sizes: Sizes, plan: dict, raw: dict):
+    gpu_info(plan, raw)
+    for _, step in gpu_steps(sizes, plan):
+        yield from step(raw)
 
 
 def mechanism_measurements(sizes: Sizes, plan: dict, raw: dict, engine: bool = True):
-    """The figures of the simulator's end-to-end mechanisms: compute-rate ladders, CUDA graphs, the
-    contention probe (SM sharing) and, with `engine`, the engine's step."""
-    import torch  # optional heavy dependency
-
-    for measurement in (measure_matmul_ladder(sizes, raw), measure_memory_ladder(sizes, raw),
-                        measure_graphs(sizes, raw), measure_contention(sizes, plan, raw)):
-        yield from measurement
-        torch.cuda.empty_cache()
-    if engine:
-        yield from measure_engine_step(sizes, raw)
+    """The figures of the simulator's end-to-end mechanisms (mechanism_steps, one after another)."""
+    for _, step in mechanism_steps(sizes, plan, engine):
+        yield from step(raw)
 
 
 # -- the host link ------------------------------------------------------------------------------------
