@@ -64,6 +64,7 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
         rows.append({
             "table_bytes": pcfg.engram.total_table_bytes,
             "table_gib": pcfg.engram.total_table_bytes / GiB,
+            "table_gib_asked": table_gib,     # the real table is a little larger (prime row counts)
             "placement": placement,
             "phase": phase,
             "step_time_s": s["step_time_s"],

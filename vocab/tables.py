@@ -11,9 +11,10 @@ from __future__ import annotations
 import pandas as pd
 
 SWEEP_COLUMNS = [
-    "table_bytes", "table_gib", "placement", "phase", "step_time_s", "tokens_per_s", "exposed_stall_s",
-    "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "overhead_vs_none", "host_bytes_per_step", "hbm_bytes_per_step",
-    "link_utilisation", "window_use", "fits_hbm", "fits_host", "hidden", "steps", "sim_events", "replayed_steps",
+    "table_bytes", "table_gib", "table_gib_asked", "placement", "phase", "step_time_s", "tokens_per_s",
+    "exposed_stall_s", "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "overhead_vs_none", "host_bytes_per_step",
+    "hbm_bytes_per_step", "link_utilisation", "window_use", "fits_hbm", "fits_host", "hidden", "steps", "sim_events",
+    "replayed_steps",
 ]
 PHASES = ("prefill", "decode")
 
