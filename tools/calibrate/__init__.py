@@ -33,11 +33,17 @@ preset (shapes.py).
   With --cpu-only the gpu, link and uva sections are copied from --base and the
   provenance says so.
 
+Every measured figure is checked against its physical bounds (bounds.py, data in one place) and each
+measurement's repeats against their spread (the median at most SPREAD_LIMIT times the fastest; the
+min/median/max of every measurement are comments in the profile). A step whose figures fail is re-measured
+(at most MAX_REMEASURES times); a figure still out is flagged: a comment beside it, a line in
+provenance.notes and a warning on stderr (sanity.py).
+
 The profile is written atomically (a temporary file in the target folder,
 validated by profiles.load_profile, then moved into place): nothing is written
 when a measurement or the validation fails.
 
-Modules: plan (how much to measure), shapes, measure_cpu, measure_gpu (with measure_rates, measure_sharing
+Modules: plan (how much to measure), bounds and sanity (the checks), shapes, measure_cpu, measure_gpu (with measure_rates, measure_sharing
 and measure_engine for the mechanisms), assemble (the profile's tables, notes and the reference comparison;
 assemble_mechanisms for the mechanisms' figures), output (the path and the atomic write), command (the
 command), probe (`python -m tools.calibrate.probe`: the mechanisms' GPU figures alone, over a base profile).

@@ -80,10 +80,13 @@ def remeasure_until_sane(build, steps: dict, raw: dict, spread_log: dict) -> tup
         if not findings or tries == MAX_REMEASURES:
             return result, findings, tries
         tries += 1
-        again = [name for name in steps if name in {f.step for f in findings}]
-        first = findings[0]
-        print(f"calibrate: re-measuring {', '.join(again)} ({tries} of {MAX_REMEASURES}): {first.field} "
-              f"{first.reason}", file=sys.stderr)
+        first = {}                                         # the first finding of each step, in step order
+        for f in findings:
+            first.setdefault(f.step, f)
+        again = [name for name in steps if name in first]
+        for name in again:
+            print(f"calibrate: re-measuring {name} ({tries} of {MAX_REMEASURES}): {first[name].field} "
+                  f"{first[name].reason}", file=sys.stderr)
         drive([recorded(name, steps[name], raw, spread_log) for name in again], lambda label: None)
 
 
