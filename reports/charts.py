@@ -11,6 +11,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from reports.lines import placement_color, placement_lines, subtitle, with_dashes
 from vocab.placements import ENGRAM_PLACEMENTS
 from vocab.records import ACTORS, CPU_GATHER, CPU_HASH, GPU_COMPUTE, H2D_LINK, STALL, overlap_fraction
 from vocab.tables import PHASES, SWEEP_COLUMNS
@@ -18,10 +19,6 @@ from vocab.units import GiB, MiB
 
 WIDTH, HEIGHT = 320, 220
 
-_PLACEMENT_COLOR = alt.Color(
-    "placement:N", title="placement",
-    scale=alt.Scale(domain=list(ENGRAM_PLACEMENTS), range=["#4c78a8", "#f58518", "#e45756", "#54a24b"]),
-)
 _SIZE_X = alt.X("table_gib:Q", title="Engram table size (GiB)",
                 scale=alt.Scale(type="log", base=2), axis=alt.Axis(format="~g"))
 _PHASE_COLUMN = alt.Column("phase:N", title=None, sort=list(PHASES))
@@ -33,25 +30,30 @@ def _check(df: pd.DataFrame, columns) -> None:
         raise ValueError(f"sweep frame lacks columns {missing}")
 
 
-def _by_size(df: pd.DataFrame, y: alt.Y, tooltip: list) -> alt.Chart:
-    """Lines over table size, one per placement (not yet faceted)."""
-    return alt.Chart(df).mark_line(point=True).encode(
-        x=_SIZE_X, y=y, color=_PLACEMENT_COLOR,
-        tooltip=["placement:N", "phase:N", alt.Tooltip("table_gib:Q", title="GiB", format=",.4~g"), *tooltip],
-    ).properties(width=WIDTH, height=HEIGHT)
+def by_phase(data: pd.DataFrame, layers: list, title, y_independent: bool = True) -> alt.FacetChart:
+    """The layers, a panel per phase.  Every layer takes its rows from the facet (none carries its own data),
+    so each panel draws only its phase."""
+    chart = alt.layer(*layers, data=data).properties(width=WIDTH, height=HEIGHT).facet(column=_PHASE_COLUMN)
+    if y_independent:
+        chart = chart.resolve_scale(y="independent")
+    return chart.properties(title=title)
+
+
+def _line_chart(df: pd.DataFrame, field: str, y: alt.Y, tooltip: list, title: str, extra=(), notes=(),
+                y_independent: bool = True) -> alt.FacetChart:
+    """One line per placement over table size in a panel per phase, plus `extra` layers."""
+    data, same = with_dashes(df, field)
+    lines = placement_lines(data, _SIZE_X, y, tooltip)
+    return by_phase(data, [lines, *extra], alt.TitleParams(title, subtitle=subtitle(*notes, same)), y_independent)
 
 
 def throughput_chart(df: pd.DataFrame) -> alt.FacetChart:
     """Tokens/s against table size, one line per placement, a column per phase."""
     _check(df, ["table_gib", "placement", "phase", "tokens_per_s", "step_time_s"])
-    chart = _by_size(
-        df,
-        alt.Y("tokens_per_s:Q", title="tokens / s"),
-        [alt.Tooltip("tokens_per_s:Q", title="tokens/s", format=",.0f"),
-         alt.Tooltip("step_time_s:Q", title="step time (s)", format=".4g")],
-    )
-    return chart.facet(column=_PHASE_COLUMN).resolve_scale(y="independent").properties(
-        title="Throughput vs Engram table size")
+    return _line_chart(df, "tokens_per_s", alt.Y("tokens_per_s:Q", title="tokens / s"),
+                       [alt.Tooltip("tokens_per_s:Q", title="tokens/s", format=",.0f"),
+                        alt.Tooltip("step_time_s:Q", title="step time (s)", format=".4g")],
+                       "Throughput vs Engram table size")
 
 
 def _first_unhidden(df: pd.DataFrame, threshold: float) -> pd.Series:
@@ -61,6 +63,39 @@ def _first_unhidden(df: pd.DataFrame, threshold: float) -> pd.Series:
     for _, group in df[over].groupby(["placement", "phase"]):
         mask[group["table_bytes"].idxmin()] = True
     return mask
+
+
+def threshold_rule(field: str = "threshold_pct", title: str = "threshold %") -> alt.Chart:
+    """A dashed horizontal rule at the (constant) `field`, one per panel: the mean makes it a single mark."""
+    return alt.Chart().mark_rule(strokeDash=[6, 4], color="black").encode(
+        y=alt.Y(f"mean({field}):Q"), tooltip=[alt.Tooltip(f"mean({field}):Q", title=title)])
+
+
+def with_mark_slots(data: pd.DataFrame, field: str) -> pd.DataFrame:
+    """`data` with `mark_slot` ("rank/count"): first-unhidden marks that fall on one spot (same phase, size
+    and value of `field`) are numbered so that unhidden_marks can set them side by side."""
+    flagged = data[data["first_unhidden"]]
+    spot = [flagged["phase"], flagged["table_gib"], flagged[field].round(9)]
+    rank = flagged.groupby(spot, dropna=False).cumcount() + 1
+    count = flagged.groupby(spot, dropna=False)["placement"].transform("size")
+    slots = pd.Series("", index=data.index)
+    slots[flagged.index] = rank.astype(str) + "/" + count.astype(str)
+    return data.assign(mark_slot=slots)
+
+
+def unhidden_marks(data: pd.DataFrame, x: alt.X, y: alt.Y, color: alt.Color) -> list[alt.Chart]:
+    """Diamonds on the rows flagged first_unhidden (data from with_mark_slots), a layer per slot: diamonds
+    on one spot are shifted a few pixels apart so none hides another."""
+    layers = []
+    for slot in sorted(set(data.loc[data["first_unhidden"], "mark_slot"])):
+        rank, count = (int(n) for n in slot.split("/"))
+        layers.append(alt.Chart().transform_filter(alt.datum.mark_slot == slot).mark_point(
+            shape="diamond", size=160, filled=True, stroke="black", strokeWidth=1,
+            xOffset=(rank - 1 - (count - 1) / 2) * 10,
+        ).encode(x=x, y=y, color=color, tooltip=[
+            "placement:N", alt.Tooltip("table_gib:Q", title="first GiB not hidden", format=",.4~g"),
+            alt.Tooltip("overhead_pct:Q", title="overhead %", format=".3g")]))
+    return layers
 
 
 def overhead_chart(df: pd.DataFrame, threshold: float) -> alt.FacetChart:
@@ -73,20 +108,16 @@ def overhead_chart(df: pd.DataFrame, threshold: float) -> alt.FacetChart:
         first_unhidden=_first_unhidden(df, threshold),
     )
     y = alt.Y("overhead_pct:Q", title="overhead vs HBM (%, symlog)", scale=alt.Scale(type="symlog"))
-    lines = _by_size(data, y, [alt.Tooltip("overhead_pct:Q", title="overhead %", format=".3g")])
-    rule = alt.Chart(data).mark_rule(strokeDash=[6, 4], color="black").encode(
-        y=alt.Y("mean(threshold_pct):Q"),
-        tooltip=[alt.Tooltip("mean(threshold_pct):Q", title="threshold %")],
-    )
-    marks = alt.Chart(data).transform_filter(alt.datum.first_unhidden).mark_point(
-        shape="diamond", size=160, filled=True, stroke="black", strokeWidth=1,
-    ).encode(x=_SIZE_X, y=y, color=_PLACEMENT_COLOR, tooltip=[
-        "placement:N", alt.Tooltip("table_gib:Q", title="first GiB not hidden", format=",.4~g"),
-        alt.Tooltip("overhead_pct:Q", title="overhead %", format=".3g")])
-    title = alt.TitleParams(
-        f"Overhead vs HBM-resident table (dashed: hidden threshold {threshold * 100:g} %)",
-        subtitle="Diamonds mark the first table size where each placement stops being hidden")
-    return alt.layer(lines, rule, marks, data=data).facet(column=_PHASE_COLUMN).properties(title=title)
+    extra = [threshold_rule()]
+    if data["first_unhidden"].any():
+        data = with_mark_slots(data, "overhead_pct")
+        extra += unhidden_marks(data, _SIZE_X, y, placement_color(data["placement"]))
+        note = "diamonds: the first table size where each placement stops being hidden"
+    else:
+        note = "no placement crosses the threshold at the sizes swept"
+    return _line_chart(data, "overhead_pct", y, [alt.Tooltip("overhead_pct:Q", title="overhead %", format=".3g")],
+                       f"Overhead vs HBM-resident table (black dashed rule: hidden threshold {threshold * 100:g} %)",
+                       extra, [note], y_independent=False)
 
 
 def stall_chart(df: pd.DataFrame) -> alt.FacetChart:
@@ -96,20 +127,19 @@ def stall_chart(df: pd.DataFrame) -> alt.FacetChart:
     tooltip = [alt.Tooltip("exposed_stall_ms:Q", title="stall ms/step", format=".4g")]
     if "overlap_fraction" in df:
         tooltip.append(alt.Tooltip("overlap_fraction:Q", title="overlap", format=".1%"))
-    chart = _by_size(data, alt.Y("exposed_stall_ms:Q", title="exposed stall (ms / step)"), tooltip)
-    return chart.facet(column=_PHASE_COLUMN).resolve_scale(y="independent").properties(
-        title="Exposed Engram stall per step")
+    return _line_chart(data, "exposed_stall_ms", alt.Y("exposed_stall_ms:Q", title="exposed stall (ms / step)"),
+                       tooltip, "Exposed Engram stall per step")
 
 
 def window_chart(df: pd.DataFrame) -> alt.FacetChart:
     """How much of the time before its rows are needed each fetch uses (1 = just hidden)."""
     _check(df, ["table_gib", "placement", "phase", "window_use"])
-    data = df[df["placement"] != "hbm"].assign(window_pct=lambda d: d["window_use"] * 100)
+    data = df[df["placement"] != "hbm"].assign(window_pct=lambda d: d["window_use"] * 100, limit_pct=100.0)
     tooltip = [alt.Tooltip("window_pct:Q", title="window used %", format=".1f")]
-    lines = _by_size(data, alt.Y("window_pct:Q", title="fetch time / window (%)"), tooltip)
-    limit = alt.Chart(pd.DataFrame({"y": [100.0]})).mark_rule(strokeDash=[6, 4], color="black").encode(y="y:Q")
-    return alt.layer(lines, limit, data=data).facet(column=_PHASE_COLUMN).properties(
-        title="Fetch time as a share of its window (above 100 %: the GPU waits)")
+    return _line_chart(data, "window_pct", alt.Y("window_pct:Q", title="fetch time / window (%)"), tooltip,
+                       "Fetch time as a share of its window (above 100 %: the GPU waits)",
+                       [threshold_rule("limit_pct", "limit %")], ["black dashed rule: 100 %, the whole window"],
+                       y_independent=False)
 
 
 def bytes_chart(df: pd.DataFrame, table_bytes: int | None = None) -> alt.FacetChart:

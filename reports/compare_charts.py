@@ -15,15 +15,18 @@ import numpy as np
 import pandas as pd
 
 from reports.charts import (
-    _PHASE_COLUMN,
-    _PLACEMENT_COLOR,
     HEIGHT,
     WIDTH,
     _first_unhidden,
+    by_phase,
     bytes_chart,
     hidden_summary,
+    threshold_rule,
     timeline_chart,
+    unhidden_marks,
+    with_mark_slots,
 )
+from reports.lines import SOLID, placement_color, placement_lines, placement_order, subtitle, with_dashes
 from vocab.tables import summarise_errors
 
 SWEEP = "predicted (sweep)"
@@ -31,30 +34,62 @@ PREDICTED = "predicted (record)"
 MEASURED = "measured"
 _SHAPE = alt.Shape("source:N", title="point", scale=alt.Scale(domain=[PREDICTED, MEASURED],
                                                              range=["circle", "square"]))
-# The sweep's size axis, padded so points at the smallest size clear the y axis; short labels for tiny tables.
-_SIZE_X = alt.X("table_gib:Q", title="Engram table size (GiB)",
-                scale=alt.Scale(type="log", base=2, padding=14), axis=alt.Axis(format=".3~g"))
-_SUBTITLE = "lines: sweep prediction; circles: prediction for a measured record; squares: measured"
+_SIZE_TITLE = "Engram table size (GiB)"
+# A record this many times smaller or larger than the sweep's sizes is drawn apart, not on the sweep's axis.
+_FAR = 4.0
+_LINES_NOTE = "lines: sweep prediction"
+_POINTS_NOTE = "circles: prediction for a measured record; squares: measured (side by side at the record's size)"
+
+
+def _size_x(sizes: pd.Series) -> alt.X:
+    """The size axis over `sizes`, a factor of two wider on each side so no point sits on an axis (a single
+    size is centred); short labels for tiny tables."""
+    low, high = float(np.nanmin(sizes)), float(np.nanmax(sizes))
+    return alt.X("table_gib:Q", title=_SIZE_TITLE, scale=alt.Scale(type="log", base=2, domain=[low / 2, high * 2]),
+                 axis=alt.Axis(format=".2~g" if low < 0.01 else "~g"))
+
+
+def _gib(size: float) -> str:
+    return f"{size:,.0f}" if size >= 1 else f"{size:.3g}"
+
+
+UNPROFILED = "run on a machine no hardware profile describes (a CPU run): predicted for the profiled GPU"
+
+
+def _apart(compare: pd.DataFrame, sweep: pd.DataFrame | None) -> pd.Series:
+    """Per compared record, why it is drawn apart from the sweep ("" if it is not): no hardware profile for
+    its machine, or a table size far outside the sweep's."""
+    why = pd.Series("", index=compare.index)
+    if "profile_matched" in compare:
+        why[~compare["profile_matched"].astype(bool)] = UNPROFILED
+    if sweep is not None and len(sweep):
+        low, high = float(sweep["table_gib"].min()), float(sweep["table_gib"].max())
+        outside = (compare["table_gib"] < low / _FAR) | (compare["table_gib"] > high * _FAR)
+        text = f"a table size far outside the sweep's {_gib(low)} to {_gib(high)} GiB"
+        why[outside] = why[outside].map(lambda w: f"{w}; {text}" if w else text)
+    return why
 
 
 def overlay_frame(sweep: pd.DataFrame | None, compare: pd.DataFrame | None, threshold: float = 0.01) -> pd.DataFrame:
     """One long frame: sweep rows (source SWEEP) and, per compared record, a PREDICTED and a MEASURED row,
-    with table_gib, placement, phase, tokens_per_s, overhead_pct, stall_ms, first_unhidden, record."""
+    with table_gib, placement, phase, tokens_per_s, overhead_pct, stall_ms, first_unhidden, record and apart
+    (why the record is drawn in a panel of its own, "" if it is not; see _apart)."""
     parts = []
     if sweep is not None and len(sweep):
         s = sweep.assign(source=SWEEP, record="", overhead_pct=sweep["overhead_vs_hbm"] * 100,
                          stall_ms=sweep["exposed_stall_s"] * 1e3,
-                         first_unhidden=_first_unhidden(sweep, threshold))
+                         first_unhidden=_first_unhidden(sweep, threshold), apart="")
         parts.append(s[["source", "record", "table_gib", "placement", "phase", "tokens_per_s", "overhead_pct",
-                        "stall_ms", "first_unhidden"]])
+                        "stall_ms", "first_unhidden", "apart"]])
     if compare is not None and len(compare):
+        apart = _apart(compare, sweep).to_numpy()
         for source, side in ((PREDICTED, "predicted"), (MEASURED, "measured")):
             parts.append(pd.DataFrame({
                 "source": source, "record": compare["record"], "table_gib": compare["table_gib"],
                 "placement": compare["placement"], "phase": compare["phase"],
                 "tokens_per_s": compare[f"{side}_tokens_per_s"],
                 "overhead_pct": compare[f"{side}_overhead_vs_hbm"] * 100,
-                "stall_ms": compare[f"{side}_exposed_stall_s"] * 1e3, "first_unhidden": False,
+                "stall_ms": compare[f"{side}_exposed_stall_s"] * 1e3, "first_unhidden": False, "apart": apart,
             }))
     if not parts:
         raise ValueError("overlay_frame needs a sweep or a compare frame")
@@ -64,64 +99,77 @@ def overlay_frame(sweep: pd.DataFrame | None, compare: pd.DataFrame | None, thre
     return out
 
 
-def _overlay(data: pd.DataFrame, field: str, y_title: str, fmt: str, scale: alt.Scale, title,
-             extra: list | None = None) -> alt.FacetChart:
-    y = alt.Y(f"{field}:Q", title=y_title, scale=scale)
+def _panels(data: pd.DataFrame, field: str, y: alt.Y, fmt: str, title: str, notes: list[str],
+            extra: list, marks: bool) -> alt.FacetChart:
+    """Sweep lines and record points of `data` in a panel per phase, plus the `extra` layers."""
+    color = placement_color(data["placement"])
+    x = _size_x(data["table_gib"])
     tooltip = ["source:N", "placement:N", "phase:N", alt.Tooltip("table_gib:Q", title="GiB", format=",.4~g"),
                alt.Tooltip(f"{field}:Q", format=fmt)]
-    layers = []
-    if (data["source"] == SWEEP).any():
-        layers.append(alt.Chart().transform_filter(alt.datum.source == SWEEP).mark_line(point=True).encode(
-            x=_SIZE_X, y=y, color=_PLACEMENT_COLOR, tooltip=tooltip))
-    if (data["source"] != SWEEP).any():
-        layers.append(alt.Chart().transform_filter(alt.datum.source != SWEEP).mark_point(
-            size=90, filled=True, opacity=0.85, stroke="black", strokeWidth=0.5).encode(
-            x=_SIZE_X, y=y, color=_PLACEMENT_COLOR, shape=_SHAPE, tooltip=["record:N", *tooltip]))
-    layers += extra or []
-    layered = alt.layer(*layers, data=data).properties(width=WIDTH, height=HEIGHT)
-    return layered.facet(column=_PHASE_COLUMN).resolve_scale(y="independent").properties(title=title)
+    sweep = data["source"] == SWEEP
+    layers, legend, same = [], [], ""
+    if sweep.any():
+        dashed, same = with_dashes(data[sweep], field)
+        data = pd.concat([dashed, data[~sweep].assign(dash=SOLID)], ignore_index=True)
+        layers.append(placement_lines(data, x, y, tooltip).transform_filter(alt.datum.source == SWEEP))
+        legend.append(_LINES_NOTE)
+    if not sweep.all():
+        # Records of several placements share a size, and a record's prediction and measurement share it too:
+        # each (placement, source) is shifted a few pixels so that equal values do not hide one another.
+        placements = placement_order(data.loc[~sweep, "placement"])
+        for rank, placement in enumerate(placements):
+            for source, shift in ((PREDICTED, -4), (MEASURED, 4)):
+                layers.append(alt.Chart().transform_filter(
+                    (alt.datum.source == source) & (alt.datum.placement == placement)).mark_point(
+                    size=90, filled=True, opacity=0.85, stroke="black", strokeWidth=0.5,
+                    xOffset=(rank - (len(placements) - 1) / 2) * 14 + shift,
+                ).encode(x=x, y=y, color=color, shape=_SHAPE, tooltip=["record:N", *tooltip]))
+        legend.append(_POINTS_NOTE)
+    layers += extra
+    if marks and data["first_unhidden"].any():
+        data = with_mark_slots(data, field)
+        layers += unhidden_marks(data, x, y, color)
+        legend.append("diamonds: the first sweep size where the placement stops being hidden")
+    return by_phase(data, layers, alt.TitleParams(title, subtitle=subtitle(*legend, same, *notes)))
 
 
-def _unhidden_marks(field: str, scale: alt.Scale) -> alt.Chart:
-    return alt.Chart().transform_filter(alt.datum.first_unhidden).mark_point(
-        shape="diamond", size=170, filled=True, stroke="black", strokeWidth=1,
-    ).encode(x=_SIZE_X, y=alt.Y(f"{field}:Q", scale=scale), color=_PLACEMENT_COLOR, tooltip=[
-        "placement:N", alt.Tooltip("table_gib:Q", title="first GiB not hidden", format=",.4~g"),
-        alt.Tooltip("overhead_pct:Q", title="overhead %", format=".3g")])
+def _overlay(data: pd.DataFrame, field: str, y_title: str, fmt: str, scale: alt.Scale, title: str,
+             extra: list | None = None, marks: bool = False) -> alt.TopLevelMixin:
+    """The sweep with the records on its size axis; records drawn apart (see _apart) get a panel of their own
+    below, unless there is nothing else to draw."""
+    y = alt.Y(f"{field}:Q", title=y_title, scale=scale)
+    apart = data["apart"] != ""
+    why = list(dict.fromkeys(data.loc[apart, "apart"]))
+    if not apart.any() or apart.all():
+        return _panels(data, field, y, fmt, title, [f"records {w}" for w in why], extra or [], marks)
+    main = _panels(data[~apart], field, y, fmt, title, [], extra or [], marks)
+    away = _panels(data[apart], field, y, fmt, "Records drawn apart, on their own axes",
+                   [f"records {w}" for w in why], extra or [], False)
+    return alt.vconcat(main, away).resolve_scale(x="independent", y="independent")
 
 
-def throughput_overlay(sweep, compare) -> alt.FacetChart:
+def throughput_overlay(sweep, compare) -> alt.TopLevelMixin:
     """Tokens/s against table size: sweep lines, per-record prediction and measurement (log scale)."""
     data = overlay_frame(sweep, compare)
     return _overlay(data, "tokens_per_s", "tokens / s (log)", ",.0f", alt.Scale(type="log"),
-                    alt.TitleParams("Throughput vs Engram table size", subtitle=_SUBTITLE))
+                    "Throughput vs Engram table size")
 
 
-def overhead_overlay(sweep, compare, threshold: float = 0.01) -> alt.FacetChart:
+def overhead_overlay(sweep, compare, threshold: float = 0.01) -> alt.TopLevelMixin:
     """Overhead versus the all-HBM run (%), with the hidden threshold and, from the sweep, a diamond
     at the first size where each placement stops being hidden."""
     data = overlay_frame(sweep, compare, threshold)
-    scale = alt.Scale(type="symlog")
-    rule = alt.Chart().mark_rule(strokeDash=[6, 4], color="black").encode(
-        y=alt.Y("mean(threshold_pct):Q"), tooltip=[alt.Tooltip("mean(threshold_pct):Q", title="threshold %")])
-    extra = [rule]
-    if data["first_unhidden"].any():
-        extra.append(_unhidden_marks("overhead_pct", scale))
-    return _overlay(data, "overhead_pct", "overhead vs HBM (%, symlog)", ".3g", scale,
-                    alt.TitleParams(f"Overhead vs HBM-resident table (dashed: hidden threshold {threshold * 100:g} %)",
-                                    subtitle=[_SUBTITLE, "diamonds: first sweep size where the placement "
-                                                         "stops being hidden"]), extra)
+    return _overlay(data, "overhead_pct", "overhead vs HBM (%, symlog)", ".3g", alt.Scale(type="symlog"),
+                    f"Overhead vs HBM-resident table (black dashed rule: hidden threshold {threshold * 100:g} %)",
+                    [threshold_rule()], marks=True)
 
 
-def stall_overlay(sweep, compare, threshold: float = 0.01) -> alt.FacetChart:
+def stall_overlay(sweep, compare, threshold: float = 0.01) -> alt.TopLevelMixin:
     """Exposed stall per step (ms, symlog) against table size; diamonds where the prefetch stops being
     hidden (first sweep size over the threshold)."""
     data = overlay_frame(sweep, compare, threshold)
-    scale = alt.Scale(type="symlog", constant=1e-3)
-    extra = [_unhidden_marks("stall_ms", scale)] if data["first_unhidden"].any() else []
-    return _overlay(data, "stall_ms", "exposed stall (ms / step, symlog)", ".4g", scale,
-                    alt.TitleParams("Exposed Engram stall per step",
-                                    subtitle=[_SUBTITLE, "diamonds: where the prefetch stops being hidden"]), extra)
+    return _overlay(data, "stall_ms", "exposed stall (ms / step, symlog)", ".4g",
+                    alt.Scale(type="symlog", constant=1e-3), "Exposed Engram stall per step", marks=True)
 
 
 def error_chart(compare: pd.DataFrame) -> alt.LayerChart:
@@ -134,7 +182,7 @@ def error_chart(compare: pd.DataFrame) -> alt.LayerChart:
         x=alt.X("err_pct:Q", title="throughput error, predicted / measured - 1 (%, symlog)",
                 scale=alt.Scale(type="symlog")),
         y=alt.Y("record:N", title=None, sort=list(data["record"])),
-        color=_PLACEMENT_COLOR, shape=alt.Shape("phase:N", title="phase"),
+        color=placement_color(data["placement"]), shape=alt.Shape("phase:N", title="phase"),
         tooltip=["record:N", "config:N", "placement:N", "phase:N", "profile:N",
                  alt.Tooltip("matched:N", title="profile matches machine"),
                  alt.Tooltip("err_pct:Q", title="error %", format="+.1f"),

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import reports
+import reports.compare_charts as cc
 import reports.html as rhtml
 from vocab.placements import ENGRAM_PLACEMENTS as PLACEMENTS
 from vocab.tables import SWEEP_COLUMNS
@@ -51,12 +52,13 @@ def test_synthetic_sweep_has_every_column(sweep):
 def test_line_charts_facet_by_phase_with_log_size_axis(sweep, make, y_field):
     spec = _spec(make(sweep))
     assert spec["facet"]["column"]["field"] == "phase"
-    enc = spec["spec"]["encoding"]
+    (lines,) = spec["spec"]["layer"]
+    enc = lines["encoding"]
     assert enc["x"]["field"] == "table_gib" and enc["x"]["scale"]["type"] == "log"
     assert enc["y"]["field"] == y_field
-    assert enc["color"]["field"] == "placement"
+    assert enc["color"]["field"] == "placement" and enc["strokeDash"]["field"] == "dash"
     assert enc["tooltip"]
-    assert spec["spec"]["mark"]["type"] == "line"
+    assert lines["mark"]["type"] == "line"
 
 
 def test_stall_chart_is_in_milliseconds(sweep):
@@ -67,11 +69,12 @@ def test_stall_chart_is_in_milliseconds(sweep):
 def test_overhead_chart_has_threshold_rule_and_first_unhidden_points(sweep):
     spec = _spec(reports.overhead_chart(sweep, 0.01))
     assert spec["facet"]["column"]["field"] == "phase"
-    assert "1 %" in spec["title"]["text"] and "stops being hidden" in spec["title"]["subtitle"]
-    lines, rule, points = spec["spec"]["layer"]
+    assert "1 %" in spec["title"]["text"] and any("stops being hidden" in t for t in spec["title"]["subtitle"])
+    lines, rule, *points = spec["spec"]["layer"]
     assert lines["encoding"]["y"]["field"] == "overhead_pct"
     assert rule["mark"]["type"] == "rule" and rule["encoding"]["y"]["field"] == "threshold_pct"
-    assert points["transform"] == [{"filter": "datum.first_unhidden"}]
+    assert points and all(p["mark"]["shape"] == "diamond" and p["transform"][0]["filter"].startswith(
+        "(datum.mark_slot ===") for p in points)
     rows = _rows(spec)
     assert all(r["threshold_pct"] == 1.0 for r in rows)
     # the flagged points are exactly hidden_summary's first-unhidden sizes
@@ -80,6 +83,130 @@ def test_overhead_chart_has_threshold_rule_and_first_unhidden_points(sweep):
     expected = {(s.placement, s.phase, s.first_unhidden_bytes)
                 for s in summary.itertuples() if s.first_unhidden_bytes is not None}
     assert flagged == expected and expected
+
+
+def _facets(spec: dict) -> list[dict]:
+    """Every faceted (sub)chart of a spec, through concatenations."""
+    found = [spec] if "facet" in spec else []
+    for key in ("vconcat", "hconcat", "concat"):
+        for sub in spec.get(key, []):
+            found += _facets(sub)
+    return found
+
+
+def _panel_rows(top: dict, facet: dict, value: str) -> list[tuple[dict, list[dict]]]:
+    """Per layer of a faceted chart, the rows it draws in the panel `value`: the facet's rows of that
+    value, or the layer's own data (which a facet does not split) when it carries some."""
+    rows = top["datasets"][facet["data"]["name"]]
+    field = facet["facet"]["column"]["field"]
+    layers = facet["spec"].get("layer", [facet["spec"]])
+    out = []
+    for layer in layers:
+        if "data" in layer:
+            own = layer["data"]
+            out.append((layer, own.get("values") or top["datasets"][own["name"]]))
+        else:
+            out.append((layer, [r for r in rows if r[field] == value]))
+    return out
+
+
+def test_window_chart_panels_hold_only_their_phase(sweep):
+    spec = _spec(reports.charts.window_chart(sweep))
+    for phase in ("prefill", "decode"):
+        for layer, rows in _panel_rows(spec, spec, phase):
+            assert rows and all(r.get("phase") == phase for r in rows), layer["mark"]
+        # The panel's lines are the table's values of this phase.
+        lines = _panel_rows(spec, spec, phase)[0][1]
+        want = sweep[(sweep["phase"] == phase) & (sweep["placement"] != "hbm")]
+        drawn = sorted(r["window_pct"] for r in lines if r["window_pct"] is not None)
+        assert drawn == pytest.approx(sorted((want["window_use"] * 100).dropna()))
+    # hbm is not drawn, so the legend does not list it
+    assert spec["spec"]["layer"][0]["encoding"]["color"]["scale"]["domain"] == ["host_dma", "host_uva", "hbm_cache"]
+
+
+def _every_chart(sweep):
+    compare = _compare_frame(sweep)
+    sections = reports.sweep_sections(sweep, 0.01, reports.synthetic_timeline())
+    sections += cc.report_sections(sweep, compare)
+    return [(h, c) for h, c in sections if isinstance(c, alt.TopLevelMixin)]
+
+
+def test_no_layer_of_a_faceted_chart_carries_its_own_data(sweep):
+    """A layer with its own data ignores the facet and draws every phase in every panel."""
+    for heading, chart in _every_chart(sweep):
+        spec = _spec(chart)
+        for facet in _facets(spec):
+            for layer in facet["spec"].get("layer", [facet["spec"]]):
+                assert "data" not in layer, (heading, layer.get("mark"))
+
+
+def _compare_frame(sweep, table_gib=(4.0, 64.0), matched=True):
+    """Compare rows for hbm and host_dma decode records at the given sizes (prediction = sweep, measured 10 %
+    slower)."""
+    rows = []
+    for gib in table_gib:
+        for placement in ("hbm", "host_dma"):
+            base = sweep[(sweep["placement"] == placement) & (sweep["phase"] == "decode")].iloc[0]
+            rows.append({"record": f"{placement}-{gib:g}.json", "config": "c", "placement": placement,
+                         "phase": "decode", "table_gib": gib, "profile": "h100-sxm", "profile_matched": matched,
+                         "predicted_tokens_per_s": base["tokens_per_s"],
+                         "measured_tokens_per_s": base["tokens_per_s"] / 1.1, "rel_err_tokens_per_s": 0.1,
+                         "predicted_overhead_vs_hbm": 0.0, "measured_overhead_vs_hbm": 0.01,
+                         "predicted_exposed_stall_s": 0.0, "measured_exposed_stall_s": 1e-4,
+                         "predicted_hbm_bytes_per_step": 1.0, "measured_hbm_bytes_per_step": 1.0,
+                         "overhead_error_pp": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_identical_curves_are_dashed_apart_and_named(sweep):
+    same = sweep.copy()
+    # host_dma's throughput equals hbm's in decode only
+    hbm = same[(same["placement"] == "hbm") & (same["phase"] == "decode")].set_index("table_gib")["tokens_per_s"]
+    dma = (same["placement"] == "host_dma") & (same["phase"] == "decode")
+    same.loc[dma, "tokens_per_s"] = same.loc[dma, "table_gib"].map(hbm).to_numpy()
+    spec = _spec(reports.throughput_chart(same))
+    (note,) = spec["title"]["subtitle"]
+    assert note == "identical curves, drawn in alternating dashes: hbm = host_dma (decode)"
+    rows = _rows(spec)
+    dash = {(r["placement"], r["phase"]): r["dash"] for r in rows}
+    assert dash[("hbm", "decode")] == "1/2" and dash[("host_dma", "decode")] == "2/2"
+    assert dash[("hbm", "prefill")] == dash[("host_dma", "prefill")] == "solid"
+    scale = spec["spec"]["layer"][0]["encoding"]["strokeDash"]["scale"]
+    patterns = dict(zip(scale["domain"], scale["range"]))
+    assert patterns["1/2"] != patterns["2/2"] and sum(patterns["1/2"]) == sum(patterns["2/2"])
+    # Nothing coincides in the synthetic sweep: no note, every line solid.
+    plain = _spec(reports.throughput_chart(sweep))
+    assert "subtitle" not in plain["title"] or not plain["title"]["subtitle"]
+    assert {r["dash"] for r in _rows(plain)} == {"solid"}
+
+
+def test_overhead_subtitle_names_diamonds_only_when_drawn(sweep):
+    calm = sweep.assign(overhead_vs_hbm=sweep["overhead_vs_hbm"].clip(upper=0.001))
+    spec = _spec(reports.overhead_chart(calm, 0.01))
+    assert not any("diamond" in t for t in spec["title"]["subtitle"])
+    assert any("no placement crosses" in t for t in spec["title"]["subtitle"])
+    assert all(layer["mark"].get("shape") != "diamond" for layer in spec["spec"]["layer"])
+    for make in (cc.overhead_overlay, cc.stall_overlay):
+        spec = _spec(make(calm, None))
+        assert not any("diamond" in t for t in spec["title"]["subtitle"])
+
+
+def test_records_far_from_the_sweep_or_unprofiled_get_their_own_panel(sweep):
+    near = _compare_frame(sweep)
+    spec = _spec(cc.throughput_overlay(sweep, near))
+    assert "vconcat" not in spec and "facet" in spec          # on the sweep's axis, one chart
+    assert any("circles" in t for t in spec["title"]["subtitle"])
+    for compare in (_compare_frame(sweep, table_gib=(2.0 ** -12,)), _compare_frame(sweep, matched=False)):
+        spec = _spec(cc.throughput_overlay(sweep, compare))
+        main, away = spec["vconcat"]
+        rows = spec["datasets"]
+        main_rows = rows[main["data"]["name"]]
+        assert {r["source"] for r in main_rows} == {cc.SWEEP}     # no record on the sweep's axis
+        assert not any("circles" in t for t in main["title"]["subtitle"])
+        away_rows = rows[away["data"]["name"]]
+        assert {r["source"] for r in away_rows} == {cc.PREDICTED, cc.MEASURED}
+        assert "apart" in away["title"]["text"] and any(
+            "CPU" in t or "outside the sweep" in t for t in away["title"]["subtitle"])
 
 
 def test_bytes_chart_stacks_host_and_hbm_for_largest_size(sweep):
