@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 from profiles import HardwareProfile, load_profile
 from vocab.config import RunConfig, load_config
 from vocab.errors import UserError
+from vocab.units import GiB
 
 
 class CliError(UserError):
@@ -38,25 +40,103 @@ def choices(field: str, text: str, allowed) -> list[str]:
 
 
 def load_run(args) -> tuple[RunConfig, HardwareProfile]:
-    """The config named by args.config with the command line's overrides, and its hardware profile."""
+    """The config named by args.config with the command line's overrides, and its hardware profile.
+
+    Every override is checked as the config's own field would be, but named by its flag; a run beyond
+    the up-front estimate of memory or time (check_estimate) is refused before any work."""
     cfg = load_config(args.config)
-    if getattr(args, "placement", None):
-        cfg = cfg.with_placement(args.placement)
-    if getattr(args, "phase", None):
-        cfg = cfg.with_phase(args.phase)
-    if getattr(args, "table_gib_one", None):
-        cfg = cfg.with_table_gib(args.table_gib_one)
-    if getattr(args, "steps", None):
-        cfg = cfg.with_steps(args.steps)
-    if getattr(args, "profile", None):
-        cfg = cfg.with_profile(args.profile)
+    for name in OVERRIDES:
+        value = getattr(args, name, None)
+        if value is not None:  # not truthiness: --table-gib 0 is an error, not "no override"
+            cfg = _flag_edit(cfg, name, value)
+    sizes = getattr(args, "table_gib", None)
+    if isinstance(sizes, str):  # a sweep's sizes: each point must load, before the first one runs
+        for size in floats("--table-gib", sizes):
+            _flag_edit(cfg, "table_gib_one", size)
+    check_estimate(cfg, getattr(args, "force", None))
     return cfg, load_profile(cfg.profile)
+
+
+# Command-line overrides of one run: the args attribute, its flag, and the RunConfig edit it makes.
+OVERRIDES = {"placement": ("--placement", "with_placement"), "phase": ("--phase", "with_phase"),
+             "table_gib_one": ("--table-gib", "with_table_gib"), "steps": ("--steps", "with_steps"),
+             "profile": ("--profile", "with_profile")}
+
+
+def _flag_edit(cfg: RunConfig, name: str, value) -> RunConfig:
+    """cfg with one command-line override; a bad value is named by its flag."""
+    flag, edit = OVERRIDES[name]
+    if isinstance(value, float) and not (math.isfinite(value) and value > 0):
+        raise CliError(flag, f"got {value:g}", f"use a positive size, e.g. {flag} 4")
+    try:
+        return getattr(cfg, edit)(value)
+    except UserError as e:
+        raise CliError(flag, e.problem, e.fix) from None
+
+
+# The simulator's speed for the time estimate (README: about 140K events/s on one core), and the longest
+# run started without --force: about an hour.
+EVENTS_PER_S = 1e5
+MAX_EVENTS = 3600 * EVENTS_PER_S
+# The share of this machine's memory that one run's trace may take without --force.
+MAX_MEMORY_FRACTION = 0.5
+
+
+def run_estimate(cfg: RunConfig) -> dict:
+    """Up-front estimates of one simulated run: events (steps x layers, and the Engram layers' fetch
+    events), and the bytes of its token trace (the trace's tokens x their contexts and row ids)."""
+    w, e = cfg.workload, cfg.engram
+    layers = len(e.layer_ids)
+    events = w.steps * (cfg.backbone.layers + 12 * layers + 4)
+    tokens = min(w.steps, w.tokens.trace_steps) * (w.sequences if w.phase == "decode" else w.tokens_per_step)
+    trace_bytes = tokens * 8 * (2 * e.max_ngram_size + 4 + layers * e.tables_per_layer)
+    return {"events": events, "trace_bytes": trace_bytes}
+
+
+def machine_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
+        return 1 << 62
+
+
+def check_estimate(cfg: RunConfig, force: bool | None) -> None:
+    """Refuse, in one line, a run whose estimated time or memory is beyond this machine. `force` is the
+    parsed --force (None: the command has no such flag, so the fix is to make the run smaller)."""
+    if force:
+        return
+    est = run_estimate(cfg)
+    override = ", or pass --force to run it anyway" if force is not None else ""
+    if est["events"] > MAX_EVENTS:
+        hours = est["events"] / EVENTS_PER_S / 3600
+        raise CliError("--steps", f"the run needs about {est['events']:.2g} simulator events (~{hours:,.1f} h at "
+                       f"~{EVENTS_PER_S:.0e} events/s; the limit is {MAX_EVENTS:.2g})",
+                       f"lower --steps (workload.steps) or backbone.layers{override}")
+    limit = MAX_MEMORY_FRACTION * machine_memory_bytes()
+    if est["trace_bytes"] > limit:
+        raise CliError("workload.sequences", f"the token trace needs about {est['trace_bytes'] / GiB:,.1f} GiB "
+                       f"(sequences or tokens_per_step x trace_steps x tables), over half of this machine's "
+                       f"{machine_memory_bytes() / GiB:,.0f} GiB",
+                       f"lower workload.sequences, workload.tokens_per_step or workload.tokens.trace_steps{override}")
+
+
+def threshold(text: str) -> float:
+    """--threshold: a finite overhead fraction >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; use a fraction such as 0.01") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite fraction >= 0; use e.g. 0.01")
+    return value
 
 
 def add_run_options(p: argparse.ArgumentParser, placements, one_point: bool = True) -> None:
     """--profile and --steps; for one point also --placement, --phase and --table-gib."""
     p.add_argument("--profile", help="hardware profile name or TOML path (default: the config's)")
     p.add_argument("--steps", type=int, help="steps to simulate (default: the config's)")
+    p.add_argument("--force", action="store_true",
+                   help="run even beyond the up-front estimate of time (an hour) or memory (half this machine's)")
     if one_point:
         p.add_argument("--placement", choices=list(placements))
         p.add_argument("--phase", choices=["prefill", "decode"])
@@ -64,7 +144,7 @@ def add_run_options(p: argparse.ArgumentParser, placements, one_point: bool = Tr
 
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=float, default=0.01,
+    p.add_argument("--threshold", type=threshold, default=0.01,
                    help="overhead versus HBM above which a placement is not hidden (default 0.01)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

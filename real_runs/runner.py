@@ -33,7 +33,7 @@ would collapse the token distribution); the read-back keeps the dependency.
 
 from __future__ import annotations
 
-from vocab.errors import CapacityError, UserError
+from vocab.errors import CapacityError, DeviceError, UserError
 
 # real_runs modules are imported only to run real things, so torch (their own dependency, the 'real' extra) is
 # imported at the top. This module is the one the CLI imports for `engram-sim run`: without torch it says so in
@@ -75,11 +75,16 @@ KV_FREE_FRACTION = 0.9
 def resolve_device(device: str | None) -> str:
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):  # torch's own text lists every backend it was built with
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise DeviceError("--device", f"unknown device {device!r}", "use cuda, cuda:N or cpu")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} needs a CUDA GPU, and torch.cuda.is_available() is False "
-                               "here; use --device cpu")
+            raise DeviceError("--device", f"{device!r} needs a CUDA GPU, and torch.cuda.is_available() is False "
+                            "here", "use --device cpu")
         if dev.index is None:   # an explicit index: worker threads set it (torch.cuda.set_device needs one)
             return f"cuda:{torch.cuda.current_device()}"
     return str(dev)

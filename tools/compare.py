@@ -123,7 +123,7 @@ def _load(path: Path):
     try:
         record = read_record(path)
     except UserError as e:
-        raise _Skip(e.problem) from None
+        raise _Skip(_without_path(e, path)) from None
     except (ValueError, TypeError, AttributeError) as e:  # JSON that is not an object, ragged columns, ...
         raise _Skip(f"not a run record ({type(e).__name__}: {e})") from None
     if record.kind != "measured":
@@ -137,6 +137,12 @@ def _load(path: Path):
     except (TypeError, AttributeError, KeyError) as e:
         raise _Skip(f"its config does not load ({type(e).__name__}: {e})") from None
     return record, cfg
+
+
+def _without_path(e: UserError, path: Path) -> str:
+    """The error's field and problem, less the record's path (the skip list names it already)."""
+    field = e.field.removeprefix(f"{path}: ") if e.field != str(path) else ""
+    return f"{field}: {e.problem}" if field else e.problem
 
 
 def _chosen_step(n: int) -> int:

@@ -7,6 +7,7 @@ The timeline of one step comes from timelines.csv beside the compare CSV (or
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -31,12 +32,27 @@ def _read_csv(path: Path) -> pd.DataFrame:
                            "give a sweep.csv or compare.csv") from None
 
 
+# Columns of report inputs that hold text; every other required column must hold numbers.
+TEXT_COLUMNS = {"record", "config", "placement", "phase", "profile", "profile_matched", "source", "actor", "name"}
+
+
 def _require(df: pd.DataFrame, path: Path, columns: list[str], what: str) -> None:
+    """The columns the charts need are there, there is a row, and the number columns hold numbers."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ReportError(str(path), f"lacks column {missing[0]!r}" + (f" (and {len(missing) - 1} more)"
                                                                           if len(missing) > 1 else ""),
                            f"give a {what} CSV")
+    if df.empty:
+        raise ReportError(str(path), "has a header but no rows", f"give a {what} CSV with results")
+    for column in (c for c in columns if c not in TEXT_COLUMNS):
+        values = pd.to_numeric(df[column], errors="coerce")
+        bad = values.isna() & df[column].notna()
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise ReportError(f"{path}: {column}", f"row {row + 1} holds {df[column].iloc[row]!r}, not a number",
+                              f"give a {what} CSV as the command wrote it")
+        df[column] = values
 
 
 def classify_inputs(paths, timelines: str | None = None):
@@ -75,6 +91,8 @@ def build_report(inputs: list[str], out: str, *, timelines: str | None = None, r
                           "e.g. engram-sim report out/sweep/sweep.csv out/compare/compare.csv --out out/report")
     if len(inputs) > 2:
         raise ReportError("report", f"{len(inputs)} CSVs given", "give at most one sweep and one compare CSV")
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise ReportError("--threshold", f"got {threshold!r}", "use a finite fraction >= 0, e.g. 0.01")
     sweep, compare, tl = classify_inputs(inputs, timelines)
     if record is not None:
         names = [] if tl is None else list(dict.fromkeys(tl["record"]))

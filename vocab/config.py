@@ -15,15 +15,23 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from vocab.errors import ConfigError
 from vocab.geometry import engram_table_sizes
 from vocab.placements import CACHE_POLICIES, HOST_PATHS, PLACEMENTS
-from vocab.schema import build, read_toml, require, require_each, to_dict
+from vocab.schema import INT_LIMIT, build, check_ranges, read_toml, require, to_dict
 from vocab.units import DTYPE_BYTES, GiB
 
 Dtype = Literal[tuple(DTYPE_BYTES)]
+
+# Ranges (low, high, unit) of each number: generous for real models, and bounded so that what a run
+# holds in memory and how long it takes can be estimated before it starts (cli/args.py checks that).
+SEEDS = (0, INT_LIMIT - 1, "(a seed)")
+THREADS = (1, 1024, "threads")
+MAX_TABLE_GIB = 2.0**20  # 1 PiB
+# An `extends` chain longer than this is a mistake (the shipped presets use one level).
+MAX_EXTENDS_DEPTH = 8
 Placement = Literal[PLACEMENTS]
 HostPath = Literal[HOST_PATHS]
 
@@ -37,8 +45,12 @@ class AttentionConfig:
     # MLA caches one compressed latent (DeepSeek-V3: 512 + 64 = 576).
     kv_cache_dim: int | None = None
 
+    RANGES: ClassVar[dict] = {
+        "heads": (1, 1024, "heads"), "kv_heads": (1, 1024, "heads"), "head_dim": (1, 4096, "values"),
+        "kv_cache_dim": (1, 1 << 16, "values")}
+
     def validate(self, path: str) -> None:
-        require_each(self, path, ("heads", "kv_heads", "head_dim"), ConfigError, fix="use a positive integer")
+        check_ranges(self, path, self.RANGES, ConfigError)
         require(self.heads % self.kv_heads == 0, ConfigError, f"{path}.kv_heads",
                 f"{self.kv_heads} does not divide heads={self.heads}", "use a divisor of heads")
 
@@ -54,13 +66,15 @@ class MoEConfig:
     top_k: int
     expert_intermediate_size: int
 
+    RANGES: ClassVar[dict] = {
+        "shared_experts": (0, 256, "experts"), "routed_experts": (1, 4096, "experts"), "top_k": (1, 4096, "experts"),
+        "expert_intermediate_size": (1, 1 << 18, "values")}
+
     def validate(self, path: str) -> None:
-        require(self.routed_experts > 0, ConfigError, f"{path}.routed_experts", "must be > 0", "use a positive integer")
-        require(0 < self.top_k <= self.routed_experts, ConfigError, f"{path}.top_k",
-                f"{self.top_k} is not in 1..routed_experts={self.routed_experts}", "lower top_k")
-        require(self.shared_experts >= 0, ConfigError, f"{path}.shared_experts", "must be >= 0", "use 0 or more")
-        require(self.expert_intermediate_size > 0, ConfigError, f"{path}.expert_intermediate_size",
-                "must be > 0", "use a positive integer")
+        check_ranges(self, path, self.RANGES, ConfigError)
+        require(self.top_k <= self.routed_experts, ConfigError, f"{path}.top_k",
+                f"{self.top_k} is not in 1..routed_experts={self.routed_experts}",
+                f"lower top_k to at most {self.routed_experts}, or raise routed_experts")
 
 
 @dataclass
@@ -79,9 +93,12 @@ class BackboneConfig:
     # The LM head's logits each step (false: a backbone benchmark that stops at the last layer).
     lm_head: bool = True
 
+    RANGES: ClassVar[dict] = {
+        "layers": (1, 1024, "layers"), "hidden_size": (1, 1 << 17, "values"),
+        "intermediate_size": (0, 1 << 20, "values"), "vocab_size": (1, 1 << 24, "tokens")}
+
     def validate(self, path: str) -> None:
-        require(self.layers > 0, ConfigError, f"{path}.layers", "must be > 0", "use a positive integer")
-        require(self.hidden_size > 0, ConfigError, f"{path}.hidden_size", "must be > 0", "use a positive integer")
+        check_ranges(self, path, self.RANGES, ConfigError)
         for i, layer in enumerate(self.dense_layers):
             require(0 <= layer < self.layers, ConfigError, f"{path}.dense_layers[{i}]",
                     f"{layer} is outside 0..{self.layers - 1}", "use zero-based layer ids")
@@ -111,12 +128,17 @@ class EngramConfig:
     branches: int = 1
     conv_kernel: int = 4
 
+    RANGES: ClassVar[dict] = {
+        "max_ngram_size": (2, 8, "tokens"), "heads_per_order": (1, 64, "heads"), "d_mem": (1, 1 << 16, "values"),
+        "table_rows_per_order": (1, 1 << 40, "rows"), "table_gib": (0, MAX_TABLE_GIB, "GiB"),
+        "compressed_vocab_size": (2, 1 << 24, "ids"), "seed": SEEDS, "branches": (1, 16, "branches"),
+        "conv_kernel": (1, 64, "taps")}
+
     def validate(self, path: str) -> None:
+        check_ranges(self, path, self.RANGES, ConfigError)
         require(len(self.layer_ids) > 0, ConfigError, f"{path}.layer_ids", "is empty", "list at least one layer id")
         require(len(set(self.layer_ids)) == len(self.layer_ids), ConfigError, f"{path}.layer_ids",
                 "has duplicates", "list each layer once")
-        require(self.max_ngram_size >= 2, ConfigError, f"{path}.max_ngram_size", "must be >= 2", "use 2 or 3")
-        require(self.heads_per_order > 0, ConfigError, f"{path}.heads_per_order", "must be > 0", "use e.g. 8")
         require(self.d_mem % self.tables_per_layer == 0, ConfigError, f"{path}.d_mem",
                 f"{self.d_mem} is not divisible by (max_ngram_size-1)*heads_per_order={self.tables_per_layer}",
                 "use a multiple of it")
@@ -127,13 +149,8 @@ class EngramConfig:
             require(len(self.table_rows_per_order) == self.max_ngram_size - 1, ConfigError,
                     f"{path}.table_rows_per_order", f"has {len(self.table_rows_per_order)} entries",
                     f"give one per order 2..{self.max_ngram_size} ({self.max_ngram_size - 1} entries)")
-            require(all(r > 0 for r in self.table_rows_per_order), ConfigError, f"{path}.table_rows_per_order",
-                    "must be > 0", "use positive row counts")
         if self.table_gib is not None:
             require(self.table_gib > 0, ConfigError, f"{path}.table_gib", "must be > 0", "use a positive size in GiB")
-        require(self.branches >= 1, ConfigError, f"{path}.branches", "must be >= 1", "use 1 (or 4 for mHC)")
-        require(1 < self.compressed_vocab_size, ConfigError, f"{path}.compressed_vocab_size", "must be > 1",
-                "use the compressed vocabulary size")
         require(0 <= self.compressed_pad_id < self.compressed_vocab_size, ConfigError, f"{path}.compressed_pad_id",
                 "is outside the compressed vocabulary", "use an id below compressed_vocab_size")
 
@@ -199,13 +216,15 @@ class PlacementConfig:
     # gathers slower but leaves more SMs to the layers it overlaps.
     uva_ctas: int | None = None
 
+    RANGES: ClassVar[dict] = {
+        "hash_threads": THREADS, "gather_threads": THREADS, "staging_chunk_mib": (0, 1 << 14, "MiB"),
+        "staging_buffers": (1, 1024, "buffers"), "cache_gib": (0, MAX_TABLE_GIB, "GiB"),
+        "fetch_streams": (1, 64, "streams"), "uva_ctas": (1, 1 << 20, "thread blocks")}
+
     def validate(self, path: str) -> None:
-        require_each(self, path, ("hash_threads", "gather_threads", "staging_buffers", "fetch_streams"), ConfigError,
-                     minimum=1, strict=False, fix="use 1 or more")
+        check_ranges(self, path, self.RANGES, ConfigError)
         require(self.staging_chunk_mib > 0, ConfigError, f"{path}.staging_chunk_mib", "must be > 0",
                 "use e.g. 4")
-        require(self.uva_ctas is None or self.uva_ctas >= 1, ConfigError, f"{path}.uva_ctas", "must be >= 1",
-                "use a block count such as the GPU's SM count, or leave it out")
         if self.kind == "hbm_cache":
             given = (self.cache_gib is not None) + (self.cache_fraction is not None)
             require(given == 1, ConfigError, f"{path}.cache_gib",
@@ -214,8 +233,6 @@ class PlacementConfig:
         if self.cache_fraction is not None:
             require(0.0 <= self.cache_fraction <= 1.0, ConfigError, f"{path}.cache_fraction",
                     f"{self.cache_fraction} is outside [0, 1]", "use a fraction of the table")
-        if self.cache_gib is not None:
-            require(self.cache_gib >= 0, ConfigError, f"{path}.cache_gib", "must be >= 0", "use a size in GiB")
 
 
 @dataclass
@@ -228,8 +245,13 @@ class LengthDistribution:
     # Decode: contexts grow by one token a step (false: a fixed-length KV cache, as a benchmark may hold it).
     grow: bool = True
 
+    RANGES: ClassVar[dict] = {
+        "low": (1, 1 << 24, "tokens"), "high": (1, 1 << 24, "tokens"), "mean": (0, 1 << 24, "tokens"),
+        "std": (0, 1 << 24, "tokens")}
+
     def validate(self, path: str) -> None:
-        require(1 <= self.low <= self.high, ConfigError, f"{path}.low",
+        check_ranges(self, path, self.RANGES, ConfigError)
+        require(self.low <= self.high, ConfigError, f"{path}.low",
                 f"need 1 <= low <= high (got low={self.low}, high={self.high})", "fix the bounds")
 
 
@@ -249,14 +271,16 @@ class TokenSourceConfig:
     # How many distinct steps are hashed exactly; longer runs cycle through them.
     trace_steps: int = 32
 
+    RANGES: ClassVar[dict] = {
+        "zipf_s": (0, 100, "(an exponent)"), "zipf_q": (0, 1e6, "ranks"), "trace_steps": (1, 4096, "steps")}
+
     def validate(self, path: str) -> None:
+        check_ranges(self, path, self.RANGES, ConfigError)
         require(self.zipf_s > 0, ConfigError, f"{path}.zipf_s", "must be > 0", "use e.g. 1.1")
-        require(self.zipf_q >= 0, ConfigError, f"{path}.zipf_q", "must be >= 0", "use e.g. 2.7")
         require(self.source != "zipf_clipped" or self.zipf_s > 1, ConfigError, f"{path}.zipf_s",
                 "zipf_clipped needs zipf_s > 1 (the tail must converge)", "use e.g. 1.1")
         require(self.source != "npy" or self.path, ConfigError, f"{path}.path",
                 "source 'npy' needs a path", "set path to a .npy of token ids")
-        require(self.trace_steps >= 1, ConfigError, f"{path}.trace_steps", "must be >= 1", "use e.g. 32")
 
 
 @dataclass
@@ -278,13 +302,13 @@ class WorkloadConfig:
     # cost) or as CUDA graphs (one launch per graph; kernels inside run back to back).
     launch: Literal["eager", "cuda_graphs"] = "eager"
 
+    RANGES: ClassVar[dict] = {
+        "sequences": (1, 1 << 20, "sequences"), "tokens_per_step": (1, 1 << 24, "tokens"),
+        "steps": (1, 1 << 30, "steps"), "seed": SEEDS, "prefill_prefetch_ahead": (0, 16, "batches"),
+        "decode_lookahead": (0, 64, "steps")}
+
     def validate(self, path: str) -> None:
-        require(self.sequences >= 1, ConfigError, f"{path}.sequences", "must be >= 1", "use 1 or more")
-        require(self.steps >= 1, ConfigError, f"{path}.steps", "must be >= 1", "use 1 or more")
-        require(self.tokens_per_step >= 1, ConfigError, f"{path}.tokens_per_step", "must be >= 1", "use e.g. 16384")
-        require(self.prefill_prefetch_ahead >= 0, ConfigError, f"{path}.prefill_prefetch_ahead", "must be >= 0",
-                "use 0 or 1")
-        require(self.decode_lookahead >= 0, ConfigError, f"{path}.decode_lookahead", "must be >= 0", "use 0")
+        check_ranges(self, path, self.RANGES, ConfigError)
 
 
 @dataclass
@@ -364,28 +388,73 @@ def preset_names() -> list[str]:
 
 
 def load_config(name_or_path: str | Path) -> RunConfig:
-    """Load a run configuration from a TOML path or a shipped preset name."""
+    """Load a run configuration from a TOML path or a shipped preset name.
+
+    A file's `extends` (a preset name, or a path read against the file's own folder) is loaded first and
+    the file's tables are merged over it; paths inside a file (workload.tokens.path and .tokenizer, a
+    profile path) are read against that file's folder too, so a config runs the same from any folder."""
+    return from_dict(_load_chain(name_or_path, "", []))
+
+
+def _config_file(name_or_path: str | Path, field: str, folder: Path | None) -> Path:
+    """The file a config name or path means: a path (against `folder` when relative), else a preset."""
     p = Path(name_or_path)
-    if not p.is_file() and str(name_or_path) in preset_names():
-        p = Path(str(resources.files("vocab.presets").joinpath(f"{name_or_path}.toml")))
-    elif not p.is_file():
-        raise ConfigError(str(name_or_path), "no such config file or preset",
-                          f"give a TOML path or one of: {', '.join(preset_names())}")
+    if folder is not None and not p.is_absolute():
+        p = folder / p
+    if p.is_file():
+        return p.resolve()
+    if str(name_or_path) in preset_names():
+        return Path(str(resources.files("vocab.presets").joinpath(f"{name_or_path}.toml"))).resolve()
+    if folder is None:
+        field, problem = str(name_or_path), "no such config file or preset"
+    else:
+        problem = f"no such config file or preset {str(name_or_path)!r} (read against {folder})"
+    raise ConfigError(field, problem, f"give a TOML path or one of: {', '.join(preset_names())}")
+
+
+def _load_chain(name_or_path: str | Path, field: str, chain: list[Path]) -> dict:
+    """The merged tables of a config and the configs it extends; `chain` holds the files that extend it."""
+    p = _config_file(name_or_path, field, chain[-1].parent if chain else None)
+    if p in chain:
+        names = " -> ".join(c.name for c in [*chain, p])
+        raise ConfigError(f"{chain[-1]}: extends", f"forms a cycle ({names})", "extend a different config")
+    if len(chain) >= MAX_EXTENDS_DEPTH:
+        raise ConfigError(f"{chain[-1]}: extends", f"chains more than {MAX_EXTENDS_DEPTH} configs deep",
+                          "extend a preset or a config that extends nothing")
     data = read_toml(p, ConfigError)
+    _resolve_paths(data, p.parent)
     base = data.pop("extends", None)
-    if base is not None:
-        data = _merge(load_config(base).to_dict(), data)
-    return from_dict(data)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{p}: extends", f"got {base!r}", "use a preset name or a TOML path in quotes")
+    return _merge(_load_chain(base, f"{p}: extends", [*chain, p]), data)
 
 
-def _merge(base: dict, over: dict) -> dict:
+def _resolve_paths(data: dict, folder: Path) -> None:
+    """Relative paths in one file's tables, made absolute against that file's folder (in place)."""
+    tokens = (data.get("workload") or {}).get("tokens") if isinstance(data.get("workload"), dict) else None
+    if isinstance(tokens, dict):
+        for key in ("path", "tokenizer"):
+            if isinstance(tokens.get(key), str) and tokens[key] and not Path(tokens[key]).is_absolute():
+                tokens[key] = str(folder / tokens[key])
+    profile = data.get("profile")
+    # A profile is a shipped name unless it looks like a file; a relative file is read beside the config.
+    if isinstance(profile, str) and (profile.endswith(".toml") or "/" in profile) and not Path(profile).is_absolute():
+        data["profile"] = str(folder / profile)
+
+
+def _merge(base: dict, over: dict, path: str = "") -> dict:
     out = dict(base)
     for k, v in over.items():
+        field = f"{path}.{k}" if path else k
+        if isinstance(out.get(k), dict) and not isinstance(v, dict):
+            raise ConfigError(field, f"got {v!r}", "use a table")
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = _merge(out[k], v, field)
         else:
             out[k] = v
-    if "engram" in over:
+    if isinstance(over.get("engram"), dict):
         eng = out["engram"]
         if "table_gib" in over["engram"]:
             eng.pop("table_rows_per_order", None)

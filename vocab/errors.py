@@ -28,6 +28,10 @@ class CapacityError(UserError):
     """The configuration does not fit the hardware (HBM or host memory)."""
 
 
+class DeviceError(UserError, RuntimeError):
+    """The device asked for does not exist or is not here (a RuntimeError too, as torch's own errors are)."""
+
+
 def run_command(func, args, prog: str = "engram-sim") -> int:
     """Run a command: bad input prints one line and gives exit code 2; Ctrl-C gives 130 and no traceback."""
     try:

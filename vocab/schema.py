@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -23,10 +24,19 @@ def read_toml(path: str | Path, error: type[UserError]) -> dict:
     if not p.is_file():
         raise error(str(path), "file not found", "give the path of an existing TOML file")
     try:
-        with p.open("rb") as f:
-            return tomllib.load(f)
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(str(path), f"is not UTF-8 text (byte {e.start})", "save the file as UTF-8") from None
+    except OSError as e:
+        raise error(str(path), f"cannot be read ({e.strerror})", "give a readable TOML file") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise error(str(path), f"not valid TOML ({e})", "fix the syntax at that line") from None
+
+
+# Whole numbers must fit a signed 64-bit integer (NumPy's and torch's) before any range check.
+INT_LIMIT = 2**63
 
 
 def _type_name(tp: Any) -> str:
@@ -49,11 +59,18 @@ def _convert(value: Any, tp: Any, path: str, error: type[UserError]) -> Any:
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
             return None
+        if len(args) == 1:  # X | None: X's own error says what is wrong
+            return _convert(value, args[0], path, error)
+        errors = []
         for a in args:
             try:
                 return _convert(value, a, path, error)
-            except UserError:
-                continue
+            except UserError as e:
+                errors.append((a, e))
+        # A value of the right kind (a table for a table) failed inside: that error names the field.
+        for a, e in errors:
+            if _same_kind(value, a) and e.field != path:
+                raise e
         raise error(path, f"got {value!r}", f"use {_type_name(tp)}")
     if origin is Literal:
         choices = get_args(tp)
@@ -78,20 +95,30 @@ def _convert(value: Any, tp: Any, path: str, error: type[UserError]) -> Any:
             raise error(path, f"got {value!r}", "use true or false")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise error(path, f"got {value!r}", "use a whole number")
-        return value
+        if isinstance(value, float) and not value.is_integer():
+            raise error(path, f"got {value!r}", "use a whole number")
+        if not -INT_LIMIT < value < INT_LIMIT:
+            raise error(path, f"{value:g} is far too large", "use a whole number in the field's range")
+        return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise error(path, f"got {value!r}", "use a number")
+        if not math.isfinite(value):
+            raise error(path, f"got {value!r}", "use a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise error(path, f"got {value!r}", "use a string")
         return value
     return value
+
+
+def _same_kind(value: Any, tp: Any) -> bool:
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, dict)
+    return get_origin(tp) is list and isinstance(value, list)
 
 
 def build(cls: type, data: dict, path: str, error: type[UserError]):
@@ -133,6 +160,24 @@ def to_dict(obj) -> dict:
 def require(cond: bool, error: type[UserError], field: str, problem: str, fix: str) -> None:
     if not cond:
         raise error(field, problem, fix)
+
+
+def check_ranges(obj, path: str, ranges: dict, error: type[UserError]) -> None:
+    """Each field named in `ranges` ({name: (low, high, unit)}) lies in low..high (None: not set, unchecked)."""
+    for name, (low, high, unit) in ranges.items():
+        value = getattr(obj, name)
+        values = value if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+            if v is not None and not low <= v <= high:
+                field = f"{path}.{name}" if path else name
+                field += f"[{i}]" if isinstance(value, list) else ""
+                bound = f">= {_number(low)}" if v < low else f"<= {_number(high)}"
+                raise error(field, f"must be {bound} {unit} (got {_number(v)})",
+                            f"use a value in {_number(low)}..{_number(high)}")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e7 else f"{x:.4g}"
 
 
 def require_each(obj, path: str, names, error: type[UserError], minimum: float = 0.0, strict: bool = True,

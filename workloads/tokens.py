@@ -118,8 +118,9 @@ def _load_npy(path: str, vocab_size: int) -> np.ndarray:
         raise ConfigError(field, f"no such file {path!r}", "give the path of a .npy of token ids")
     try:
         ids = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise ConfigError(field, f"{path!r} is not a readable .npy ({e})", "save the ids with numpy.save") from None
+    except (ValueError, OSError, EOFError) as e:  # EOFError: an empty or truncated file
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(field, f"{path!r} is not a readable .npy ({why})", "save the ids with numpy.save") from None
     if ids.dtype.kind not in "iu" or ids.ndim not in (1, 2) or ids.size == 0:
         raise ConfigError(field, f"{path!r} holds {ids.dtype} with shape {ids.shape}",
                           "save a non-empty 1-D stream or 2-D [sequences, tokens] array of integer ids")
