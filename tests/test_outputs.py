@@ -79,22 +79,20 @@ def _refused(tmp_path, capsys, argv, flag):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("argv,flag", FILE_FLAGS, ids=lambda v: v if isinstance(v, str) else v[0])
-@pytest.mark.parametrize("kind", ["empty", "through a file", "proc", "a folder"])
-def test_a_bad_output_file_is_refused_before_any_work(tmp_path, capsys, no_work, places, argv, flag, kind):
-    files, _ = places
-    if kind not in files:
-        pytest.skip("no /proc here")
-    _refused(tmp_path, capsys, [*argv, flag, files[kind]], flag)
+CASES = [(argv, flag, "file", kind) for argv, flag in FILE_FLAGS
+         for kind in ("empty", "through a file", "proc", "a folder")] + \
+        [(argv, flag, "folder", kind) for argv, flag in FOLDER_FLAGS
+         for kind in ("empty", "through a file", "proc", "a file")]
 
 
-@pytest.mark.parametrize("argv,flag", FOLDER_FLAGS, ids=lambda v: v if isinstance(v, str) else v[0])
-@pytest.mark.parametrize("kind", ["empty", "through a file", "proc", "a file"])
-def test_a_bad_output_folder_is_refused_before_any_work(tmp_path, capsys, no_work, places, argv, flag, kind):
-    _, folders = places
-    if kind not in folders:
+@pytest.mark.parametrize("argv,flag,wants,kind", CASES,
+                         ids=[f"{a[0]} {f} {kind}" for a, f, _, kind in CASES])
+def test_a_bad_output_path_is_refused_before_any_work(tmp_path, capsys, no_work, places, argv, flag, wants, kind):
+    files, folders = places
+    bad = files if wants == "file" else folders
+    if kind not in bad:
         pytest.skip("no /proc here")
-    _refused(tmp_path, capsys, [*argv, flag, folders[kind]], flag)
+    _refused(tmp_path, capsys, [*argv, flag, bad[kind]], flag)
 
 
 def test_simulate_writes_neither_output_when_the_trace_path_is_bad(tmp_path, capsys):
