@@ -1,22 +1,32 @@
 """engram-sim: the command line.
 
 Bad input of any kind ends in one line on stderr naming the field and the
-fix, exit code 2, and no output files touched. This module is the top of the
-project: it imports the commands, and nothing imports it.
+fix, exit code 2, and no output files touched. Ctrl-C stops the work and
+exits with 130 and one line; a second Ctrl-C exits at once. This module is
+the top of the project: it imports the commands, and nothing imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
+import signal
 import sys
+import threading
 
 from cli import measure, simulate, validate
 from cli.args import Parser
 from vocab.errors import run_command
+from vocab.files import remove_temporaries
+
+PROG = "engram-sim"
+INTERRUPTED = f"{PROG}: interrupted\n"
+_announced = False  # the interrupt line is printed once, by whichever of the two paths comes first
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="engram-sim", description=__doc__.splitlines()[0])
+    parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     simulate.register(sub)
     measure.register(sub)
@@ -24,14 +34,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _announce_interrupt() -> None:
+    global _announced
+    if not _announced:
+        _announced = True
+        try:  # straight to the descriptor: a signal handler may interrupt a buffered write to stderr
+            os.write(sys.stderr.fileno(), INTERRUPTED.encode())
+        except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a descriptor
+            print(INTERRUPTED, end="", file=sys.stderr)
+
+
+def _interrupt_first(signum, frame) -> None:
+    """The first Ctrl-C: stop the work (KeyboardInterrupt unwinds it, cleaning up); the next one exits at once."""
+    signal.signal(signal.SIGINT, _interrupt_again)
+    raise KeyboardInterrupt
+
+
+def _interrupt_again(signum, frame) -> None:
+    """A second Ctrl-C while the first is still cleaning up: kill the workers, drop temporaries, exit now."""
+    for child in multiprocessing.active_children():
+        child.kill()
+    remove_temporaries()
+    _announce_interrupt()
+    os._exit(130)  # skips atexit, which would wait for the process pool's threads
+
+
+def _run(args) -> int:
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        _announce_interrupt()
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _announced
     args = build_parser().parse_args(argv)
     for name in ("steps", "jobs"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
-            print(f"engram-sim: error: --{name}: must be >= 1; use a positive integer", file=sys.stderr)
+            print(f"{PROG}: error: --{name}: must be >= 1; use a positive integer", file=sys.stderr)
             return 2
-    return run_command(args.func, args)
+    for name in ("out", "trace"):  # Path("") is the current folder: an empty path is a mistake, not a default
+        if getattr(args, name, None) == "":
+            print(f"{PROG}: error: --{name}: is empty; give a path", file=sys.stderr)
+            return 2
+    # Our handler only where Python's own is in place (not when SIGINT is ignored, nor off the main thread).
+    ours = threading.current_thread() is threading.main_thread() and \
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, _interrupt_first) if ours else None
+    _announced = False
+    try:
+        return run_command(_run, args, prog=PROG)
+    finally:
+        # Restored unless interrupted: then a further Ctrl-C, even in the exit's own cleanup, still exits at once.
+        if ours and signal.getsignal(signal.SIGINT) is _interrupt_first:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,22 @@ from real_runs.command import add_run_arguments, cmd_run
 from tools.calibrate import register as register_calibrate
 from tools.compare import compare_records, format_summary, format_table, nothing_compared, write_outputs
 from tools.report import build_report
+from vocab.files import check_writable_dir, check_writable_file
+
+RUN_DEFAULT_FOLDER = "out"  # where `run` writes its record without --out (real_runs/runner.py names the file)
+
+
+def cmd_run_checked(args) -> int:
+    """`run`, with its --out checked before the model is built (the default's folder when none is given)."""
+    if args.out is not None:
+        check_writable_file(args.out, "--out")
+    else:
+        check_writable_dir(RUN_DEFAULT_FOLDER, "--out")
+    return cmd_run(args)
 
 
 def cmd_compare(args) -> int:
+    check_writable_dir(args.out, "--out")
     df, summary, timelines, skipped = compare_records(args.records, args.profile, keep_results=bool(args.trace))
     if df.empty:
         raise nothing_compared(skipped)
@@ -29,6 +42,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
+    check_writable_dir(args.out, "--out")
     written = build_report(args.inputs, args.out, timelines=args.timelines, record=args.record,
                            threshold=args.threshold, title=args.title)
     pngs = [n for n in written if n.endswith(".png")]
@@ -39,7 +53,7 @@ def cmd_report(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("run", help="a real, instrumented Engram-MoE run (GPU; tiny configs also on CPU)")
     add_run_arguments(p)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run_checked)
 
     register_calibrate(sub)
 

@@ -17,7 +17,7 @@ from sim.engine import plan_steps, simulate, trace_for
 from tools.bench import bench_simulator
 from tools.sweep import sweep
 from vocab.config import load_config, preset_names
-from vocab.files import staged_dir
+from vocab.files import check_distinct, check_writable_dir, check_writable_file, staged_dir, staged_files
 from vocab.placements import ENGRAM_PLACEMENTS, HBM, NONE, PLACEMENTS
 from vocab.records import overhead, write_record
 from vocab.tables import PHASES
@@ -35,7 +35,17 @@ def _print_summary(title: str, summary: dict) -> None:
         print(f"  {key:22s} {value}")
 
 
+def _checked_outputs(args) -> dict[str, str]:
+    """--out and --trace, checked before any work: both writable and not one file."""
+    outputs = {flag: path for flag, path in (("--out", args.out), ("--trace", args.trace)) if path is not None}
+    for flag, path in outputs.items():
+        check_writable_file(path, flag)
+    check_distinct(outputs)
+    return outputs
+
+
 def cmd_simulate(args) -> int:
+    outputs = _checked_outputs(args)
     cfg, profile = load_run(args)
     t0 = time.perf_counter()
     result = simulate(cfg, profile, record_events=bool(args.trace))
@@ -53,12 +63,14 @@ def cmd_simulate(args) -> int:
         est = estimate(cfg, profile, plan_steps(cfg, profile, trace_for(cfg)))
         _print_summary("closed-form steady state", est)
     print(f"  (simulated {result.summary['steps']} steps, {result.sim_events} events in {wall:.2f} s)")
-    if args.out:
-        write_record(result.to_record(), args.out)
-        print(f"wrote {args.out}")
-    if args.trace:
-        write_chrome_trace({"predicted": result.events}, args.trace)
-        print(f"wrote {args.trace}")
+    with staged_files(*outputs.values()) as tmps:  # the record and the trace land together or not at all
+        staged = dict(zip(outputs, tmps))
+        if "--out" in staged:
+            write_record(result.to_record(), staged["--out"])
+        if "--trace" in staged:
+            write_chrome_trace({"predicted": result.events}, staged["--trace"])
+    for path in outputs.values():
+        print(f"wrote {path}")
     return 0
 
 
@@ -97,6 +109,7 @@ def _print_sweep(df: pd.DataFrame, threshold: float) -> None:
 
 
 def cmd_sweep(args) -> int:
+    check_writable_dir(args.out, "--out")
     cfg, profile = load_run(args)
     sizes = floats("--table-gib", args.table_gib)
     placements = choices("--placements", args.placements, ENGRAM_PLACEMENTS) if args.placements else None
@@ -111,6 +124,7 @@ def cmd_sweep(args) -> int:
 
 def cmd_demo(args) -> int:
     args.config = DEMO_CONFIG
+    check_writable_dir(args.out, "--out")
     cfg, profile = load_run(args)
     print(f"Demo: {cfg.name} ({cfg.backbone.layers} layers, Engram at layers {cfg.engram.layer_ids}, "
           f"{cfg.engram.row_bytes} B rows), {cfg.workload.sequences} sequences, profile {profile.name} "

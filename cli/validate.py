@@ -9,7 +9,7 @@ import pandas as pd
 from cli.args import choices
 from profiles import load_profile
 from tools.validate import FETCH_SERIES, SETS, Validation, validate
-from vocab.files import staged_dir
+from vocab.files import check_writable_dir, staged_dir
 
 TITLES = {
     "e2e": "H100 end-to-end decode (h100-e2e-decode-b512.json)",
@@ -87,6 +87,7 @@ def write_validation(v: Validation, out: Path) -> None:
 
 
 def cmd_validate(args) -> int:
+    check_writable_dir(args.out, "--out")
     sets = choices("--sets", args.sets, SETS) if args.sets is not None else list(SETS)
     if args.profile:
         load_profile(args.profile)  # a bad name fails here, before any work

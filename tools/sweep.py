@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
 import numba
 import pandas as pd
@@ -88,9 +92,44 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
     return rows, sim_s
 
 
-def _one_numba_thread() -> None:
-    """Worker initialiser: the workers already fill the cores; nested Numba threads would oversubscribe."""
+WORKER_STOP_S = 1.0  # how long stopped workers get to exit on SIGTERM before they are killed
+
+
+def _init_worker() -> None:
+    """Worker initialiser: the workers already fill the cores; nested Numba threads would oversubscribe.
+    Ctrl-C reaches the whole process group: the parent alone decides, so workers ignore it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     numba.set_num_threads(1)
+
+
+@contextmanager
+def _sigint_ignored_while_spawning() -> Iterator[None]:
+    """Workers start with SIGINT ignored: an ignored signal stays ignored across spawn's exec, and Python then
+    leaves it so, covering the second or two in which a worker imports before _init_worker runs. (A Ctrl-C in
+    these few milliseconds of spawning is lost.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """On an interrupt or error: cancel what is queued and end the running workers now, not after their point."""
+    processes = list((pool._processes or {}).values())  # the executor has no public handle on its workers
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.terminate()
+    deadline = time.monotonic() + WORKER_STOP_S
+    for p in processes:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(WORKER_STOP_S)
 
 
 def _run_point_args(args) -> tuple[list[dict], float]:
@@ -117,15 +156,20 @@ def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None =
     if jobs == 1:
         outcomes = map(_run_point_args, tasks)
     else:
-        # spawn, not fork: Numba's parallel threading layer is not fork-safe once used.
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_one_numba_thread)
-        outcomes = pool.map(_run_point_args, tasks)
+        with _sigint_ignored_while_spawning():  # map submits every task, which starts every worker
+            # spawn, not fork: Numba's parallel threading layer is not fork-safe once used.
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker)
+            outcomes = pool.map(_run_point_args, tasks)
     try:
         for rows, sim_s in outcomes:
             results.extend(rows)
             simulate_s += sim_s
             bar.update(len(rows))
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) or a failed point: no worker outlives the sweep
+        if pool is not None:
+            _stop_workers(pool)
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -1,0 +1,177 @@
+"""Ctrl-C with real signals: the first stops the workers and exits within a second or two with one line and exit
+code 130, a second exits at once; no worker outlives the command and nothing is written."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXIT_LIMIT_S = 2.0  # the promise is "within a second"; the margin is for a busy test machine
+# Long enough (about 20 s on 2 cores) to be interrupted in the middle of its points.
+LONG_SWEEP = ["sweep", "tiny", "--table-gib", "0.01,0.02,0.04,0.08", "--steps", "100000", "--jobs", "2"]
+
+pytestmark = pytest.mark.skipif(
+    os.name != "posix" or not hasattr(os, "killpg") or not Path("/proc/self/stat").exists(),
+    reason="needs POSIX signals and /proc to find child processes")
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter, None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def children(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is `pid`."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def still_running(pids: set[int], wait_s: float = 2.0) -> set[int]:
+    """Those of `pids` still running (not gone, not a zombie) after up to wait_s."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = {p for p in pids if _state(p) not in (None, "Z")}
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+class Started:
+    """A command in its own process group (as a terminal runs it), its stderr collected by a thread."""
+
+    def __init__(self, argv, cwd=ROOT):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)  # this checkout's modules, wherever the script is
+        self.err = b""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+            self.err += chunk
+
+    def wait_for(self, text: bytes, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.err:
+            assert self.proc.poll() is None, f"ended early: {self.err.decode()}"
+            assert time.monotonic() < deadline, f"{text!r} never came: {self.err.decode()}"
+            time.sleep(0.05)
+
+    def finish(self, timeout_s: float) -> int:
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            pytest.fail(f"still running {timeout_s} s after the interrupt: {self.err.decode()}")
+        finally:
+            self._reader.join(5)
+
+    def kill_group(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+def message_lines(err: bytes) -> list[str]:
+    """stderr without the progress bar's redrawn lines."""
+    lines = err.decode(errors="replace").replace("\r", "\n").splitlines()
+    return [line for line in lines if line.strip() and not line.startswith("sweep:")]
+
+
+@pytest.mark.parametrize("presses", [1, 2], ids=["once", "twice"])
+def test_ctrl_c_stops_a_sweep_and_its_workers_at_once(tmp_path, presses):
+    out = tmp_path / "out"
+    run = Started([sys.executable, "-m", "cli.main", *LONG_SWEEP, "--out", str(out)])
+    try:
+        run.wait_for(b"sweep:", timeout_s=60)  # the progress bar: the workers are being started
+        deadline = time.monotonic() + 30
+        while len(children(run.proc.pid)) < 3 and time.monotonic() < deadline:  # 2 workers, the resource tracker
+            time.sleep(0.05)
+        time.sleep(1.0)  # into the points themselves
+        kids = children(run.proc.pid)
+        assert len(kids) >= 2, "the workers never started"
+        t0 = time.monotonic()
+        for _ in range(presses):
+            os.killpg(run.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+            time.sleep(0.05)
+        code = run.finish(timeout_s=10)
+        took = time.monotonic() - t0
+    finally:
+        run.kill_group()
+    print(f"{presses} Ctrl-C: exit {code} after {took:.2f} s")
+    assert took < EXIT_LIMIT_S
+    # A second Ctrl-C may land while Python is already finishing, with its default action restored: killed by
+    # SIGINT, which a shell reports as 130 too.
+    assert code == 130 or (presses == 2 and code == -signal.SIGINT)
+    assert b"Traceback" not in run.err
+    assert message_lines(run.err) == ["engram-sim: interrupted"]
+    assert not still_running(kids), "a worker outlived the sweep"
+    assert list(tmp_path.iterdir()) == []  # no output folder, no staging folder
+
+
+SLOW_CLEANUP = textwrap.dedent("""
+    import multiprocessing, sys, time
+    import cli.main, cli.simulate
+    from vocab.files import staged_dir
+
+    def slow_to_stop(args):
+        child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(60,))
+        child.start()
+        with staged_dir(sys.argv[1]) as tmp:
+            (tmp / "part.csv").write_text("half")
+            print("ready", child.pid, file=sys.stderr, flush=True)
+            try:
+                time.sleep(60)
+            except KeyboardInterrupt:
+                time.sleep(60)  # a cleanup that takes far too long: only a second Ctrl-C ends it
+                raise
+
+    if __name__ == "__main__":
+        cli.simulate.cmd_presets = slow_to_stop
+        sys.exit(cli.main.main(["presets"]))
+""")
+
+
+def test_a_second_ctrl_c_exits_at_once_even_while_the_first_is_cleaning_up(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_CLEANUP)
+    out = tmp_path / "work" / "out"
+    run = Started([sys.executable, str(script), str(out)])
+    try:
+        run.wait_for(b"ready", timeout_s=60)
+        child = int(run.err.split(b"ready", 1)[1].split()[0])
+        os.kill(run.proc.pid, signal.SIGINT)  # the parent only: the plain child here does not ignore it
+        time.sleep(0.5)
+        assert run.proc.poll() is None  # stuck in the slow cleanup
+        t0 = time.monotonic()
+        os.kill(run.proc.pid, signal.SIGINT)
+        code = run.finish(timeout_s=10)
+        took = time.monotonic() - t0
+    finally:
+        run.kill_group()
+    print(f"second Ctrl-C during cleanup: exit {code} after {took:.2f} s")
+    assert code == 130 and took < 1.0
+    assert b"Traceback" not in run.err
+    assert [line for line in message_lines(run.err) if not line.startswith("ready")] == ["engram-sim: interrupted"]
+    assert not still_running({child})
+    assert list((tmp_path / "work").iterdir()) == []  # the staging folder went too
