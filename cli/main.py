@@ -25,6 +25,10 @@ INTERRUPTED = f"{PROG}: interrupted\n"
 _announced = False  # the interrupt line is printed once, by whichever of the two paths comes first
 
 
+# Worker processes beyond this only cost memory and start-up time.
+MAX_JOBS = 256
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -75,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"{PROG}: error: --{name}: must be >= 1; use a positive integer", file=sys.stderr)
             return 2
+    if getattr(args, "jobs", None) is not None and args.jobs > MAX_JOBS:
+        print(f"{PROG}: error: --jobs: {args.jobs} worker processes is more than {MAX_JOBS}; use at most "
+              f"{MAX_JOBS} (this machine has {os.cpu_count()} CPUs)", file=sys.stderr)
+        return 2
     for name in ("out", "trace"):  # Path("") is the current folder: an empty path is a mistake, not a default
         if getattr(args, name, None) == "":
             print(f"{PROG}: error: --{name}: is empty; give a path", file=sys.stderr)

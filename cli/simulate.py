@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cli.args import add_run_options, add_sweep_options, choices, floats, load_run
+from cli.args import add_run_options, add_sweep_options, check_estimate, choices, floats, load_run
 from profiles import load_profile, shipped_names
 from reports.charts import hidden_summary, sweep_sections
 from reports.html import write_report
@@ -24,6 +24,7 @@ from vocab.tables import PHASES
 from vocab.units import GiB
 
 DEMO_CONFIG = "engram-27b"
+BENCH_CONFIG = "engram-27b"
 DEMO_TABLE_GIB = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 
@@ -163,7 +164,8 @@ def cmd_presets(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    bench_simulator(steps=args.steps, jobs=args.jobs)
+    check_estimate(load_config(BENCH_CONFIG).with_steps(args.steps), None)
+    bench_simulator(steps=args.steps, jobs=args.jobs, config=BENCH_CONFIG)
     return 0
 
 

@@ -7,7 +7,9 @@ which has no SimPy or Altair for the rest of the CLI) share these.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from vocab.files import check_writable_file
 from vocab.placements import PLACEMENTS
 
 
@@ -22,6 +24,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(args) -> int:
+    if getattr(args, "out", None) is not None:  # before torch loads and the tables fill
+        check_writable_file(Path(args.out), "--out")
     # torch is an optional heavy dependency: the runner (which imports it) loads only for a real run.
     from real_runs.runner import main_run
 

@@ -173,7 +173,7 @@ def check_ranges(obj, path: str, ranges: dict, error: type[UserError]) -> None:
                 field += f"[{i}]" if isinstance(value, list) else ""
                 bound = f">= {_number(low)}" if v < low else f"<= {_number(high)}"
                 raise error(field, f"must be {bound} {unit} (got {_number(v)})",
-                            f"use a value in {_number(low)}..{_number(high)}")
+                            f"use at least {_number(low)}" if v < low else f"use at most {_number(high)}")
 
 
 def _number(x: float) -> str:
