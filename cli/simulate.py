@@ -82,19 +82,36 @@ def _write_sweep_outputs(df: pd.DataFrame, out: Path, title: str, threshold: flo
 
 
 def _verdict(df: pd.DataFrame, row) -> str:
-    """One placement and phase: up to which size the fetch stays hidden."""
+    """One placement and phase: up to which size the fetch stays hidden, and beyond which size it does not fit."""
+    g = df[(df.placement == row.placement) & (df.phase == row.phase)]
+    fits = g["fits"].astype(bool) if "fits" in g else pd.Series(True, index=g.index)
+    if row.largest_fitting_gib is None:
+        return f"does not fit at any size swept (at {row.first_unfit_gib:,.3g} GiB: {row.unfit_reason})"
     if row.first_unhidden_gib is None:
-        g = df[(df.placement == row.placement) & (df.phase == row.phase)]
-        return (f"hidden at every size swept (up to {df['table_gib'].max():,.0f} GiB); its fetch uses at most "
-                f"{g['window_use'].max():.0%} of the time before its rows are needed")
-    if row.largest_hidden_gib is None:
-        return f"not hidden even at {row.first_unhidden_gib:,.3g} GiB"
-    return f"hidden up to {row.largest_hidden_gib:,.3g} GiB, stops being hidden at {row.first_unhidden_gib:,.3g} GiB"
+        upto = ("at every size swept" if row.first_unfit_gib is None else "at every size that fits")
+        hidden = (f"hidden {upto} (up to {row.largest_fitting_gib:,.0f} GiB); its fetch uses at most "
+                  f"{g.loc[fits, 'window_use'].max():.0%} of the time before its rows are needed")
+    elif row.largest_hidden_gib is None:
+        hidden = f"not hidden even at {row.first_unhidden_gib:,.3g} GiB"
+    else:
+        hidden = (f"hidden up to {row.largest_hidden_gib:,.3g} GiB, "
+                  f"stops being hidden at {row.first_unhidden_gib:,.3g} GiB")
+    if row.first_unfit_gib is None:
+        return hidden
+    return f"{hidden};\n{'':22s}{_unfit(row)}"
+
+
+def _unfit(row) -> str:
+    return (f"does not fit beyond {row.largest_fitting_gib or 0:,.3g} GiB (at {row.first_unfit_gib:,.3g} GiB: "
+            f"{row.unfit_reason.removeprefix('does not fit: ')})")
 
 
 def _print_sweep(df: pd.DataFrame, threshold: float) -> None:
     view = df[["phase", "placement", "table_gib_asked", "tokens_per_s", "step_time_s", "exposed_stall_s",
-               "overlap_fraction", "window_use", "overhead_vs_hbm", "fits_hbm", "fits_host"]].copy()
+               "overlap_fraction", "window_use", "overhead_vs_hbm"]].copy()
+    # Where the configuration does not fit: which memory ("HBM" or "host"); the CSV's capacity column says by how much.
+    view["fits"] = ["yes" if ok else ("no: HBM" if not hbm else "no: host")
+                    for ok, hbm in zip(df["fits"], df["fits_hbm"])]
     # The size asked for, as given (the real table, a little larger for its prime row counts, is in the CSV).
     view.insert(2, "table_gib", view.pop("table_gib_asked").map("{:g}".format))
     view["step_ms"] = view.pop("step_time_s") * 1e3
@@ -103,10 +120,14 @@ def _print_sweep(df: pd.DataFrame, threshold: float) -> None:
     with pd.option_context("display.max_rows", 500, "display.width", 160, "display.float_format", "{:,.3f}".format):
         print(view.to_string(index=False))
     print()
-    print(f"Hidden = throughput within {threshold:.1%} of the same run with the table in HBM:")
+    print(f"Hidden = throughput within {threshold:.1%} of the same run with the table in HBM (capacity aside), "
+          f"where the whole configuration fits the machine's HBM and host memory:")
     for row in hidden_summary(df, threshold).itertuples():
-        if row.placement != "hbm":
-            print(f"  {row.phase:8s} {row.placement:10s} {_verdict(df, row)}")
+        if row.placement == "hbm":
+            if row.first_unfit_gib is not None:
+                print(f"  {row.phase:8s} {'hbm':10s} the baseline; {_unfit(row)}")
+            continue
+        print(f"  {row.phase:8s} {row.placement:10s} {_verdict(df, row)}")
 
 
 def cmd_sweep(args) -> int:

@@ -41,10 +41,25 @@ def by_phase(data: pd.DataFrame, layers: list, title, y_independent: bool = True
 
 def _line_chart(df: pd.DataFrame, field: str, y: alt.Y, tooltip: list, title: str, extra=(), notes=(),
                 y_independent: bool = True) -> alt.FacetChart:
-    """One line per placement over table size in a panel per phase, plus `extra` layers."""
+    """One line per placement over table size in a panel per phase, plus `extra` layers. Sizes where the
+    configuration does not fit the machine are crosses off the lines, never part of a curve."""
     data, same = with_dashes(df, field)
     lines = placement_lines(data, _SIZE_X, y, tooltip)
-    return by_phase(data, [lines, *extra], alt.TitleParams(title, subtitle=subtitle(*notes, same)), y_independent)
+    layers, unfit_note = [lines], ""
+    if "fits" in data and not data["fits"].astype(bool).all():
+        data = data.assign(fits=data["fits"].astype(bool))
+        layers = [lines.transform_filter("datum.fits"), _unfit_marks(data, y, tooltip)]
+        unfit_note = "crosses: the whole configuration does not fit the machine's memory there (never hidden)"
+    return by_phase(data, [*layers, *extra], alt.TitleParams(title, subtitle=subtitle(*notes, unfit_note, same)),
+                    y_independent)
+
+
+def _unfit_marks(data: pd.DataFrame, y: alt.Y, tooltip: list) -> alt.Chart:
+    """A cross per (placement, size) that does not fit, in the placement's colour, saying why."""
+    return alt.Chart().transform_filter("!datum.fits").mark_point(shape="cross", size=70, filled=True).encode(
+        x=_SIZE_X, y=y, color=placement_color(data["placement"]),
+        tooltip=["placement:N", "phase:N", alt.Tooltip("table_gib:Q", title="GiB", format=",.4~g"),
+                 alt.Tooltip("capacity:N", title="capacity"), *tooltip])
 
 
 def throughput_chart(df: pd.DataFrame) -> alt.FacetChart:
@@ -57,8 +72,10 @@ def throughput_chart(df: pd.DataFrame) -> alt.FacetChart:
 
 
 def _first_unhidden(df: pd.DataFrame, threshold: float) -> pd.Series:
-    """Boolean mask: the row is the first size of its (placement, phase) over threshold."""
+    """Boolean mask: the row is the first size of its (placement, phase) over threshold, among sizes that fit."""
     over = df["overhead_vs_hbm"] > threshold
+    if "fits" in df:
+        over &= df["fits"].astype(bool)
     mask = pd.Series(False, index=df.index)
     for _, group in df[over].groupby(["placement", "phase"]):
         mask[group["table_bytes"].idxmin()] = True
@@ -204,7 +221,8 @@ def timeline_chart(events_df: pd.DataFrame, title: str, color_by: str = "actor")
 
 def hidden_summary(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Per (placement, phase): the largest table size still hidden and the first
-    size where it stops being hidden (overhead_vs_hbm > threshold).
+    size where it stops being hidden (overhead_vs_hbm > threshold), among the sizes that
+    fit the machine; and the largest size that fits, the first that does not, and why.
 
     ``largest_hidden_*`` is the last hidden size before the first unhidden one
     (None if the smallest size is already not hidden); ``first_unhidden_*`` is
@@ -214,10 +232,16 @@ def hidden_summary(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
     _check(df, ["table_bytes", "placement", "phase", "overhead_vs_hbm"])
     rows = []
     order = {p: i for i, p in enumerate(ENGRAM_PLACEMENTS + PHASES)}
-    groups = sorted(df.dropna(subset=["overhead_vs_hbm"]).groupby(["placement", "phase"]),
+    fits = df["fits"].astype(bool) if "fits" in df else pd.Series(True, index=df.index)
+    groups = sorted(df.groupby(["placement", "phase"]),
                     key=lambda kv: (order.get(kv[0][0], 99), kv[0][0], order.get(kv[0][1], 99), kv[0][1]))
-    for (placement, phase), group in groups:
-        group = group.sort_values("table_bytes")
+    for (placement, phase), everything in groups:
+        # Sizes that do not fit the machine are never hidden: the verdict is about the sizes that fit
+        # (and have an overhead: NaN means no data).
+        unfit = everything[~fits[everything.index]].sort_values("table_bytes")
+        group = everything[fits[everything.index]].dropna(subset=["overhead_vs_hbm"]).sort_values("table_bytes")
+        if group.empty and unfit.empty:
+            continue
         sizes = group["table_bytes"].astype(int).tolist()
         over = (group["overhead_vs_hbm"] > threshold).tolist()
         first = over.index(True) if True in over else None
@@ -231,9 +255,13 @@ def hidden_summary(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
             "first_unhidden_bytes": first_size,
             "first_unhidden_gib": None if first_size is None else first_size / GiB,
             "overhead_at_first_unhidden": None if first is None else float(group["overhead_vs_hbm"].iloc[first]),
+            "largest_fitting_gib": float(group["table_bytes"].max() / GiB) if len(group) else None,
+            "first_unfit_gib": float(unfit["table_bytes"].iloc[0] / GiB) if len(unfit) else None,
+            "unfit_reason": str(unfit["capacity"].iloc[0]) if len(unfit) and "capacity" in unfit else None,
         })
     columns = ["placement", "phase", "largest_hidden_bytes", "largest_hidden_gib",
-               "first_unhidden_bytes", "first_unhidden_gib", "overhead_at_first_unhidden"]
+               "first_unhidden_bytes", "first_unhidden_gib", "overhead_at_first_unhidden",
+               "largest_fitting_gib", "first_unfit_gib", "unfit_reason"]
     return pd.DataFrame(rows, columns=columns, dtype=object)
 
 
@@ -282,6 +310,8 @@ def synthetic_sweep(sizes_gib=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), threshold
                 overhead = 0.0 if placement == "hbm" else base[placement] * (gib / 4) ** 0.8 * (1.5 if phase == "decode" else 1.0)
                 if placement == "hbm" and gib > hbm_gib:
                     overhead = np.nan
+                fits_hbm = placement != "hbm" or gib <= hbm_gib
+                fits_host = placement == "hbm" or gib <= host_gib
                 step = compute[phase] * (1 + overhead)
                 fetch = host / (50e9 if placement != "host_uva" else 20e9)
                 stall = step - compute[phase]
@@ -294,8 +324,11 @@ def synthetic_sweep(sizes_gib=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), threshold
                     "hbm_bytes_per_step": fetch_bytes[phase] - host,
                     "link_utilisation": host / step / 55e9 if step == step else np.nan,
                     "window_use": fetch / (0.4 * compute[phase]) if fetch else np.nan,
-                    "fits_hbm": gib <= hbm_gib, "fits_host": gib <= host_gib,
-                    "hidden": bool(overhead <= threshold),
+                    "fits_hbm": fits_hbm, "fits_host": fits_host, "fits": fits_hbm and fits_host,
+                    "capacity": "" if fits_hbm and fits_host else (
+                        f"does not fit: {'HBM' if not fits_hbm else 'host memory'}, needs {gib:g} GiB, has "
+                        f"{hbm_gib if not fits_hbm else host_gib:g} GiB"),
+                    "hidden": bool(overhead <= threshold) and fits_hbm and fits_host,
                     "steps": 100, "sim_events": 1000, "replayed_steps": 90,
                 })
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)

@@ -52,7 +52,11 @@ def test_synthetic_sweep_has_every_column(sweep):
 def test_line_charts_facet_by_phase_with_log_size_axis(sweep, make, y_field):
     spec = _spec(make(sweep))
     assert spec["facet"]["column"]["field"] == "phase"
-    (lines,) = spec["spec"]["layer"]
+    lines, *unfit = spec["spec"]["layer"]
+    # The synthetic sweep's largest all-HBM tables do not fit: those sizes are crosses off the lines.
+    assert [t["filter"] for t in lines["transform"]] == ["datum.fits"]
+    (cross,) = unfit
+    assert cross["mark"]["shape"] == "cross" and [t["filter"] for t in cross["transform"]] == ["!datum.fits"]
     enc = lines["encoding"]
     assert enc["x"]["field"] == "table_gib" and enc["x"]["scale"]["type"] == "log"
     assert enc["y"]["field"] == y_field
@@ -70,8 +74,8 @@ def test_overhead_chart_has_threshold_rule_and_first_unhidden_points(sweep):
     spec = _spec(reports.overhead_chart(sweep, 0.01))
     assert spec["facet"]["column"]["field"] == "phase"
     assert "1 %" in spec["title"]["text"] and any("stops being hidden" in t for t in spec["title"]["subtitle"])
-    lines, rule, *points = spec["spec"]["layer"]
-    assert lines["encoding"]["y"]["field"] == "overhead_pct"
+    lines, cross, rule, *points = spec["spec"]["layer"]  # the cross: sizes that do not fit
+    assert lines["encoding"]["y"]["field"] == "overhead_pct" and cross["mark"]["shape"] == "cross"
     assert rule["mark"]["type"] == "rule" and rule["encoding"]["y"]["field"] == "threshold_pct"
     assert points and all(p["mark"]["shape"] == "diamond" and p["transform"][0]["filter"].startswith(
         "(datum.mark_slot ===") for p in points)
@@ -165,8 +169,7 @@ def test_identical_curves_are_dashed_apart_and_named(sweep):
     dma = (same["placement"] == "host_dma") & (same["phase"] == "decode")
     same.loc[dma, "tokens_per_s"] = same.loc[dma, "table_gib"].map(hbm).to_numpy()
     spec = _spec(reports.throughput_chart(same))
-    (note,) = spec["title"]["subtitle"]
-    assert note == "identical curves, drawn in alternating dashes: hbm = host_dma (decode)"
+    assert "identical curves, drawn in alternating dashes: hbm = host_dma (decode)" in spec["title"]["subtitle"]
     rows = _rows(spec)
     dash = {(r["placement"], r["phase"]): r["dash"] for r in rows}
     assert dash[("hbm", "decode")] == "1/2" and dash[("host_dma", "decode")] == "2/2"
@@ -176,7 +179,7 @@ def test_identical_curves_are_dashed_apart_and_named(sweep):
     assert patterns["1/2"] != patterns["2/2"] and sum(patterns["1/2"]) == sum(patterns["2/2"])
     # Nothing coincides in the synthetic sweep: no note, every line solid.
     plain = _spec(reports.throughput_chart(sweep))
-    assert "subtitle" not in plain["title"] or not plain["title"]["subtitle"]
+    assert not any("identical" in t for t in plain["title"].get("subtitle", []))
     assert {r["dash"] for r in _rows(plain)} == {"solid"}
 
 
@@ -363,3 +366,23 @@ def test_write_chart(tmp_path, sweep):
     page = written["bytes.html"].read_text(encoding="utf-8")
     assert "window.vegaEmbed=" in page and not re.search(r"<script[^>]*\bsrc\s*=", page, re.I)
     assert sorted(p.name for p in (tmp_path / "charts").iterdir()) == ["bytes.html", "bytes.png"]
+
+
+def test_sizes_that_do_not_fit_are_never_hidden_and_the_summary_says_where_fitting_stops():
+    sweep = reports.synthetic_sweep(threshold=0.01, hbm_gib=60.0, host_gib=100.0)
+    unfit = sweep[~sweep["fits"]]
+    assert len(unfit) and not unfit["hidden"].any() and unfit["capacity"].str.startswith("does not fit: ").all()
+    summary = reports.hidden_summary(sweep, 0.01).set_index(["placement", "phase"])
+    hbm = summary.loc[("hbm", "decode")]
+    assert hbm["largest_fitting_gib"] == 32 and hbm["first_unfit_gib"] == 64 and "HBM" in hbm["unfit_reason"]
+    dma = summary.loc[("host_dma", "decode")]
+    assert dma["largest_fitting_gib"] == 64 and dma["first_unfit_gib"] == 128
+    assert "host memory" in dma["unfit_reason"]
+    # The hidden verdict only ever names sizes that fit.
+    for row in summary.itertuples():
+        for size in (row.largest_hidden_gib, row.first_unhidden_gib):
+            assert size is None or row.largest_fitting_gib is not None and size <= row.largest_fitting_gib
+    all_fit = reports.synthetic_sweep(hbm_gib=1e6, host_gib=1e6)
+    assert all_fit["fits"].all()
+    assert len(_spec(reports.overhead_chart(all_fit, 0.01))["spec"]["layer"]) >= 1
+    assert "crosses" not in " ".join(_spec(reports.throughput_chart(all_fit))["title"]["subtitle"])

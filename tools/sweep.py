@@ -84,7 +84,10 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
             "window_use": window_use(result.fetches),
             "fits_hbm": result.memory.fits_hbm,
             "fits_host": result.memory.fits_host,
-            "hidden": bool(loss <= threshold),
+            # A configuration that does not fit the machine is never counted as hidden.
+            "fits": result.memory.fits_hbm and result.memory.fits_host,
+            "capacity": result.memory.verdict(),
+            "hidden": bool(loss <= threshold) and result.memory.fits_hbm and result.memory.fits_host,
             "steps": s["steps"],
             "sim_events": result.sim_events,
             "replayed_steps": result.replayed_steps,

@@ -117,6 +117,16 @@ class MemoryBudget:
     def fits_host(self) -> bool:
         return self.table_host_bytes <= self.host_usable_bytes
 
+    def verdict(self) -> str:
+        """"" when the configuration fits; else which memory it overflows, what it needs and what there is."""
+        if not self.fits_hbm:
+            return (f"does not fit: HBM, needs {self.hbm_needed_bytes / GiB:,.1f} GiB, "
+                    f"has {self.hbm_usable_bytes / GiB:,.1f} GiB")
+        if not self.fits_host:
+            return (f"does not fit: host memory, needs {self.table_host_bytes / GiB:,.1f} GiB, "
+                    f"has {self.host_usable_bytes / GiB:,.1f} GiB")
+        return ""
+
     def check(self, kind: str, machine: str) -> None:
         """CapacityError naming what does not fit, and where."""
         if not self.fits_hbm:

@@ -13,8 +13,10 @@ import pandas as pd
 SWEEP_COLUMNS = [
     "table_bytes", "table_gib", "table_gib_asked", "placement", "phase", "step_time_s", "tokens_per_s",
     "exposed_stall_s", "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "overhead_vs_none", "host_bytes_per_step",
-    "hbm_bytes_per_step", "link_utilisation", "window_use", "fits_hbm", "fits_host", "hidden", "steps", "sim_events",
-    "replayed_steps",
+    "hbm_bytes_per_step", "link_utilisation", "window_use",
+    # Whether the whole configuration fits the machine's HBM and host memory, and if not, which and by how much.
+    "fits_hbm", "fits_host", "fits", "capacity",
+    "hidden", "steps", "sim_events", "replayed_steps",
 ]
 PHASES = ("prefill", "decode")
 
