@@ -148,3 +148,19 @@ def test_dense_ids_of_sparse_huge_ids_match_first_seen_order():
     relabel = np.empty(first.size, dtype=np.int64)
     relabel[np.argsort(first, kind="stable")] = np.arange(first.size)
     assert n == first.size and np.array_equal(dense, relabel[inverse.ravel()])
+
+
+def test_a_cache_that_holds_the_whole_table_has_no_misses_once_warm():
+    from vocab.config import load_config
+    from vocab.memory import cache_rows_per_layer
+    from workloads.trace import build_trace
+
+    cfg = load_config("engram-27b").with_table_gib(1).with_placement("hbm_cache", cache_gib=8).with_steps(8)
+    rows = cache_rows_per_layer(cfg)
+    assert rows >= max(cfg.engram.layer_rows(layer) for layer in cfg.engram.layer_ids)
+    trace = build_trace(cfg, cache_rows=rows)
+    assert (trace.cache_hits == trace.distinct_rows).all()
+    # A cache smaller than the table still misses.
+    small = cfg.with_placement(cache_gib=0.05)
+    trace = build_trace(small, cache_rows=cache_rows_per_layer(small))
+    assert (trace.cache_hits < trace.distinct_rows).any()

@@ -185,7 +185,12 @@ def test_trace_matches_reference_hashing(phase, zipf_s, sets, monkeypatch):
     monkeypatch.setattr(trace_mod, "BITMAP_MAX_ROWS", 0 if sets == "hash" else trace_mod.BITMAP_MAX_ROWS)
     monkeypatch.setattr(trace_mod, "_MEMO", type(trace_mod._MEMO)())
     cfg = make_cfg(workload={"phase": phase}, tokens={"zipf_s": zipf_s})
-    trace = build_trace(cfg, cache_rows=10**9)  # a cache bigger than the table
+    # A cache just smaller than the table: it never evicts in so short a trace, so it misses only first touches.
+    cache_rows = min(cfg.engram.layer_rows(layer) for layer in cfg.engram.layer_ids) - 1
+    trace = build_trace(cfg, cache_rows=cache_rows)
+    assert (trace.distinct_rows.sum(axis=0) < cache_rows).all()
+    # One that holds the whole table misses nothing once warm.
+    assert np.array_equal(build_trace(cfg, cache_rows=10**9).cache_hits, trace.distinct_rows)
     ctx, bounds, _ = token_contexts(cfg)
     rows = reference_rows(cfg, ctx)
     seen = [set() for _ in cfg.engram.layer_ids]
@@ -196,7 +201,7 @@ def test_trace_matches_reference_hashing(phase, zipf_s, sets, monkeypatch):
             step_rows = set(rows[bounds[s]:bounds[s + 1], col].ravel().tolist())
             assert trace.distinct_rows[s, col] == len(step_rows)
             assert trace.reused_rows[s, col] == (len(step_rows & prev[col]) if s else 0)
-            # A cache that holds every row misses only first touches.
+            # A cache that never evicts misses only first touches.
             cold_hits[s, col] = len(step_rows & seen[col])
             prev[col] = step_rows
             seen[col] |= step_rows

@@ -117,6 +117,10 @@ def _build(cfg: RunConfig, cache_rows: int | None) -> Trace:
         def replay_layer(col: int) -> None:
             row_ids = ids[col, : distinct[:, col].sum()]
             counts = distinct[:, col]
+            if cache_rows >= n_rows[col]:
+                # A cache that holds the whole table misses nothing once warm: every row is in it.
+                hits[:, col] = counts
+                return
             got = replay_flat(row_ids, counts, cache_rows, cfg.placement.cache_policy)
             # A serving cache is warm, but replaying the cycle twice would make every row a
             # repeat. So the first half of the trace warms the cache from cold, and its
