@@ -89,7 +89,8 @@ def _verdict(df: pd.DataFrame, row) -> str:
         return f"does not fit at any size swept (at {row.first_unfit_gib:,.3g} GiB: {row.unfit_reason})"
     if row.first_unhidden_gib is None:
         upto = ("at every size swept" if row.first_unfit_gib is None else "at every size that fits")
-        hidden = (f"hidden {upto} (up to {row.largest_fitting_gib:,.0f} GiB); its fetch uses at most "
+        asked = g.loc[fits, "table_gib_asked" if "table_gib_asked" in g else "table_gib"].max()
+        hidden = (f"hidden {upto} (up to {asked:,.4g} GiB); its fetch uses at most "
                   f"{g.loc[fits, 'window_use'].max():.0%} of the time before its rows are needed")
     elif row.largest_hidden_gib is None:
         hidden = f"not hidden even at {row.first_unhidden_gib:,.3g} GiB"

@@ -112,3 +112,14 @@ def test_simulate_none_runs_the_backbone_alone_and_is_never_slower_than_hbm(tmp_
     assert none["config"]["placement"]["kind"] == "none"
     assert none["summary"]["fetch_time_s"] == 0 and none["summary"]["host_bytes_per_step"] == 0
     assert none["summary"]["tokens_per_s"] >= hbm["summary"]["tokens_per_s"]
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    # `engram-sim presets | true`: the reader is gone before the first line is written. No traceback, no message;
+    # the exit code is the shell's for SIGPIPE.
+    done = subprocess.run([sys.executable, "-c", "import subprocess, sys; p = subprocess.run("
+                           f"'{sys.executable} -m cli.main presets | true; exit ${{PIPESTATUS[0]}}', shell=True, "
+                           "executable='/bin/bash', capture_output=True, text=True); "
+                           "print(p.returncode); print(p.stderr, file=sys.stderr)"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "141" and done.stderr.strip() == ""

@@ -1,5 +1,6 @@
 """User-facing errors: one line that names the field and the fix."""
 
+import os
 import sys
 
 
@@ -33,9 +34,14 @@ class DeviceError(UserError, RuntimeError):
 
 
 def run_command(func, args, prog: str = "engram-sim") -> int:
-    """Run a command: bad input prints one line and gives exit code 2; Ctrl-C gives 130 and no traceback."""
+    """Run a command: bad input prints one line and gives exit code 2; Ctrl-C gives 130 and no traceback;
+    a reader that stops early (`engram-sim presets | head`) ends the command quietly, as it would a shell tool."""
     try:
         return func(args)
+    except BrokenPipeError:
+        # Nothing more can reach the reader; point stdout at nothing so that Python's exit flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped this way
     except UserError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
