@@ -2,6 +2,7 @@
 code 130, a second exits at once; no worker outlives the command and nothing is written."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXIT_LIMIT_S = 2.0  # the promise is "within a second"; the margin is for a busy test machine
+# A hang guard, not a speed target (no timed assertions in tests): the promise is "within a second", measured
+# at 0.02-0.3 s on the 2-core development machine; a loaded CI machine may be slower.
+EXIT_LIMIT_S = 8.0
 # Long enough (about 20 s on 2 cores) to be interrupted in the middle of its points.
 LONG_SWEEP = ["sweep", "tiny", "--table-gib", "0.01,0.02,0.04,0.08", "--steps", "100000", "--jobs", "2"]
 
@@ -75,6 +78,15 @@ class Started:
             assert self.proc.poll() is None, f"ended early: {self.err.decode()}"
             assert time.monotonic() < deadline, f"{text!r} never came: {self.err.decode()}"
             time.sleep(0.05)
+
+    def wait_match(self, pattern: bytes, timeout_s: float) -> re.Match:
+        """Wait until stderr holds `pattern` (a regex) in full: a line read half-way does not count."""
+        deadline = time.monotonic() + timeout_s
+        while (found := re.search(pattern, self.err)) is None:
+            assert self.proc.poll() is None, f"ended early: {self.err.decode()}"
+            assert time.monotonic() < deadline, f"{pattern!r} never came: {self.err.decode()}"
+            time.sleep(0.05)
+        return found
 
     def finish(self, timeout_s: float) -> int:
         try:
@@ -158,8 +170,7 @@ def test_a_second_ctrl_c_exits_at_once_even_while_the_first_is_cleaning_up(tmp_p
     out = tmp_path / "work" / "out"
     run = Started([sys.executable, str(script), str(out)])
     try:
-        run.wait_for(b"ready", timeout_s=60)
-        child = int(run.err.split(b"ready", 1)[1].split()[0])
+        child = int(run.wait_match(rb"ready (\d+)\n", timeout_s=60).group(1))
         os.kill(run.proc.pid, signal.SIGINT)  # the parent only: the plain child here does not ignore it
         time.sleep(0.5)
         assert run.proc.poll() is None  # stuck in the slow cleanup
@@ -170,7 +181,7 @@ def test_a_second_ctrl_c_exits_at_once_even_while_the_first_is_cleaning_up(tmp_p
     finally:
         run.kill_group()
     print(f"second Ctrl-C during cleanup: exit {code} after {took:.2f} s")
-    assert code == 130 and took < 1.0
+    assert code == 130 and took < EXIT_LIMIT_S
     assert b"Traceback" not in run.err
     assert [line for line in message_lines(run.err) if not line.startswith("ready")] == ["engram-sim: interrupted"]
     assert not still_running({child})
