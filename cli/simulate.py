@@ -18,9 +18,9 @@ from tools.bench import bench_simulator
 from tools.sweep import sweep
 from vocab.config import load_config, preset_names
 from vocab.files import check_distinct, check_writable_dir, check_writable_file, staged_dir, staged_files
-from vocab.placements import ENGRAM_PLACEMENTS, HBM, NONE, PLACEMENTS
+from vocab.placements import ENGRAM_PLACEMENTS, NONE, PLACEMENTS
 from vocab.records import overhead, write_record
-from vocab.tables import PHASES
+from vocab.tables import OVERHEAD_BASELINES, PHASES
 from vocab.units import GiB
 
 DEMO_CONFIG = "engram-27b"
@@ -54,7 +54,7 @@ def cmd_simulate(args) -> int:
     table = "no Engram" if cfg.placement.kind == NONE else f"{cfg.engram.total_table_bytes / GiB:.2f} GiB table"
     summary = dict(result.summary)
     # Throughput lost against the same run with the table in HBM (capacity aside) and without Engram.
-    for name, kind in (("overhead_vs_hbm", HBM), ("overhead_vs_none", NONE)):
+    for name, kind in OVERHEAD_BASELINES.items():
         base = result if kind == cfg.placement.kind else simulate(cfg.with_placement(kind), profile,
                                                                     check_capacity=False)
         summary[name] = overhead(result.summary["tokens_per_s"], base.summary["tokens_per_s"])

@@ -224,19 +224,22 @@ class HostDMA(OverHostLink):
     def rows_sm_hold(self, profile, plan, k, rows):
         return 0.0, 0.0  # copy engines hold no SMs
 
+    def gather_alone(self, profile: HardwareProfile, nbytes: int) -> float:
+        """Seconds of the CPU gather of `nbytes` of rows into staging (one call), nothing else running."""
+        return profile.host.cpu_gather_fixed_us * 1e-6 + nbytes / self._gather_rate(profile)
+
     def rows_alone(self, profile: HardwareProfile, plan, k: int, rows: int) -> float:
         # A two-stage pipeline (CPU gather, then copy) over staging chunks,
         # with at most `staging_buffers` chunks between gather start and copy end.
         buffers = self.cfg.placement.staging_buffers
         chunk = self._chunk_bytes()
-        rate = self._gather_rate(profile)
         total = rows * self.cfg.engram.row_bytes
         sizes = [min(chunk, total - o) for o in range(0, total, chunk)]
         gather_end, copy_end = [], []
         for i, b in enumerate(sizes):
             start = max(gather_end[-1] if gather_end else 0.0,
                         copy_end[i - buffers] if i >= buffers else 0.0)
-            gather_end.append(start + profile.host.cpu_gather_fixed_us * 1e-6 + b / rate)
+            gather_end.append(start + self.gather_alone(profile, b))
             copy_end.append(max(gather_end[-1], copy_end[-1] if copy_end else 0.0) + costs.copy_time(profile, b))
         return copy_end[-1]
 

@@ -43,11 +43,8 @@ from vocab.errors import UserError
 from vocab.files import staged_dir
 from vocab.placements import HBM, NONE
 from vocab.records import overhead, read_record
-from vocab.tables import COMPARE_COLUMNS, EXTRA_METRICS, METRICS, TIMELINE_COLUMNS, summarise_errors
+from vocab.tables import COMPARE_COLUMNS, EXTRA_METRICS, METRICS, OVERHEAD_BASELINES, TIMELINE_COLUMNS, summarise_errors
 from vocab.units import GiB
-
-# The overhead columns and the baseline placement each is measured against.
-OVERHEADS = {"overhead_vs_hbm": HBM, "overhead_vs_none": NONE}
 
 
 class CompareError(UserError):
@@ -178,9 +175,9 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
     baselines = {kind: predicted if cfg.placement.kind == kind else
                  simulate(cfg.with_placement(kind), prof, steps=n, check_capacity=False) for kind in (HBM, NONE)}
     ps, ms = predicted.summary, record.summary
-    pred = {m: float(ps[m]) for m in METRICS if m not in OVERHEADS}
-    meas = {m: float(ms.get(m, math.nan)) for m in METRICS if m not in OVERHEADS}
-    for m, kind in OVERHEADS.items():
+    pred = {m: float(ps[m]) for m in METRICS if m not in OVERHEAD_BASELINES}
+    meas = {m: float(ms.get(m, math.nan)) for m in METRICS if m not in OVERHEAD_BASELINES}
+    for m, kind in OVERHEAD_BASELINES.items():
         pred[m] = overhead(ps["tokens_per_s"], baselines[kind].summary["tokens_per_s"])
         meas[m] = math.nan  # filled in once every record is read
     gpu = machine_gpu(record)
@@ -242,7 +239,7 @@ def compare_records(paths, profile: str | None = None, *, keep_results: bool = F
         except UserError as e:  # e.g. the config's profile does not exist here
             skipped.append((str(p), f"cannot simulate it ({e})"))
             continue
-        for m, kind in OVERHEADS.items():
+        for m, kind in OVERHEAD_BASELINES.items():
             base = baselines.get((kind, _baseline_key(record)))
             if base is not None and base > 0 and math.isfinite(row["measured_tokens_per_s"]):
                 row[f"measured_{m}"] = overhead(row["measured_tokens_per_s"], base)

@@ -242,11 +242,8 @@ def fetch_predict(shapes: list[dict], profile_name: str = FETCH_PROFILE) -> pd.D
     for s in shapes:
         rb, n = int(s["row_bytes"]), int(s["rows"])
         dma = _dma_for(base, rb, n)
-        # The gather stage of HostDMA.rows_alone alone: its fixed cost, then the rows at the gather rate.
-        gather = (profile.host.cpu_gather_fixed_us * 1e-6
-                  + n * rb / costs.cpu_gather_rate(profile, rb, FETCH_GATHER_THREADS))
         predicted = {"uva": sum(costs.uva_gather_time(profile, n, rb, s["gib"] * GiB)),  # fixed + body
-                     "cpu_gather": gather, "cpu_path": dma.rows_alone(profile, None, 0, n)}
+                     "cpu_gather": dma.gather_alone(profile, n * rb), "cpu_path": dma.rows_alone(profile, None, 0, n)}
         row = {"table_gib": s["gib"], "row_bytes": rb, "rows": n}
         for key, column in FETCH_MEASURED.items():
             row[f"measured_{key}_us"] = s[column] * 1e6

@@ -153,13 +153,12 @@ def memory_footprint(cfg: RunConfig, gpu_bytes: float, kv_tokens: int | None = N
     The KV cache is given both for the config's cache_dim (MLA: the latent) and as run here (K and V).
     """
     b, e, w = cfg.backbone, cfg.engram, cfg.workload
-    dt = DTYPE_BYTES[b.dtype]
     counts = parameter_counts(b, e)
     if kv_tokens is None:
         kv_tokens = w.sequences * (w.lengths.high + (w.steps if w.phase == "decode" else 0))
     kv_config = kv_cache_bytes(b, kv_tokens)
     kv_run = kv_cache_bytes(b, kv_tokens, as_run=True)
-    weights = counts["backbone"] * dt
+    weights = weights_bytes(cfg)
     tables = e.total_table_bytes
     out = {
         "parameters": counts,
@@ -174,7 +173,7 @@ def memory_footprint(cfg: RunConfig, gpu_bytes: float, kv_tokens: int | None = N
     out["all_in_hbm_fits"] = weights + tables + kv_config <= gpu_bytes
     out["tables_on_host_fits"] = weights + kv_config <= gpu_bytes
     # Largest KV token count that fits beside the weights (and the tables, when they are in HBM).
-    per_token = b.layers * b.attention.cache_dim * dt
+    per_token = kv_cache_bytes(b, 1)
     out["max_kv_tokens_tables_in_hbm"] = max(0, int((gpu_bytes - weights - tables) // per_token))
     out["max_kv_tokens_tables_on_host"] = max(0, int((gpu_bytes - weights) // per_token))
     return out

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from vocab.placements import HBM, NONE
+
+# Each overhead column and the placement of the baseline run it is measured against.
+OVERHEAD_BASELINES = {"overhead_vs_hbm": HBM, "overhead_vs_none": NONE}
+
 SWEEP_COLUMNS = [
     "table_bytes", "table_gib", "table_gib_asked", "placement", "phase", "step_time_s", "tokens_per_s",
     "exposed_stall_s", "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "overhead_vs_none", "host_bytes_per_step",
