@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
 from profiles import HardwareProfile, load_profile
+from real_runs.instrument import memory_gib
 from vocab.config import RunConfig, load_config
 from vocab.errors import UserError
 from vocab.units import GiB
@@ -93,13 +93,6 @@ def run_estimate(cfg: RunConfig) -> dict:
     return {"events": events, "trace_bytes": trace_bytes}
 
 
-def machine_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: no limit known
-        return 1 << 62
-
-
 def check_estimate(cfg: RunConfig, force: bool | None) -> None:
     """Refuse, in one line, a run whose estimated time or memory is beyond this machine. `force` is the
     parsed --force (None: the command has no such flag, so the fix is to make the run smaller)."""
@@ -112,11 +105,12 @@ def check_estimate(cfg: RunConfig, force: bool | None) -> None:
         raise CliError("--steps", f"the run needs about {est['events']:.2g} simulator events (~{hours:,.1f} h at "
                        f"~{EVENTS_PER_S:.0e} events/s; the limit is {MAX_EVENTS:.2g})",
                        f"lower --steps (workload.steps) or backbone.layers{override}")
-    limit = MAX_MEMORY_FRACTION * machine_memory_bytes()
+    memory = memory_gib() * GiB  # this machine's (real_runs.instrument keeps the machine facts)
+    limit = MAX_MEMORY_FRACTION * memory
     if est["trace_bytes"] > limit:
         raise CliError("workload.sequences", f"the token trace needs about {est['trace_bytes'] / GiB:,.1f} GiB "
                        f"(sequences or tokens_per_step x trace_steps x tables), over half of this machine's "
-                       f"{machine_memory_bytes() / GiB:,.0f} GiB",
+                       f"{memory / GiB:,.0f} GiB",
                        f"lower workload.sequences, workload.tokens_per_step or workload.tokens.trace_steps{override}")
 
 

@@ -35,6 +35,3 @@ def needs_gpu(kind: str, miss_path: str) -> bool:
     """The zero-copy path needs a CUDA GPU (or Triton's interpreter)."""
     return host_path(kind, miss_path) == HOST_UVA
 
-
-def table_on_host(kind: str) -> bool:
-    return host_path(kind, HOST_DMA) is not None

@@ -167,9 +167,3 @@ def cpu_steps(sizes: Sizes, plan: dict, pin_staging: bool) -> list[tuple]:
 def system_info(plan: dict, raw: dict) -> None:
     raw["system"] = {"cpu": cpu_model(), "cores": os.cpu_count() or 1, "memory_gib": memory_gib(),
                      "numba_threads": plan["max_threads"], "threads": plan["threads"]}
-
-
-def cpu_measurements(sizes: Sizes, plan: dict, raw: dict, pin_staging: bool):
-    system_info(plan, raw)
-    for _, step in cpu_steps(sizes, plan, pin_staging):
-        yield from step(raw)

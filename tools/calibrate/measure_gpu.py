@@ -65,12 +65,6 @@ def mechanism_steps(sizes: Sizes, plan: dict, engine: bool = True) -> list[tuple
     return steps
 
 
-def gpu_measurements(sizes: Sizes, plan: dict, raw: dict):
-    gpu_info(plan, raw)
-    for _, step in gpu_steps(sizes, plan):
-        yield from step(raw)
-
-
 def mechanism_measurements(sizes: Sizes, plan: dict, raw: dict, engine: bool = True):
     """The figures of the simulator's end-to-end mechanisms (mechanism_steps, one after another)."""
     for _, step in mechanism_steps(sizes, plan, engine):
