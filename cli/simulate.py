@@ -118,6 +118,7 @@ def _print_sweep(df: pd.DataFrame, threshold: float) -> None:
     view["step_ms"] = view.pop("step_time_s") * 1e3
     view["stall_us"] = view.pop("exposed_stall_s") * 1e6
     view["overhead_%"] = view.pop("overhead_vs_hbm") * 100
+    view["vs_none_%"] = df["overhead_vs_none"] * 100  # against the backbone without Engram (the paper's baseline)
     with pd.option_context("display.max_rows", 500, "display.width", 160, "display.float_format", "{:,.3f}".format):
         print(view.to_string(index=False))
     print()
@@ -129,6 +130,11 @@ def _print_sweep(df: pd.DataFrame, threshold: float) -> None:
                 print(f"  {row.phase:8s} {'hbm':10s} the baseline; {_unfit(row)}")
             continue
         print(f"  {row.phase:8s} {row.placement:10s} {_verdict(df, row)}")
+    costs = df[(df.placement == "hbm") & df["fits"].astype(bool)].groupby("phase")["overhead_vs_none"].max()
+    if len(costs):
+        print("Against no Engram at all (overhead_% is against the table in HBM; vs_none_% against the backbone "
+              "alone): the table in HBM costs " + ", ".join(f"{v:.1%} in {ph}" for ph, v in costs.items())
+              + " where it fits.")
 
 
 def cmd_sweep(args) -> int:
@@ -151,7 +157,8 @@ def cmd_demo(args) -> int:
     cfg, profile = load_run(args)
     print(f"Demo: {cfg.name} ({cfg.backbone.layers} layers, Engram at layers {cfg.engram.layer_ids}, "
           f"{cfg.engram.row_bytes} B rows), {cfg.workload.sequences} sequences, profile {profile.name} "
-          f"({profile.provenance.source}); tables 1 GiB .. 1 TiB, {cfg.workload.steps} steps per point.")
+          f"({profile.provenance.source}; which figures are measured, seeded or assumed: engram-sim profiles "
+          f"{profile.name}); tables 1 GiB .. 1 TiB, {cfg.workload.steps} steps per point.")
     df = sweep(cfg, DEMO_TABLE_GIB, None, ["decode", "prefill"], profile=profile, steps=args.steps,
                threshold=args.threshold, jobs=args.jobs, progress=not args.quiet)
     _print_sweep(df, args.threshold)
@@ -165,6 +172,8 @@ def cmd_profiles(args) -> int:
         p = load_profile(args.name)
         print(f"{p.name}: {p.description}")
         print(f"  source: {p.provenance.source}, {p.provenance.machine}, {p.provenance.date}")
+        if p.provenance.notes:
+            print(f"  notes: {p.provenance.notes}")
         for section in ("gpu", "link", "uva", "host"):
             d = getattr(p, section).__dict__
             flat = {k: v for k, v in d.items() if not isinstance(v, list)}
