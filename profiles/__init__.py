@@ -190,6 +190,41 @@ class HostProfile:
 
 
 @dataclass
+class SsdProfile:
+    """An NVMe drive holding the table file (the ssd placement), read with O_DIRECT (no page cache).
+
+    Reads are whole blocks of read_block_bytes: a 160 B row costs a 4 KiB read (read amplification).
+    random_read_iops gives block reads per second against the reads in flight (x = queue depth: the
+    submitting threads times each one's depth); the latency of one read at that depth follows from
+    Little's law (depth / IOPS), and random_read_latency_us keeps the measured latencies beside it.
+    Each read also costs its submitting host thread read_cpu_us (the system call and completion).
+    """
+    name: str
+    # Space the table file may take on the drive.
+    capacity_gib: float
+    # 4 KiB random reads: x = reads in flight, y = reads per second.
+    random_read_iops: list[CurvePoint]
+    # Large sequential reads, GB/s: the drive's ceiling on bytes, whatever the block size.
+    seq_read_gbps: float
+    read_block_bytes: int = 4096
+    # Measured mean latency of one random read (x = reads in flight, y = microseconds); informative.
+    random_read_latency_us: list[CurvePoint] = field(default_factory=list)
+    read_cpu_us: float = 0.0
+    # GPUDirect Storage: reads land straight in HBM (placement.ssd_reads = "gds").
+    gds: bool = False
+
+    def validate(self, path: str) -> None:
+        require_each(self, path, ("capacity_gib", "seq_read_gbps"), ProfileError)
+        require(self.read_block_bytes >= 512 and self.read_block_bytes & (self.read_block_bytes - 1) == 0,
+                ProfileError, f"{path}.read_block_bytes", f"{self.read_block_bytes} is not a power of two >= 512",
+                "use the drive's logical block size, e.g. 4096")
+        _check_curve(self.random_read_iops, f"{path}.random_read_iops")
+        if self.random_read_latency_us:
+            _check_curve(self.random_read_latency_us, f"{path}.random_read_latency_us")
+        require(self.read_cpu_us >= 0, ProfileError, f"{path}.read_cpu_us", "must be >= 0", "use microseconds")
+
+
+@dataclass
 class HardwareProfile:
     name: str
     description: str
@@ -198,6 +233,8 @@ class HardwareProfile:
     link: LinkProfile
     uva: UvaProfile
     host: HostProfile
+    # The drive for the ssd placement (None: the profile describes none; ssd runs are refused).
+    ssd: SsdProfile | None = None
 
     def to_dict(self) -> dict:
         return to_dict(self)

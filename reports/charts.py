@@ -200,7 +200,7 @@ def timeline_chart(events_df: pd.DataFrame, title: str, color_by: str = "actor")
     actor_order = [a for a in ACTORS if a in present] + [a for a in present if a not in ACTORS]
     color = alt.Color(f"{color_by}:N", title=color_by)
     if color_by == "actor":  # fixed colours for the known actors, stall in red
-        palette = dict(zip(ACTORS, ["#4c78a8", "#72b7b2", "#54a24b", "#f58518", "#b279a2", "#e45756", "#9d755d"]))
+        palette = dict(zip(ACTORS, ["#4c78a8", "#72b7b2", "#54a24b", "#f58518", "#b279a2", "#e45756", "#9d755d", "#eeca3b"]))
         spare = iter(["#9d755d", "#bab0ac", "#eeca3b", "#ff9da6", "#79706e"] * 10)
         color = alt.Color("actor:N", sort=actor_order, scale=alt.Scale(
             domain=actor_order, range=[palette.get(a) or next(spare) for a in actor_order]))

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 from vocab.errors import ConfigError
 from vocab.geometry import engram_table_sizes
-from vocab.placements import CACHE_POLICIES, HOST_PATHS, PLACEMENTS
+from vocab.placements import CACHE_POLICIES, HBM_CACHE, HOST_PATHS, PLACEMENTS, SSD, SSD_READ_PATHS
 from vocab.schema import INT_LIMIT, build, check_ranges, read_toml, require, to_dict
 from vocab.units import DTYPE_BYTES, GiB
 
@@ -200,11 +200,22 @@ class PlacementConfig:
     # host_dma: rows are gathered into pinned staging chunks and copied chunk by chunk.
     staging_chunk_mib: float = 4.0
     staging_buffers: int = 2
-    # hbm_cache: hot rows in HBM, misses through miss_path.
+    # hbm_cache: hot rows in HBM, misses through miss_path (ssd: an optional HBM cache in front).
     cache_gib: float | None = None
     cache_fraction: float | None = None
     cache_policy: Literal[CACHE_POLICIES] = "lru"
     miss_path: HostPath = "host_uva"
+    # ssd: the table in a file on an NVMe drive. Warm rows in a DRAM cache (None or 0: none), whose hits
+    # reach HBM through miss_path; the rest read from the drive by ssd_threads host threads, each with
+    # ssd_queue_depth reads in flight (1: synchronous preadv), into pinned staging and copied to HBM, or
+    # straight into HBM with ssd_reads = "gds".
+    dram_cache_gib: float | None = None
+    dram_cache_policy: Literal[CACHE_POLICIES] = "lru"
+    ssd_threads: int = 16
+    ssd_queue_depth: int = 1
+    ssd_reads: Literal[SSD_READ_PATHS] = "staging"
+    # Real runs: the folder on the drive where the table file is written (None: the system's temp folder).
+    ssd_dir: str | None = None
     # How many Engram fetches run at once on the fetch side (1 = one fetch stream, in layer order).
     fetch_streams: int = 1
     # Where a step's row ids are made: "worker" threads hash while the GPU runs the layers before
@@ -219,17 +230,21 @@ class PlacementConfig:
     RANGES: ClassVar[dict] = {
         "hash_threads": THREADS, "gather_threads": THREADS, "staging_chunk_mib": (0, 1 << 14, "MiB"),
         "staging_buffers": (1, 1024, "buffers"), "cache_gib": (0, MAX_TABLE_GIB, "GiB"),
-        "fetch_streams": (1, 64, "streams"), "uva_ctas": (1, 1 << 20, "thread blocks")}
+        "fetch_streams": (1, 64, "streams"), "uva_ctas": (1, 1 << 20, "thread blocks"),
+        "dram_cache_gib": (0, MAX_TABLE_GIB, "GiB"), "ssd_threads": THREADS, "ssd_queue_depth": (1, 4096, "reads")}
 
     def validate(self, path: str) -> None:
         check_ranges(self, path, self.RANGES, ConfigError)
         require(self.staging_chunk_mib > 0, ConfigError, f"{path}.staging_chunk_mib", "must be > 0",
                 "use e.g. 4")
-        if self.kind == "hbm_cache":
-            given = (self.cache_gib is not None) + (self.cache_fraction is not None)
+        given = (self.cache_gib is not None) + (self.cache_fraction is not None)
+        if self.kind == HBM_CACHE:
             require(given == 1, ConfigError, f"{path}.cache_gib",
                     "hbm_cache needs exactly one of cache_gib and cache_fraction",
                     "set e.g. cache_fraction = 0.1")
+        if self.kind == SSD:
+            require(given <= 1, ConfigError, f"{path}.cache_gib", "give at most one of cache_gib and cache_fraction",
+                    "remove one of them")
         if self.cache_fraction is not None:
             require(0.0 <= self.cache_fraction <= 1.0, ConfigError, f"{path}.cache_fraction",
                     f"{self.cache_fraction} is outside [0, 1]", "use a fraction of the table")

@@ -81,3 +81,41 @@ def table_offsets(table_sizes_for_layer: list[list[int]]) -> np.ndarray:
     """First row of each head table inside the layer's one big table (same column order as the hashes)."""
     sizes = np.array([p for heads in table_sizes_for_layer for p in heads], dtype=np.int64)
     return np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+
+
+# -- the table file of the ssd placement -------------------------------------------------------------
+# Rows are packed whole into the drive's read blocks (a row never straddles two blocks, so one row costs
+# one block read); a row larger than a block takes whole blocks of its own. Both the simulator and the
+# real SSD store use this layout.
+
+def ssd_rows_per_block(row_bytes: int, block_bytes: int) -> int:
+    """Rows in one read block (at least 1: a larger row takes blocks_per_row blocks)."""
+    return max(1, block_bytes // row_bytes)
+
+
+def ssd_blocks_per_row(row_bytes: int, block_bytes: int) -> int:
+    """Blocks one row's read covers (1 unless the row is larger than a block)."""
+    return -(-row_bytes // block_bytes)
+
+
+def ssd_file_bytes(rows: int, row_bytes: int, block_bytes: int) -> int:
+    """Bytes of a table file of `rows` rows in this layout."""
+    per = ssd_rows_per_block(row_bytes, block_bytes)
+    return -(-rows // per) * ssd_blocks_per_row(row_bytes, block_bytes) * block_bytes
+
+
+def ssd_row_offset(row, row_bytes: int, block_bytes: int):
+    """Byte offset of row (an int or an int64 array) in the file; its block starts at
+    offset - offset % block_bytes."""
+    per = ssd_rows_per_block(row_bytes, block_bytes)
+    span = ssd_blocks_per_row(row_bytes, block_bytes) * block_bytes
+    return (row // per) * span + (row % per) * row_bytes
+
+
+def expected_distinct_blocks(rows: float, blocks: float) -> float:
+    """Distinct blocks that `rows` distinct rows spread uniformly over `blocks` blocks fall in
+    (rows sharing a block share its read)."""
+    if blocks <= 0 or rows <= 0:
+        return 0.0
+    # Each block is missed by all rows with probability (1 - 1/blocks)^rows.
+    return float(blocks * -np.expm1(rows * np.log1p(-1.0 / blocks))) if blocks > 1 else 1.0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from vocab.config import BackboneConfig, EngramConfig, RunConfig
 from vocab.errors import CapacityError
-from vocab.placements import HBM_CACHE
+from vocab.placements import HBM_CACHED, SSD
 from vocab.units import DTYPE_BYTES, GiB
 
 # Host memory left to the OS and the serving process.
@@ -71,18 +71,31 @@ def activation_bytes(backbone: BackboneConfig, step_tokens: int) -> int:
 
 
 def cache_bytes(cfg: RunConfig) -> int:
-    """HBM bytes of the hot-row cache (hbm_cache placement), else 0."""
+    """HBM bytes of the hot-row cache (hbm_cache, and ssd when it has one), else 0."""
     p = cfg.placement
-    if p.kind != HBM_CACHE:
+    if p.kind not in HBM_CACHED:
         return 0
     if p.cache_gib is not None:
         return int(p.cache_gib * GiB)
-    return int(p.cache_fraction * cfg.engram.total_table_bytes)
+    if p.cache_fraction is not None:
+        return int(p.cache_fraction * cfg.engram.total_table_bytes)
+    return 0
 
 
 def cache_rows_per_layer(cfg: RunConfig) -> int:
     """The cache is split across Engram layers in proportion to their tables."""
     return cache_bytes(cfg) // (cfg.engram.row_bytes * len(cfg.engram.layer_ids))
+
+
+def dram_cache_bytes(cfg: RunConfig) -> int:
+    """Host bytes of the ssd placement's DRAM cache of warm rows, else 0."""
+    p = cfg.placement
+    return int((p.dram_cache_gib or 0.0) * GiB) if p.kind == SSD else 0
+
+
+def dram_cache_rows_per_layer(cfg: RunConfig) -> int:
+    """The DRAM cache, like the HBM cache, is split across Engram layers in proportion to their tables."""
+    return dram_cache_bytes(cfg) // (cfg.engram.row_bytes * len(cfg.engram.layer_ids))
 
 
 def host_usable_bytes(host_memory_gib: float) -> int:
@@ -103,6 +116,9 @@ class MemoryBudget:
     hbm_usable_bytes: int
     table_host_bytes: int
     host_usable_bytes: int
+    # ssd: the table file on the drive, and the drive's space for it (0 without an [ssd] profile section).
+    table_ssd_bytes: int = 0
+    ssd_usable_bytes: int = 0
 
     @property
     def hbm_needed_bytes(self) -> int:
@@ -117,6 +133,10 @@ class MemoryBudget:
     def fits_host(self) -> bool:
         return self.table_host_bytes <= self.host_usable_bytes
 
+    @property
+    def fits_ssd(self) -> bool:
+        return self.table_ssd_bytes <= self.ssd_usable_bytes
+
     def verdict(self) -> str:
         """"" when the configuration fits; else which memory it overflows, what it needs and what there is."""
         if not self.fits_hbm:
@@ -125,6 +145,9 @@ class MemoryBudget:
         if not self.fits_host:
             return (f"does not fit: host memory, needs {self.table_host_bytes / GiB:,.1f} GiB, "
                     f"has {self.host_usable_bytes / GiB:,.1f} GiB")
+        if not self.fits_ssd:
+            return (f"does not fit: drive, needs {self.table_ssd_bytes / GiB:,.1f} GiB, "
+                    f"has {self.ssd_usable_bytes / GiB:,.1f} GiB")
         return ""
 
     def check(self, kind: str, machine: str) -> None:
@@ -143,7 +166,13 @@ class MemoryBudget:
                 "engram.table_gib",
                 f"the {self.table_host_bytes / GiB:.1f} GiB table exceeds {machine}'s usable host memory "
                 f"({self.host_usable_bytes / GiB:.1f} GiB)",
-                "use a smaller table or a profile with more host memory")
+                "use a smaller table, the ssd placement, or a profile with more host memory")
+        if not self.fits_ssd:
+            raise CapacityError(
+                "engram.table_gib",
+                f"the {self.table_ssd_bytes / GiB:.1f} GiB table file exceeds {machine}'s drive space "
+                f"({self.ssd_usable_bytes / GiB:.1f} GiB, ssd.capacity_gib)",
+                "use a smaller table or a profile whose [ssd] drive is larger")
 
 
 def memory_footprint(cfg: RunConfig, gpu_bytes: float, kv_tokens: int | None = None) -> dict:

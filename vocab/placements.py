@@ -13,12 +13,18 @@ HBM = "hbm"              # the table in GPU memory; only row ids travel
 HOST_DMA = "host_dma"    # CPU threads gather rows into pinned staging; copy engines move the chunks
 HOST_UVA = "host_uva"    # a GPU kernel reads pinned host memory directly (zero-copy)
 HBM_CACHE = "hbm_cache"  # hot rows in HBM; misses through one of the host paths
+SSD = "ssd"              # the table in a file on an NVMe drive; optional DRAM cache and HBM cache in front
 
 # Placements that hold an Engram table, in the order sweeps and charts show them.
-ENGRAM_PLACEMENTS = (HBM, HOST_DMA, HOST_UVA, HBM_CACHE)
+ENGRAM_PLACEMENTS = (HBM, HOST_DMA, HOST_UVA, HBM_CACHE, SSD)
 PLACEMENTS = (NONE, *ENGRAM_PLACEMENTS)
-# How rows cross the host link (host_dma and host_uva themselves, and hbm_cache's misses).
+# How rows cross the host link (host_dma and host_uva themselves, hbm_cache's misses, ssd's DRAM-cache hits).
 HOST_PATHS = (HOST_DMA, HOST_UVA)
+# Placements with an optional (hbm_cache: required) HBM cache of hot rows in front.
+HBM_CACHED = (HBM_CACHE, SSD)
+# How an ssd placement's drive reads reach HBM: into pinned staging, then copied (the DMA path), or
+# straight into HBM by GPUDirect Storage (where the profile's [ssd] says the machine has it).
+SSD_READ_PATHS = ("staging", "gds")
 CACHE_POLICIES = ("static_topk", "lru", "lfu")
 
 
@@ -26,7 +32,7 @@ def host_path(kind: str, miss_path: str) -> str | None:
     """The path rows take over the host link under `kind` (None: nothing crosses it)."""
     if kind in HOST_PATHS:
         return kind
-    if kind == HBM_CACHE:
+    if kind in HBM_CACHED:
         return miss_path
     return None
 

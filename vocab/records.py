@@ -34,7 +34,11 @@ STEP_COLUMNS = [
 FETCH_COLUMNS = [
     "step", "layer", "fetch_start_s", "fetch_end_s", "fetch_time_s",
     "wait_start_s", "exposed_stall_s", "lookups", "unique_rows", "host_rows", "cache_hits",
+    # ssd placement: rows served by the DRAM cache, and block reads from the drive (0 elsewhere).
+    "dram_hits", "ssd_reads",
 ]
+# Columns a fetch row may leave out (older records, placements without those tiers): they read as 0.
+OPTIONAL_FETCH_COLUMNS = ("dram_hits", "ssd_reads")
 EVENT_COLUMNS = ["actor", "name", "start_s", "end_s", "step", "layer"]
 SUMMARY_KEYS = [
     "steps", "tokens", "elapsed_s", "tokens_per_s", "step_time_s",
@@ -51,7 +55,8 @@ H2D_LINK = "h2d link"
 UVA_GATHER = "uva gather"
 STALL = "stall"
 HOST = "host"  # the host's critical path: engine step work, hashing on the host, launches
-ACTORS = (GPU_COMPUTE, CPU_HASH, CPU_GATHER, H2D_LINK, UVA_GATHER, STALL, HOST)
+SSD_READ = "ssd read"  # block reads from the drive into staging (or HBM, with GDS)
+ACTORS = (GPU_COMPUTE, CPU_HASH, CPU_GATHER, H2D_LINK, UVA_GATHER, STALL, HOST, SSD_READ)
 
 
 # -- the formulas every table uses ------------------------------------------------------------------
@@ -93,8 +98,19 @@ def step_table(*, step, start_s, step_time_s, compute_time_s, tokens, exposed_st
 def fetch_table(rows=None, **columns) -> pd.DataFrame:
     """The per-fetch table (FETCH_COLUMNS), from row tuples in column order or from columns."""
     if rows is not None:
-        return pd.DataFrame(rows, columns=FETCH_COLUMNS)
-    return pd.DataFrame(columns, columns=FETCH_COLUMNS)
+        rows = list(rows)
+        width = len(rows[0]) if rows else len(FETCH_COLUMNS)
+        table = pd.DataFrame(rows, columns=FETCH_COLUMNS[:width])
+    else:
+        table = pd.DataFrame(columns)
+    return _with_optional_fetch_columns(table)
+
+
+def _with_optional_fetch_columns(table: pd.DataFrame) -> pd.DataFrame:
+    for name in OPTIONAL_FETCH_COLUMNS:
+        if name not in table.columns:
+            table[name] = 0
+    return table.reindex(columns=FETCH_COLUMNS)
 
 
 def event_table(rows) -> pd.DataFrame:
@@ -173,7 +189,7 @@ def read_record(path: str | Path) -> RunRecord:
         if key not in data:
             raise RecordError(f"{path}: {key}", "missing", "give a complete record")
     steps = pd.DataFrame(data["steps"])
-    fetches = pd.DataFrame(data["fetches"])
+    fetches = _with_optional_fetch_columns(pd.DataFrame(data["fetches"]))
     missing = [c for c in STEP_COLUMNS if c not in steps.columns]
     if missing:
         raise RecordError(f"{path}: steps", f"lacks columns {missing}", "give a complete record")
