@@ -95,7 +95,7 @@ def _needs_gpu(cfg: RunConfig) -> str | None:
     p = cfg.placement
     if not needs_gpu(p.kind, p.miss_path):
         return None
-    return f"placement {p.kind} with miss_path {p.miss_path}" if p.kind == HBM_CACHE else f"placement {p.kind}"
+    return f"placement {p.kind} with miss_path {p.misses_via}" if p.kind == HBM_CACHE else f"placement {p.kind}"
 
 
 def check_placement(cfg: RunConfig, device: str) -> None:

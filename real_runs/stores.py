@@ -502,7 +502,7 @@ def make_store(kind: str, table: HostTable, device="cpu", *, stream=None, timeli
     if kind == HBM_CACHE:
         policy = "static_topk" if p is None or p.cache_policy == "static_topk" else "lru"   # lfu is run as lru
         return HBMCacheStore(table, device, stream, timeline, name, capacity=cache_rows, policy=policy,
-                             miss_path=HOST_DMA if p is None else p.miss_path, hot_rows=hot_rows, protect=protect,
+                             miss_path=HOST_DMA if p is None else p.misses_via, hot_rows=hot_rows, protect=protect,
                              uva_ctas=ctas, **dma)
     extra = dma if kind == HOST_DMA else {"ctas": ctas} if kind == HOST_UVA else {}
     return STORES[kind](table, device, stream, timeline, name, **extra)

@@ -289,7 +289,7 @@ class HBMCache(OverHostLink):
 
     def __init__(self, cfg: RunConfig):
         super().__init__(cfg)
-        self.miss = _HOST_PATHS[cfg.placement.miss_path](cfg)
+        self.miss = _HOST_PATHS[cfg.placement.misses_via](cfg)
 
     @property
     def path(self):

@@ -55,7 +55,7 @@ def test_bytes_are_conserved(placement, phase, table, sequences):
     assert r.steps["host_bytes"].sum() == host_rows * rb
     # Row ids go up for the GPU to gather by: always for a table in HBM and for a zero-copy gather (the cache's
     # misses go that way here); for a CPU gather only when no row crosses the link.
-    reads_ids = placement in ("hbm", "host_uva") or (placement == "hbm_cache" and cfg.placement.miss_path == "host_uva")
+    reads_ids = placement in ("hbm", "host_uva") or (placement == "hbm_cache" and cfg.placement.misses_via == "host_uva")
     ids = (r.fetches["lookups"] * 8 * (reads_ids | (r.fetches["host_rows"] == 0))).sum()
     assert r.pipe_bytes["pcie_h2d"] == pytest.approx(host_rows * rb + ids, rel=1e-9)
     if placement == "hbm":

@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 
 from vocab.errors import ConfigError
 from vocab.geometry import engram_table_sizes
-from vocab.placements import CACHE_POLICIES, HBM_CACHE, HOST_PATHS, PLACEMENTS, SSD, SSD_READ_PATHS
+from vocab.placements import CACHE_POLICIES, HBM_CACHE, HOST_PATHS, PLACEMENTS, SSD, SSD_READ_PATHS, default_miss_path
 from vocab.schema import INT_LIMIT, build, check_ranges, read_toml, require, to_dict
 from vocab.units import DTYPE_BYTES, GiB
 
@@ -204,7 +204,9 @@ class PlacementConfig:
     cache_gib: float | None = None
     cache_fraction: float | None = None
     cache_policy: Literal[CACHE_POLICIES] = "lru"
-    miss_path: HostPath = "host_uva"
+    # None: the placement's own default (vocab.placements.default_miss_path: host_uva for hbm_cache, host_dma
+    # for ssd's DRAM-cache hits, which a CPU can then run). Read it through `misses_via`.
+    miss_path: HostPath | None = None
     # ssd: the table in a file on an NVMe drive. Warm rows in a DRAM cache (None or 0: none), whose hits
     # reach HBM through miss_path; the rest read from the drive by ssd_threads host threads, each with
     # ssd_queue_depth reads in flight (1: synchronous preadv), into pinned staging and copied to HBM, or
@@ -232,6 +234,11 @@ class PlacementConfig:
         "staging_buffers": (1, 1024, "buffers"), "cache_gib": (0, MAX_TABLE_GIB, "GiB"),
         "fetch_streams": (1, 64, "streams"), "uva_ctas": (1, 1 << 20, "thread blocks"),
         "dram_cache_gib": (0, MAX_TABLE_GIB, "GiB"), "ssd_threads": THREADS, "ssd_queue_depth": (1, 4096, "reads")}
+
+    @property
+    def misses_via(self) -> str:
+        """The host path rows take past the HBM cache (hbm_cache's misses, ssd's DRAM-cache hits)."""
+        return self.miss_path or default_miss_path(self.kind)
 
     def validate(self, path: str) -> None:
         check_ranges(self, path, self.RANGES, ConfigError)
@@ -316,11 +323,16 @@ class WorkloadConfig:
     # How the engine launches a step's kernels: one by one ("eager": each kernel pays the launch
     # cost) or as CUDA graphs (one launch per graph; kernels inside run back to back).
     launch: Literal["eager", "cuda_graphs"] = "eager"
+    # Caches (hbm_cache, ssd's HBM and DRAM caches) are replayed over a longer token stream than the trace,
+    # until they have filled and as long again, hashing at most this many distinct-row accesses per Engram
+    # layer (each costs 8 bytes while the replay runs). A cache too large to fill within it is measured
+    # unfilled: its hit rate is then a lower bound.
+    cache_replay_rows: int = 1 << 23
 
     RANGES: ClassVar[dict] = {
         "sequences": (1, 1 << 20, "sequences"), "tokens_per_step": (1, 1 << 24, "tokens"),
         "steps": (1, 1 << 30, "steps"), "seed": SEEDS, "prefill_prefetch_ahead": (0, 16, "batches"),
-        "decode_lookahead": (0, 64, "steps")}
+        "decode_lookahead": (0, 64, "steps"), "cache_replay_rows": (1 << 10, 1 << 28, "rows")}
 
     def validate(self, path: str) -> None:
         check_ranges(self, path, self.RANGES, ConfigError)

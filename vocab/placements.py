@@ -28,16 +28,22 @@ SSD_READ_PATHS = ("staging", "gds")
 CACHE_POLICIES = ("static_topk", "lru", "lfu")
 
 
-def host_path(kind: str, miss_path: str) -> str | None:
+def default_miss_path(kind: str) -> str:
+    """The host path of rows past the HBM cache when the config names none: zero-copy for hbm_cache (the
+    engines' choice), the CPU gather for ssd's DRAM-cache hits (its drive reads land in pinned staging anyway)."""
+    return HOST_DMA if kind == SSD else HOST_UVA
+
+
+def host_path(kind: str, miss_path: str | None) -> str | None:
     """The path rows take over the host link under `kind` (None: nothing crosses it)."""
     if kind in HOST_PATHS:
         return kind
     if kind in HBM_CACHED:
-        return miss_path
+        return miss_path or default_miss_path(kind)
     return None
 
 
-def needs_gpu(kind: str, miss_path: str) -> bool:
+def needs_gpu(kind: str, miss_path: str | None) -> bool:
     """The zero-copy path needs a CUDA GPU (or Triton's interpreter)."""
     return host_path(kind, miss_path) == HOST_UVA
 

@@ -24,6 +24,7 @@ in recency order, LFU one such list per access count.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit
@@ -83,6 +84,7 @@ def _replay_lists(dense, bounds, n_rows, capacity, max_count, lfu):
     empties, at most max_count steps).
     """
     hits, is_hit = _no_hits(dense, bounds)
+    filled_at = -1  # the first step at whose end the cache is full
     nxt, prv = _empty_lists(n_rows, max_count + 1 if lfu else 1)
     count = np.zeros(n_rows, dtype=np.int64)  # LFU: never reset, counts span the whole trace
     lowest = 0  # no cached row has fewer accesses than this
@@ -114,11 +116,14 @@ def _replay_lists(dense, bounds, n_rows, capacity, max_count, lfu):
                 count[row] += 1
                 lowest = min(lowest, count[row])
             _append(nxt, prv, n_rows + count[row], row)
-    return hits
+        if filled_at < 0 and size == capacity:
+            filled_at = s
+    return hits, is_hit, filled_at
 
 
 def _static_topk(dense, bounds, n_rows, capacity):
-    """The oracle: the `capacity` most accessed rows (ties: first accessed first) are always cached."""
+    """The oracle: the `capacity` most accessed rows (ties: first accessed first) are always cached.
+    Returns (hits per step, a hit flag per access)."""
     counts = np.bincount(dense, minlength=n_rows)
     cached = np.zeros(n_rows, dtype=bool)
     if 0 < capacity < n_rows:
@@ -129,8 +134,9 @@ def _static_topk(dense, bounds, n_rows, capacity):
         cached[at_threshold[: capacity - int(cached.sum())]] = True
     elif capacity >= n_rows:
         cached[:] = True
-    hits_so_far = np.concatenate(([0], np.cumsum(cached[dense], dtype=np.int64)))
-    return hits_so_far[bounds[1:]] - hits_so_far[bounds[:-1]]
+    is_hit = cached[dense]
+    hits_so_far = np.concatenate(([0], np.cumsum(is_hit, dtype=np.int64)))
+    return hits_so_far[bounds[1:]] - hits_so_far[bounds[:-1]], is_hit
 
 
 # Below this many possible row ids (and not far more than there are ids), dense ids come from a
@@ -196,19 +202,92 @@ def _hashed_first_seen_ids(row_ids):
 
 def replay_dense(dense: np.ndarray, counts: np.ndarray, n_rows: int, capacity: int, policy: str) -> np.ndarray:
     """Hits per step for dense row ids in 0..n_rows-1, steps given by their lengths `counts`."""
+    return replay_flags(dense, counts, n_rows, capacity, policy)[0]
+
+
+def replay_flags(dense: np.ndarray, counts: np.ndarray, n_rows: int, capacity: int,
+                 policy: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """(hits per step, a hit flag per access, the first step at whose end the cache was full; -1: never).
+
+    The static oracle is full before step 0; an empty cache is full from the start too."""
     if policy not in POLICIES:
         raise ValueError(f"unknown cache policy {policy!r}; use one of {POLICIES}")
     if capacity < 0:
         raise ValueError(f"cache capacity must be >= 0 rows, got {capacity}")
     bounds = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
     if capacity == 0:  # an empty cache never hits
-        return np.zeros(bounds.size - 1, dtype=np.int64)
+        return np.zeros(bounds.size - 1, dtype=np.int64), np.zeros(dense.size, dtype=bool), 0
     if policy == "static_topk":
-        return _static_topk(dense, bounds, n_rows, capacity)
+        return (*_static_topk(dense, bounds, n_rows, capacity), 0)
     if policy == "lfu":
         max_count = int(np.bincount(dense).max()) if dense.size else 0
-        return _replay_lists(dense, bounds, n_rows, int(capacity), max_count, True)
-    return _replay_lists(dense, bounds, n_rows, int(capacity), 0, False)
+        hits, is_hit, filled = _replay_lists(dense, bounds, n_rows, int(capacity), max_count, True)
+    else:
+        hits, is_hit, filled = _replay_lists(dense, bounds, n_rows, int(capacity), 0, False)
+    return hits, is_hit, int(filled)
+
+
+@dataclass(frozen=True)
+class TierRates:
+    """What a two-level cache (an HBM cache, then a DRAM cache of what it misses) served in a replay.
+
+    Rates are shares of all the step's distinct rows. Steady state is measured after the warm-up: from the
+    step at which the last cache that can fill became full (a cache that never fills within the replay is
+    measured over the replay's second half, and `filled` is False: its hit rate is then a lower bound, since
+    a longer history would keep more of the rows that return)."""
+    hbm_hit_rate: float
+    dram_hit_rate: float
+    warmup_steps: int
+    warmup_hbm_hit_rate: float
+    warmup_dram_hit_rate: float
+    filled: bool
+    replay_steps: int
+    replay_accesses: int
+
+    @property
+    def drive_rate(self) -> float:
+        return max(0.0, 1.0 - self.hbm_hit_rate - self.dram_hit_rate)
+
+
+def replay_tiers(row_ids: np.ndarray, counts: np.ndarray, table_rows: int, hbm_rows: int, hbm_policy: str,
+                 dram_rows: int = 0, dram_policy: str = "lru") -> TierRates:
+    """Replay steps of unique row ids (flat, with each step's length) through an HBM cache of hbm_rows rows,
+    then its misses through a DRAM cache of dram_rows rows. A cache of at least table_rows rows holds the
+    whole table: after its warm-up it never misses."""
+    counts = np.asarray(counts, dtype=np.int64)
+    dense, n = dense_ids(row_ids)
+    n_steps = counts.size
+    full_hbm, full_dram = hbm_rows >= table_rows, dram_rows >= table_rows
+    h1, flags, fill1 = replay_flags(dense, counts, n, 0 if full_hbm else hbm_rows, hbm_policy)
+    if full_hbm:  # only first touches miss: mark them, as an unbounded cache would
+        h1, flags, fill1 = replay_flags(dense, counts, n, n, "lru")
+    miss_counts = counts - h1
+    if full_hbm:
+        h2, fill2 = np.zeros(n_steps, dtype=np.int64), 0
+    else:
+        cap2 = n if full_dram else dram_rows
+        h2, _, fill2 = replay_flags(dense[~flags], miss_counts, n, cap2, dram_policy)
+    # Warm-up ends when each cache that can fill has filled (one holding the table never needs to).
+    ends = [f for f, full, cap in ((fill1, full_hbm, hbm_rows), (fill2, full_dram, dram_rows)) if cap and not full]
+    filled = all(f >= 0 for f in ends)
+    warm = max([f + 1 for f in ends], default=0) if filled else n_steps // 2
+    if full_hbm or full_dram:  # a whole-table cache is warm once the replay's rows have been seen once
+        warm = max(warm, n_steps // 2)
+    warm = min(warm, (3 * n_steps) // 4)  # keep a quarter of the replay to measure
+
+    def rate(hits, lo, hi):
+        return float(hits[lo:hi].sum() / max(int(counts[lo:hi].sum()), 1))
+
+    steady_dram = rate(h2, warm, n_steps)
+    if full_hbm:
+        steady = (1.0, 0.0)
+    elif full_dram:
+        steady = (rate(h1, warm, n_steps), 1.0 - rate(h1, warm, n_steps))
+    else:
+        steady = (rate(h1, warm, n_steps), steady_dram)
+    return TierRates(hbm_hit_rate=steady[0], dram_hit_rate=steady[1], warmup_steps=int(warm),
+                     warmup_hbm_hit_rate=rate(h1, 0, warm), warmup_dram_hit_rate=rate(h2, 0, warm), filled=filled,
+                     replay_steps=int(n_steps), replay_accesses=int(counts.sum()))
 
 
 def replay_flat(row_ids: np.ndarray, counts: np.ndarray, capacity: int, policy: str) -> np.ndarray:

@@ -14,6 +14,12 @@ Per-layer arrays are [S, n_layers], columns in `layer_ids` order
 (head offset + hashed row). Traces are memoised per configuration; their
 arrays are read-only.
 
+Caches (hbm_cache; ssd's HBM and DRAM caches) are replayed from cold over a
+longer stream of the same token source (replay_caches): until the largest
+cache has filled and seen three times its capacity, within
+workload.cache_replay_rows accesses per layer. The trace's steps then take the
+steady state's hit rates; the warm-up is reported apart (Trace.tiers).
+
 Distinct rows are counted with two bitmaps over the layer's rows: building a
 trace briefly needs n_rows / 4 bytes per Engram layer (a 1.25 G-row layer: 312 MB).
 """
@@ -21,6 +27,7 @@ trace briefly needs n_rows / 4 bytes per Engram layer (a 1.25 G-row layer: 312 M
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -31,7 +38,7 @@ from numba import njit, prange
 
 from vocab.config import RunConfig
 from vocab.geometry import table_offsets
-from workloads.cache import replay_flat
+from workloads.cache import TierRates, replay_tiers
 from workloads.fastmod import mod_prime
 from workloads.hashing import layer_multipliers
 from workloads.steps import decode_steps, prefill_steps
@@ -50,8 +57,13 @@ class Trace:
     unique_rows: np.ndarray       # [S, n_layers] rows fetched: distinct_rows if placement.dedup, else lookups
     distinct_rows: np.ndarray     # [S, n_layers] distinct global row ids in the step
     reused_rows: np.ndarray       # [S, n_layers] distinct rows also in the previous step (step 0: 0)
-    cache_hits: np.ndarray        # [S, n_layers] distinct rows in the HBM cache as the step begins (zeros if none)
+    cache_hits: np.ndarray        # [S, n_layers] distinct rows served by the HBM cache, steady state (zeros if none)
     cache_rows: int | None        # cache capacity per Engram layer, in rows (None: no cache replayed)
+    # ssd: rows the DRAM cache serves of what the HBM cache misses, steady state (zeros if none), its rows
+    # per layer, and per layer what the replay of both caches measured (warm-up apart from steady state).
+    dram_hits: np.ndarray | None = None
+    dram_rows: int | None = None
+    tiers: list[TierRates] | None = None
 
     @property
     def steps(self) -> int:
@@ -67,17 +79,21 @@ class Trace:
 
 _MEMO: OrderedDict[str, Trace] = OrderedDict()
 _MEMO_SIZE = 8
+# The cache replay runs until its largest cache has seen this many times its capacity in accesses.
+REPLAY_FILL_FACTOR = 3
 
 
-def build_trace(cfg: RunConfig, cache_rows: int | None = None) -> Trace:
-    """Trace for cfg; with cache_rows, also replay an HBM cache of that many rows PER LAYER
-    with cfg.placement.cache_policy (each Engram layer's table has its own cache)."""
-    key = json.dumps([asdict(cfg.engram), asdict(cfg.workload), cfg.placement.dedup, cfg.placement.cache_policy,
-                      cache_rows], sort_keys=True)
+def build_trace(cfg: RunConfig, cache_rows: int | None = None, dram_rows: int | None = None) -> Trace:
+    """Trace for cfg; with cache_rows, also replay an HBM cache of that many rows PER LAYER with
+    cfg.placement.cache_policy (each Engram layer's table has its own cache), and with dram_rows a DRAM cache
+    of what the HBM cache misses, with cfg.placement.dram_cache_policy."""
+    p = cfg.placement
+    key = json.dumps([asdict(cfg.engram), asdict(cfg.workload), p.dedup, p.cache_policy, cache_rows,
+                      p.dram_cache_policy, dram_rows], sort_keys=True)
     if key in _MEMO:
         _MEMO.move_to_end(key)
         return _MEMO[key]
-    trace = _build(cfg, cache_rows)
+    trace = _build(cfg, cache_rows, dram_rows)
     for value in trace.__dict__.values():
         if isinstance(value, np.ndarray):
             value.setflags(write=False)
@@ -87,16 +103,23 @@ def build_trace(cfg: RunConfig, cache_rows: int | None = None) -> Trace:
     return trace
 
 
-def _build(cfg: RunConfig, cache_rows: int | None) -> Trace:
+@dataclass
+class _Hashed:
+    """Steps of tokens hashed into rows: the per-step counts, and each layer's distinct rows if listed."""
+    bounds: np.ndarray
+    step: dict
+    distinct: np.ndarray
+    reused: np.ndarray
+    ids: np.ndarray | None
+
+
+def _hash_steps(cfg: RunConfig, n_steps: int, rng: np.random.Generator, list_ids: bool) -> _Hashed:
     eng, work = cfg.engram, cfg.workload
-    n_steps = min(work.steps, work.tokens.trace_steps)
-    rng = np.random.default_rng(work.seed)
     source = make_token_source(cfg)
     if work.phase == "decode":
         ctx, bounds, step = _decode_tokens(cfg, n_steps, source, rng)
     else:
         ctx, bounds, step = _prefill_tokens(cfg, n_steps, source, rng)
-
     sizes = [eng.table_sizes[layer] for layer in eng.layer_ids]
     multipliers = np.stack([layer_multipliers(eng.seed, layer, eng.max_ngram_size, eng.compressed_vocab_size)
                             for layer in eng.layer_ids])
@@ -106,41 +129,67 @@ def _build(cfg: RunConfig, cache_rows: int | None) -> Trace:
     reused = np.zeros_like(distinct)
     n_rows = np.array([eng.layer_rows(layer) for layer in eng.layer_ids], dtype=np.int64)
     bitmap = n_rows <= BITMAP_MAX_ROWS
-    hits = np.zeros_like(distinct)
-    if cache_rows is None:
+    ids = None
+    if not list_ids:
         _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused)
     else:
         # One pass counts and lists the distinct rows; lookups bound how many there can be.
         ids = np.empty((len(sizes), int(bounds[-1]) * eng.tables_per_layer), dtype=np.int64)
         _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused, ids)
+    return _Hashed(bounds, step, distinct, reused, ids)
 
-        def replay_layer(col: int) -> None:
-            row_ids = ids[col, : distinct[:, col].sum()]
-            counts = distinct[:, col]
-            if cache_rows >= n_rows[col]:
-                # A cache that holds the whole table misses nothing once warm: every row is in it.
-                hits[:, col] = counts
-                return
-            got = replay_flat(row_ids, counts, cache_rows, cfg.placement.cache_policy)
-            # A serving cache is warm, but replaying the cycle twice would make every row a
-            # repeat. So the first half of the trace warms the cache from cold, and its
-            # steps take the hit rate that the second half measured.
-            half = len(counts) // 2
-            if half:
-                rate = got[half:].sum() / max(counts[half:].sum(), 1)
-                got[:half] = np.rint(counts[:half] * rate).astype(got.dtype)
-            hits[:, col] = got
 
-        # The replay loops release the GIL, so layers replay side by side.
-        with ThreadPoolExecutor(max_workers=numba.get_num_threads()) as pool:
-            list(pool.map(replay_layer, range(len(sizes))))
-
-    lookups = np.repeat(np.diff(bounds)[:, None] * eng.tables_per_layer, len(sizes), axis=1)
+def _build(cfg: RunConfig, cache_rows: int | None, dram_rows: int | None) -> Trace:
+    eng, work = cfg.engram, cfg.workload
+    n_steps = min(work.steps, work.tokens.trace_steps)
+    hashed = _hash_steps(cfg, n_steps, np.random.default_rng(work.seed), list_ids=False)
+    distinct = hashed.distinct
+    hits, dram = np.zeros_like(distinct), np.zeros_like(distinct)
+    tiers = None
+    if cache_rows is not None or dram_rows is not None:
+        tiers = replay_caches(cfg, cache_rows or 0, dram_rows or 0, float(distinct.mean()))
+        for col, t in enumerate(tiers):
+            # Every trace step takes the steady state's rates (the warm-up is reported apart, in `tiers`).
+            hits[:, col] = np.rint(distinct[:, col] * t.hbm_hit_rate)
+            dram[:, col] = np.minimum(np.rint(distinct[:, col] * t.dram_hit_rate), distinct[:, col] - hits[:, col])
+    lookups = np.repeat(np.diff(hashed.bounds)[:, None] * eng.tables_per_layer, len(eng.layer_ids), axis=1)
     return Trace(
-        phase=work.phase, layer_ids=list(eng.layer_ids), tokens=np.diff(bounds), **step,
+        phase=work.phase, layer_ids=list(eng.layer_ids), tokens=np.diff(hashed.bounds), **hashed.step,
         lookups=lookups, unique_rows=distinct.copy() if cfg.placement.dedup else lookups.copy(),
-        distinct_rows=distinct, reused_rows=reused, cache_hits=hits, cache_rows=cache_rows,
+        distinct_rows=distinct, reused_rows=hashed.reused, cache_hits=hits, cache_rows=cache_rows,
+        dram_hits=dram, dram_rows=dram_rows, tiers=tiers,
     )
+
+
+def replay_steps(cfg: RunConfig, capacity_rows: int, distinct_per_step: float) -> int:
+    """Steps of the cache replay: enough for the largest cache to see REPLAY_FILL_FACTOR times its capacity
+    (at least the trace's own steps), within workload.cache_replay_rows accesses per layer."""
+    trace_steps = min(cfg.workload.steps, cfg.workload.tokens.trace_steps)
+    per_step = max(distinct_per_step, 1.0)
+    wanted = math.ceil(REPLAY_FILL_FACTOR * capacity_rows / per_step)
+    budget = max(1, int(cfg.workload.cache_replay_rows // per_step))
+    return int(max(min(trace_steps, budget), min(wanted, budget), 2))
+
+
+def replay_caches(cfg: RunConfig, cache_rows: int, dram_rows: int, distinct_per_step: float) -> list[TierRates]:
+    """Each Engram layer's HBM cache (and the DRAM cache behind it), replayed from cold over a token stream of
+    its own (the same source, another draw), in the trace's layer order."""
+    eng, p = cfg.engram, cfg.placement
+    table_rows = [eng.layer_rows(layer) for layer in eng.layer_ids]
+    # A cache that holds the whole table needs no long replay: only its warm-up is seen.
+    fillable = [c for c in (cache_rows, dram_rows) if 0 < c < min(table_rows)]
+    steps = replay_steps(cfg, max(fillable, default=0), distinct_per_step)
+    rng = np.random.default_rng([cfg.workload.seed, 0x5EED])  # a draw of its own, repeatable
+    hashed = _hash_steps(cfg, steps, rng, list_ids=True)
+
+    def replay_layer(col: int) -> TierRates:
+        counts = hashed.distinct[:, col]
+        return replay_tiers(hashed.ids[col, : counts.sum()], counts, table_rows[col], cache_rows, p.cache_policy,
+                            dram_rows, p.dram_cache_policy)
+
+    # The replay loops release the GIL, so layers replay side by side.
+    with ThreadPoolExecutor(max_workers=numba.get_num_threads()) as pool:
+        return list(pool.map(replay_layer, range(len(table_rows))))
 
 
 def _decode_tokens(cfg: RunConfig, n_steps: int, source, rng):
