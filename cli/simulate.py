@@ -107,34 +107,71 @@ def _unfit(row) -> str:
             f"{row.unfit_reason.removeprefix('does not fit: ')})")
 
 
-def _print_sweep(df: pd.DataFrame, threshold: float) -> None:
+def _ssd_tier(df: pd.DataFrame, phase: str, threshold: float, drive: str, reads_in_flight: int) -> str | None:
+    """The ssd placement beyond host memory (the sizes host_dma cannot hold): up to which size its fetch stays
+    hidden with its DRAM cache, and where the rows come from. None when no swept size is beyond host memory."""
+    host = df[(df.placement == "host_dma") & (df.phase == phase) & ~df["fits_host"].astype(bool)]
+    g = df[(df.placement == "ssd") & (df.phase == phase)].sort_values("table_bytes")
+    if host.empty or g.empty:
+        return None
+    beyond = g[g["table_bytes"] >= host["table_bytes"].min()]
+    fits = beyond[beyond["fits"].astype(bool)]
+    if fits.empty:
+        return f"beyond host memory, does not fit: {beyond['capacity'].iloc[0].removeprefix('does not fit: ')}"
+    cache = f"a {fits['dram_cache_gib'].iloc[0]:,.3g} GiB DRAM cache and {reads_in_flight} reads in flight"
+    over = fits["overhead_vs_hbm"] > threshold
+    first = fits[over].iloc[0] if over.any() else None
+    hidden = fits[~over & (fits["table_bytes"] < (first.table_bytes if first is not None else float("inf")))]
+    if first is None:
+        verdict = f"hidden at every size beyond host memory swept (up to {fits['table_gib_asked'].max():,.4g} GiB)"
+    elif hidden.empty:
+        verdict = (f"not hidden at {first.table_gib_asked:,.4g} GiB (overhead {first.overhead_vs_hbm:.0%}: the drive "
+                   f"serves {first.rows_drive_per_step / first.rows_per_step:.0%} of the rows, "
+                   f"{first.drive_reads_per_step:,.0f} reads a step)")
+    else:
+        verdict = (f"hidden up to {hidden['table_gib_asked'].max():,.4g} GiB, not at {first.table_gib_asked:,.4g} GiB "
+                   f"(overhead {first.overhead_vs_hbm:.0%})")
+    lower = "" if fits["cache_filled"].astype(bool).all() else (
+        "; the cache did not fill in its replay, so its hit rate (and this verdict) is pessimistic")
+    return f"beyond host memory, {verdict},\n{'':22s}with {cache} on this drive ({drive}){lower}"
+
+
+def _print_sweep(df: pd.DataFrame, threshold: float, drive: str = "", reads_in_flight: int = 1) -> None:
     view = df[["phase", "placement", "table_gib_asked", "tokens_per_s", "step_time_s", "exposed_stall_s",
                "overlap_fraction", "window_use", "overhead_vs_hbm"]].copy()
     # Where the configuration does not fit: which memory ("HBM" or "host"); the CSV's capacity column says by how much.
-    view["fits"] = ["yes" if ok else ("no: HBM" if not hbm else "no: host")
-                    for ok, hbm in zip(df["fits"], df["fits_hbm"])]
+    view["fits"] = ["yes" if ok else ("no: HBM" if not hbm else "no: host" if not host else "no: drive")
+                    for ok, hbm, host in zip(df["fits"], df["fits_hbm"], df["fits_host"])]
     # The size asked for, as given (the real table, a little larger for its prime row counts, is in the CSV).
     view.insert(2, "table_gib", view.pop("table_gib_asked").map("{:g}".format))
     view["step_ms"] = view.pop("step_time_s") * 1e3
     view["stall_us"] = view.pop("exposed_stall_s") * 1e6
     view["overhead_%"] = view.pop("overhead_vs_hbm") * 100
     view["vs_none_%"] = df["overhead_vs_none"] * 100  # against the backbone without Engram (the paper's baseline)
+    if (df["rows_drive_per_step"] > 0).any():  # the share of rows read from the drive (ssd)
+        view["drive_%"] = 100 * df["rows_drive_per_step"] / df["rows_per_step"].where(df["rows_per_step"] > 0)
     with pd.option_context("display.max_rows", 500, "display.width", 160, "display.float_format", "{:,.3f}".format):
         print(view.to_string(index=False))
     print()
     print(f"Hidden = throughput within {threshold:.1%} of the same run with the table in HBM (capacity aside), "
-          f"where the whole configuration fits the machine's HBM and host memory:")
+          f"where the whole configuration fits the machine's HBM, host memory and drive:")
     for row in hidden_summary(df, threshold).itertuples():
         if row.placement == "hbm":
             if row.first_unfit_gib is not None:
                 print(f"  {row.phase:8s} {'hbm':10s} the baseline; {_unfit(row)}")
             continue
-        print(f"  {row.phase:8s} {row.placement:10s} {_verdict(df, row)}")
+        tier = _ssd_tier(df, row.phase, threshold, drive, reads_in_flight) if row.placement == "ssd" else None
+        print(f"  {row.phase:8s} {row.placement:10s} {tier or _verdict(df, row)}")
     costs = df[(df.placement == "hbm") & df["fits"].astype(bool)].groupby("phase")["overhead_vs_none"].max()
     if len(costs):
         print("Against no Engram at all (overhead_% is against the table in HBM; vs_none_% against the backbone "
               "alone): the table in HBM costs " + ", ".join(f"{v:.1%} in {ph}" for ph, v in costs.items())
               + " where it fits.")
+
+
+def _drive(cfg, profile) -> tuple[str, int]:
+    """The drive an ssd verdict names, and the reads the placement keeps in flight on it."""
+    return (profile.ssd.name if profile.ssd else "", cfg.placement.ssd_threads * cfg.placement.ssd_queue_depth)
 
 
 def cmd_sweep(args) -> int:
@@ -145,7 +182,7 @@ def cmd_sweep(args) -> int:
     phases = choices("--phases", args.phases, PHASES) if args.phases else None
     df = sweep(cfg, sizes, placements, phases, profile=profile, steps=args.steps, threshold=args.threshold,
                jobs=args.jobs, progress=not args.quiet)
-    _print_sweep(df, args.threshold)
+    _print_sweep(df, args.threshold, *_drive(cfg, profile))
     _write_sweep_outputs(df, Path(args.out), f"engram-sim sweep: {cfg.name} on {profile.name}", args.threshold)
     print(f"\nwrote {Path(args.out) / 'sweep.csv'} and {Path(args.out) / 'report.html'}")
     return 0
@@ -161,7 +198,7 @@ def cmd_demo(args) -> int:
           f"{profile.name}); tables 1 GiB .. 1 TiB, {cfg.workload.steps} steps per point.")
     df = sweep(cfg, DEMO_TABLE_GIB, None, ["decode", "prefill"], profile=profile, steps=args.steps,
                threshold=args.threshold, jobs=args.jobs, progress=not args.quiet)
-    _print_sweep(df, args.threshold)
+    _print_sweep(df, args.threshold, *_drive(cfg, profile))
     _write_sweep_outputs(df, Path(args.out), f"engram-sim demo: {cfg.name} on {profile.name}", args.threshold)
     print(f"\nwrote {Path(args.out) / 'sweep.csv'}, {Path(args.out) / 'report.html'} and PNG charts")
     return 0

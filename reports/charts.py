@@ -182,6 +182,38 @@ def bytes_chart(df: pd.DataFrame, table_bytes: int | None = None) -> alt.FacetCh
         title=f"Engram bytes per step at {size / GiB:,.4g} GiB table")
 
 
+TIERS = {"rows_hbm_per_step": "HBM", "rows_dram_per_step": "host DRAM", "rows_drive_per_step": "drive"}
+TIER_COLORS = ["#4c78a8", "#f58518", "#e45756"]
+
+
+def tiers_chart(df: pd.DataFrame) -> alt.FacetChart:
+    """Where each step's rows come from (HBM, host DRAM, the drive), as shares, against table size: one row of
+    panels per placement with a cache or a drive tier, one column per phase."""
+    _check(df, ["table_gib", "placement", "phase", "rows_per_step", *TIERS])
+    rows = df[df["placement"].isin(["hbm_cache", "ssd"]) & (df["rows_per_step"] > 0)]
+    if rows.empty:
+        raise ValueError("no hbm_cache or ssd rows to draw tiers for")
+    data = rows.melt(id_vars=["placement", "phase", "table_gib", "rows_per_step"], value_vars=list(TIERS),
+                     var_name="tier", value_name="rows")
+    data["tier"] = data["tier"].map(TIERS)
+    data["share"] = data["rows"] / data["rows_per_step"]
+    data["size"] = data["table_gib"].map("{:,.4g}".format)
+    order = [f"{v:,.4g}" for v in sorted(rows["table_gib"].unique())]
+    chart = alt.Chart(data).mark_bar().encode(
+        x=alt.X("size:O", sort=order, title="table GiB", axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("sum(share):Q", title="share of the step's rows", axis=alt.Axis(format="%"),
+                scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("tier:N", sort=list(TIERS.values()),
+                        scale=alt.Scale(domain=list(TIERS.values()), range=TIER_COLORS)),
+        order=alt.Order("tier_order:Q"),
+        tooltip=["placement:N", "size:O", "tier:N", alt.Tooltip("share:Q", format=".1%"),
+                 alt.Tooltip("rows:Q", title="rows/step", format=",.0f")],
+    ).transform_calculate(tier_order="indexof(['HBM', 'host DRAM', 'drive'], datum.tier)").properties(
+        width=WIDTH, height=HEIGHT * 0.7)
+    return chart.facet(row=alt.Row("placement:N", title=None), column=_PHASE_COLUMN).properties(
+        title="Rows per step by tier (steady state; the caches' warm-up is in the CSV)")
+
+
 def timeline_chart(events_df: pd.DataFrame, title: str, color_by: str = "actor") -> alt.Chart | alt.FacetChart:
     """Gantt chart of one step: a row per actor, bars from start_s to end_s.
 
@@ -280,6 +312,8 @@ def sweep_sections(df: pd.DataFrame, threshold: float, timeline: pd.DataFrame | 
     if "window_use" in df:
         sections.append(("Window used by the fetch", window_chart(df)))
     sections.append(("Bytes per step", bytes_chart(df)))
+    if {"placement", *TIERS} <= set(df.columns) and df["placement"].isin(["hbm_cache", "ssd"]).any():
+        sections.append(("Rows by tier", tiers_chart(df)))
     if timeline is not None:
         sections.append(("Timeline", timeline_chart(timeline, timeline_title)))
     return sections
@@ -300,13 +334,19 @@ def synthetic_sweep(sizes_gib=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), threshold
     compute = {"prefill": 0.25, "decode": 0.030}
     tokens = {"prefill": 8192, "decode": 64}
     fetch_bytes = {"prefill": 2.0 * GiB, "decode": 24.0 * MiB}
-    base = {"host_dma": 0.002, "host_uva": 0.006, "hbm_cache": 0.0005}
+    base = {"host_dma": 0.002, "host_uva": 0.006, "hbm_cache": 0.0005, "ssd": 0.05}
     rows = []
     for gib in sizes_gib:
         for phase in PHASES:
             for placement in ENGRAM_PLACEMENTS:
                 hit = 0.0 if placement != "hbm_cache" else min(1.0, 16.0 / gib)
+                dram_share = min(1.0, 64.0 / gib) if placement == "ssd" else 0.0
                 host = {"hbm": 0.0, "hbm_cache": 1.0 - hit}.get(placement, 1.0) * fetch_bytes[phase]
+                n_rows = fetch_bytes[phase] / 160
+                tiers = {"rows_per_step": n_rows, "rows_hbm_per_step": n_rows * (1 - host / fetch_bytes[phase]),
+                         "rows_dram_per_step": n_rows * (dram_share if placement == "ssd" else host / fetch_bytes[phase]),
+                         "rows_drive_per_step": n_rows * (1 - dram_share) if placement == "ssd" else 0.0}
+                tiers["drive_reads_per_step"] = tiers["rows_drive_per_step"]
                 overhead = 0.0 if placement == "hbm" else base[placement] * (gib / 4) ** 0.8 * (1.5 if phase == "decode" else 1.0)
                 if placement == "hbm" and gib > hbm_gib:
                     overhead = np.nan
@@ -329,7 +369,9 @@ def synthetic_sweep(sizes_gib=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), threshold
                         f"does not fit: {'HBM' if not fits_hbm else 'host memory'}, needs {gib:g} GiB, has "
                         f"{hbm_gib if not fits_hbm else host_gib:g} GiB"),
                     "hidden": bool(overhead <= threshold) and fits_hbm and fits_host,
-                    "steps": 100, "sim_events": 1000, "replayed_steps": 90,
+                    "steps": 100, "sim_events": 1000, "replayed_steps": 90, "fits_ssd": True,
+                    "dram_cache_gib": 64.0 if placement == "ssd" else 0.0, **tiers,
+                    "cache_warmup_steps": 16 if placement in ("hbm_cache", "ssd") else 0, "cache_filled": True,
                 })
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from profiles import CurvePoint, HardwareProfile
 from profiles.uva import gather_block_share, units_touched, uva_time
+from vocab.geometry import expected_distinct_blocks, ssd_blocks_per_row, ssd_rows_per_block
 from vocab.units import GiB
 
 
@@ -109,3 +110,45 @@ def critical_hash_time(profile: HardwareProfile, tokens: int, engram_layers: int
 def sort_time(profile: HardwareProfile, rows: int) -> float:
     """Sorting `rows` row ids on one host thread."""
     return rows / profile.host.sort_rows_per_s
+
+
+# -- the drive (ssd placement) ------------------------------------------------------------------------
+
+def ssd_reads_for_rows(rows: float, layer_rows: int, row_bytes: int, block_bytes: int) -> int:
+    """Block reads for `rows` distinct rows of a layer's table file: rows spread uniformly over its blocks,
+    and rows that share a block share its read (vocab.geometry's layout)."""
+    per_block = ssd_rows_per_block(row_bytes, block_bytes)
+    blocks = -(-layer_rows // per_block)
+    return int(round(expected_distinct_blocks(rows, blocks))) * ssd_blocks_per_row(row_bytes, block_bytes)
+
+
+def ssd_depth(threads: int, queue_depth: int, reads: int) -> int:
+    """Reads in flight: each submitting thread keeps queue_depth; never more than there are reads."""
+    return max(1, min(threads * queue_depth, reads))
+
+
+def ssd_read_rate(profile: HardwareProfile, depth: int, threads: int) -> float:
+    """Block reads per second at `depth` reads in flight, by the drive's curve, and at most what the
+    submitting threads' CPU time per read allows on the cores they can use."""
+    s = profile.ssd
+    rate = interp_curve(s.random_read_iops, depth)
+    if s.read_cpu_us > 0:
+        rate = min(rate, min(threads, profile.host.cpu_cores) / (s.read_cpu_us * 1e-6))
+    return rate
+
+
+def ssd_drive_bytes_per_s(profile: HardwareProfile) -> float:
+    """The drive's ceiling on block bytes per second, shared by every read in flight."""
+    s = profile.ssd
+    return min(max(p.y for p in s.random_read_iops) * s.read_block_bytes, s.seq_read_gbps * 1e9)
+
+
+def ssd_read_time(profile: HardwareProfile, reads: int, threads: int, queue_depth: int) -> float:
+    """Seconds for `reads` block reads alone: one round at the depth's latency (Little's law: depth / rate),
+    then the rest at the depth's rate, within the drive's byte ceiling."""
+    if reads <= 0:
+        return 0.0
+    depth = ssd_depth(threads, queue_depth, reads)
+    rate = ssd_read_rate(profile, depth, threads)
+    rest_bytes = (reads - depth) * profile.ssd.read_block_bytes
+    return depth / rate + rest_bytes / min(rate * profile.ssd.read_block_bytes, ssd_drive_bytes_per_s(profile))

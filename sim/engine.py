@@ -177,7 +177,7 @@ class Simulation:
 def trace_for(cfg: RunConfig, placement: Placement | None = None) -> Trace:
     """The token trace `cfg` runs on, with the HBM cache replayed where the placement has one."""
     placement = placement or placement_for(cfg)
-    return build_trace(cfg, cache_rows=placement.trace_cache_rows())
+    return build_trace(cfg, cache_rows=placement.trace_cache_rows(), dram_rows=placement.trace_dram_rows())
 
 
 def simulate(cfg: RunConfig, profile: HardwareProfile | None = None, trace=None, *, steps: int | None = None,

@@ -13,6 +13,7 @@ from vocab.memory import (
     kv_cache_bytes,
     weights_bytes,
 )
+from vocab.units import GiB
 
 
 def memory_budget(cfg: RunConfig, profile: HardwareProfile, max_kv_tokens: int, max_step_tokens: int,
@@ -25,7 +26,8 @@ def memory_budget(cfg: RunConfig, profile: HardwareProfile, max_kv_tokens: int, 
         activation_bytes=activation_bytes(cfg.backbone, max_step_tokens),
         hbm_usable_bytes=hbm_usable_bytes(profile.gpu.hbm_gib, profile.gpu.hbm_reserved_gib),
         host_usable_bytes=host_usable_bytes(profile.host.memory_gib),
-        **placement.memory_needs(max_unique_rows)._asdict(),
+        ssd_usable_bytes=int(profile.ssd.capacity_gib * GiB) if profile.ssd is not None else 0,
+        **placement.memory_needs(max_unique_rows, profile)._asdict(),
     )
 
 

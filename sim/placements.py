@@ -13,7 +13,9 @@ A placement says
                copied to HBM by a copy engine (double-buffered staging);
     host_uva   a GPU kernel reads the rows from pinned host memory, limited by
                address translation (costs.uva_gather_time) and the link;
-    hbm_cache  hits come from HBM, misses through a HostDMA or HostUVA path.
+    hbm_cache  hits come from HBM, misses through a HostDMA or HostUVA path;
+    ssd        the table in a file on a drive: HBM cache, DRAM cache, then block
+               reads into staging (or HBM, with GPUDirect Storage).
 
 A new placement is one new class here (and its name in vocab.placements).
 """
@@ -26,12 +28,13 @@ import numpy as np
 
 from profiles import HardwareProfile
 from sim import costs
-from sim.resources import HOST_DRAM, PCIE_H2D, SharedResources
+from sim.resources import HOST_DRAM, PCIE_H2D, SSD_DRIVE, SharedResources
 from vocab import placements as names
 from vocab.config import RunConfig
-from vocab.errors import ConfigError
-from vocab.memory import cache_bytes, cache_rows_per_layer
-from vocab.records import CPU_GATHER, H2D_LINK, UVA_GATHER
+from vocab.errors import ConfigError, ProfileError
+from vocab.geometry import ssd_file_bytes
+from vocab.memory import cache_bytes, cache_rows_per_layer, dram_cache_bytes, dram_cache_rows_per_layer
+from vocab.records import CPU_GATHER, H2D_LINK, SSD_READ, UVA_GATHER
 
 ROW_ID_BYTES = 8  # an int64 row id
 
@@ -40,7 +43,8 @@ class MemoryNeeds(NamedTuple):
     """The placement's share of vocab.memory.MemoryBudget."""
     table_hbm_bytes: int      # the table (hbm) or the cache (hbm_cache)
     staging_hbm_bytes: int    # rows landed for the current and prefetched steps
-    table_host_bytes: int
+    table_host_bytes: int     # the table (host_dma, host_uva, hbm_cache) or ssd's DRAM cache
+    table_ssd_bytes: int = 0  # ssd: the table file on the drive
 
 
 class Placement:
@@ -61,6 +65,21 @@ class Placement:
     def trace_cache_rows(self) -> int | None:
         """Rows per layer of the HBM cache the token trace must replay (None: no cache)."""
         return None
+
+    def trace_dram_rows(self) -> int | None:
+        """Rows per layer of a DRAM cache behind the HBM cache that the trace must replay (None: none)."""
+        return None
+
+    def check_profile(self, profile: HardwareProfile) -> None:
+        """ProfileError if the profile lacks what this placement needs."""
+
+    def dram_hits(self, trace_dram: np.ndarray, unique: np.ndarray, hits: np.ndarray) -> np.ndarray:
+        """Of a step's rows past the HBM cache, those a DRAM cache serves (ssd)."""
+        return np.zeros(len(unique), dtype=np.int64)
+
+    def drive_reads(self, profile: HardwareProfile, host: np.ndarray, dram: np.ndarray) -> np.ndarray:
+        """Block reads from the drive per layer (ssd)."""
+        return np.zeros(len(host), dtype=np.int64)
 
     def cache_hits(self, trace_hits: np.ndarray, unique: np.ndarray) -> np.ndarray:
         """Of a step's unique rows per layer, those already in HBM's cache."""
@@ -84,7 +103,7 @@ class Placement:
         return 0.0, 0.0
 
     # -- memory --------------------------------------------------------------------------------
-    def memory_needs(self, max_unique_rows: int) -> MemoryNeeds:
+    def memory_needs(self, max_unique_rows: int, profile: HardwareProfile | None = None) -> MemoryNeeds:
         raise NotImplementedError
 
     def _landed_bytes(self, max_unique_rows: int) -> int:
@@ -121,7 +140,7 @@ class NoEngram(Placement):
     def fetch_alone(self, profile, plan, k):
         raise RuntimeError("placement none has no Engram layer to fetch")
 
-    def memory_needs(self, max_unique_rows):
+    def memory_needs(self, max_unique_rows, profile=None):
         return MemoryNeeds(0, 0, 0)
 
 
@@ -138,7 +157,7 @@ class HBM(Placement):
     def fetch_alone(self, profile, plan, k):
         return self._row_ids_alone(profile, plan, k)
 
-    def memory_needs(self, max_unique_rows):
+    def memory_needs(self, max_unique_rows, profile=None):
         return MemoryNeeds(self.cfg.engram.total_table_bytes, 0, 0)
 
 
@@ -174,7 +193,7 @@ class OverHostLink(Placement):
     def sorts_row_ids(self) -> bool:
         return self.path is not self and self.path.sorts_row_ids
 
-    def memory_needs(self, max_unique_rows):
+    def memory_needs(self, max_unique_rows, profile=None):
         return MemoryNeeds(0, self._landed_bytes(max_unique_rows), self.cfg.engram.total_table_bytes)
 
 
@@ -304,15 +323,127 @@ class HBMCache(OverHostLink):
     def host_rows(self, unique, hits):
         return unique - hits
 
-    def memory_needs(self, max_unique_rows):
+    def memory_needs(self, max_unique_rows, profile=None):
         return MemoryNeeds(cache_bytes(self.cfg), self._landed_bytes(max_unique_rows),
                            self.cfg.engram.total_table_bytes)
+
+
+class SSD(OverHostLink):
+    """The table in a file on an NVMe drive. An optional HBM cache serves hot rows; an optional DRAM cache
+    serves warm ones through `misses_via`'s host path; the rest are read from the drive, whole blocks at a
+    time, by host threads into pinned staging and copied like host_dma's chunks (or, with GPUDirect Storage,
+    read straight into HBM). The DRAM-cache hits and the drive reads of one layer run side by side."""
+    kind = names.SSD
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        self.miss = _HOST_PATHS[cfg.placement.misses_via](cfg)  # DRAM-cache hits
+        self.staged = HostDMA(cfg)  # drive rows, from the read blocks in staging to HBM
+        self.layer_rows = [cfg.engram.layer_rows(layer) for layer in self.layer_ids]
+
+    @property
+    def path(self):
+        return self.miss
+
+    def check_profile(self, profile):
+        if profile.ssd is None:
+            raise ProfileError(f"{profile.name}: ssd", "the profile describes no drive (no [ssd] section)",
+                               "add one, or measure a drive: engram-sim calibrate --cpu-only --ssd-path FOLDER")
+        if self.cfg.placement.ssd_reads == "gds" and not profile.ssd.gds:
+            raise ProfileError(f"{profile.name}: ssd.gds", "is false: this machine has no GPUDirect Storage",
+                               "use placement.ssd_reads = 'staging', or a profile whose drive has gds = true")
+
+    def trace_cache_rows(self):
+        return cache_rows_per_layer(self.cfg) or None
+
+    def trace_dram_rows(self):
+        return dram_cache_rows_per_layer(self.cfg) or None
+
+    def cache_hits(self, trace_hits, unique):
+        if not self.trace_cache_rows():  # no HBM cache: whatever the trace replayed is another placement's
+            return np.zeros(len(unique), dtype=np.int64)
+        return np.minimum(trace_hits, unique)
+
+    def host_rows(self, unique, hits):
+        return unique - hits
+
+    def dram_hits(self, trace_dram, unique, hits):
+        return np.minimum(trace_dram, unique - hits)
+
+    def drive_reads(self, profile, host, dram):
+        block = profile.ssd.read_block_bytes
+        return np.array([costs.ssd_reads_for_rows(int(h - d), rows, self.cfg.engram.row_bytes, block)
+                         for h, d, rows in zip(host, dram, self.layer_rows)], dtype=np.int64)
+
+    def _tiers(self, plan, k: int) -> tuple[int, int, int]:
+        """(DRAM-cache rows, drive rows, block reads) of layer k's step."""
+        dram = int(plan.dram_hits[k])
+        return dram, int(plan.host_rows[k]) - dram, int(plan.ssd_reads[k])
+
+    def fetch_layer(self, res, step, k, plan):
+        dram, drive, reads = self._tiers(plan, k)
+        if dram + drive == 0:
+            yield from self._send_row_ids(res, step, k, plan)
+            return
+        parts = []
+        if dram:
+            parts.append(res.env.process(self.miss.fetch_rows(res, step, k, dram, plan)))
+        if drive:
+            parts.append(res.env.process(self._from_drive(res, step, k, drive, reads)))
+        yield res.env.all_of(parts)
+
+    def _read_settings(self, profile: HardwareProfile, reads: int) -> tuple[int, float]:
+        p = self.cfg.placement
+        depth = costs.ssd_depth(p.ssd_threads, p.ssd_queue_depth, reads)
+        return depth, costs.ssd_read_rate(profile, depth, p.ssd_threads)
+
+    def _from_drive(self, res: SharedResources, step: int, k: int, rows: int, reads: int):
+        block = res.profile.ssd.read_block_bytes
+        depth, rate = self._read_settings(res.profile, reads)
+        gds = self.cfg.placement.ssd_reads == "gds"
+        layer = self.layer_ids[k]
+        t = res.env.now
+        # The first round of reads in flight takes one read's latency at that depth (Little's law) ...
+        yield res.env.timeout(depth / rate)
+        # ... the rest stream at the depth's rate, sharing the drive with every other read in flight. Blocks land
+        # in pinned staging (host DRAM), or in HBM across the link with GPUDirect Storage.
+        pipes = {SSD_DRIVE: 1.0, PCIE_H2D: 1.0} if gds else {SSD_DRIVE: 1.0, HOST_DRAM: 1.0}
+        yield res.net.transfer((reads - depth) * block, pipes, cap=rate * block)
+        res.log(SSD_READ, f"read L{layer}", t, step, layer)
+        if not gds:  # the rows, picked out of their blocks, go to HBM as host_dma's chunks do
+            yield from self.staged.fetch_rows(res, step, k, rows, None)
+
+    def fetch_alone(self, profile, plan, k):
+        dram, drive, reads = self._tiers(plan, k)
+        if dram + drive == 0:
+            return self._row_ids_alone(profile, plan, k)
+        from_dram = self.miss.rows_alone(profile, plan, k, dram) if dram else 0.0
+        from_drive = 0.0
+        if drive:
+            p = self.cfg.placement
+            from_drive = costs.ssd_read_time(profile, reads, p.ssd_threads, p.ssd_queue_depth)
+            if p.ssd_reads != "gds":
+                from_drive += self.staged.rows_alone(profile, plan, k, drive)
+        return max(from_dram, from_drive)
+
+    def sm_hold(self, profile, plan, k):
+        dram = int(plan.dram_hits[k])  # only a zero-copy gather of the DRAM-cache hits holds SMs
+        return self.miss.rows_sm_hold(profile, plan, k, dram) if dram else (0.0, 0.0)
+
+    def memory_needs(self, max_unique_rows, profile=None):
+        e = self.cfg.engram
+        block = profile.ssd.read_block_bytes if profile is not None and profile.ssd is not None else 4096
+        file_bytes = sum(ssd_file_bytes(rows, e.row_bytes, block) for rows in self.layer_rows)
+        # Host memory holds the DRAM cache and the staging the drive reads land in.
+        staging = self.cfg.placement.staging_buffers * self.staged._chunk_bytes()
+        return MemoryNeeds(cache_bytes(self.cfg), self._landed_bytes(max_unique_rows),
+                           dram_cache_bytes(self.cfg) + staging, file_bytes)
 
 
 _HOST_PATHS = {names.HOST_DMA: HostDMA, names.HOST_UVA: HostUVA}
 # One class per vocab.placements name (tests check that none is missing).
 PLACEMENT_CLASSES: dict[str, type[Placement]] = {
-    cls.kind: cls for cls in (NoEngram, HBM, HostDMA, HostUVA, HBMCache)}
+    cls.kind: cls for cls in (NoEngram, HBM, HostDMA, HostUVA, HBMCache, SSD)}
 
 
 def placement_for(cfg: RunConfig) -> Placement:

@@ -10,7 +10,7 @@ GPU runs (hash_time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
@@ -36,11 +36,15 @@ class StepPlan:
     host_rows: np.ndarray       # rows that cross the link
     reused_rows: np.ndarray
     cache_hits: np.ndarray
+    # ssd: rows past the HBM cache that its DRAM cache serves, and block reads from the drive (zeros elsewhere).
+    dram_hits: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ssd_reads: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def plan_steps(cfg: RunConfig, profile: HardwareProfile, trace, placement: Placement | None = None) -> list[StepPlan]:
     """One plan per trace step; per-layer arrays in the placement's (layer) order."""
     placement = placement or placement_for(cfg)
+    placement.check_profile(profile)
     p = cfg.placement
     order = placement.layer_order
     n_layers = len(order)
@@ -53,6 +57,10 @@ def plan_steps(cfg: RunConfig, profile: HardwareProfile, trace, placement: Place
         reused = np.minimum(np.asarray(trace.reused_rows[s], dtype=np.int64)[order], unique)
         hits = placement.cache_hits(np.asarray(trace.cache_hits[s], dtype=np.int64)[order], unique)
         host = placement.host_rows(unique, hits)
+        dram_rows = getattr(trace, "dram_hits", None)  # (a synthetic trace may have no DRAM tier)
+        trace_dram = dram_rows[s] if dram_rows is not None else np.zeros(n_layers, dtype=np.int64)
+        dram = placement.dram_hits(np.asarray(trace_dram, dtype=np.int64)[order], unique, hits)
+        reads = placement.drive_reads(profile, host, dram)
         shape = StepShape(tokens=tokens, attn_context_sum=float(trace.attn_context_sum[s]),
                           sequences=int(trace.sequences[s]), lookups=int(lookups[0]) if n_layers else 0)
         times = layer_times(cfg, profile, shape, placement)
@@ -62,7 +70,7 @@ def plan_steps(cfg: RunConfig, profile: HardwareProfile, trace, placement: Place
         hashing, critical = _hashing(cfg, profile, placement, tokens, lookups)
         host_time = costs.engine_step_time(profile, shape.sequences, cfg.workload.launch == "cuda_graphs") + critical
         plans.append(StepPlan(tokens, segments, float(segments.sum()), hashing, host_time, lookups, unique, distinct,
-                              host, reused, hits))
+                              host, reused, hits, dram, reads))
     return plans
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import simpy
 
 from profiles import HardwareProfile
+from sim import costs
 from sim.bandwidth import SharedBandwidth
 from vocab.config import PlacementConfig
 
 # The shared pipes, by name (SimResult.pipe_bytes keys).
 PCIE_H2D = "pcie_h2d"
 HOST_DRAM = "host_dram"
+SSD_DRIVE = "ssd_drive"  # block bytes the drive delivers (a profile with an [ssd] section)
 
 
 class SharedResources:
@@ -32,7 +34,10 @@ class SharedResources:
         self.fetch_streams = simpy.Resource(env, capacity=placement.fetch_streams)
         buffers = placement.staging_buffers * placement.fetch_streams
         self.staging = simpy.Container(env, capacity=buffers, init=buffers)
-        self.net = SharedBandwidth(env, {PCIE_H2D: profile.link.h2d_gbps * 1e9, HOST_DRAM: host.dram_gbps * 1e9})
+        pipes = {PCIE_H2D: profile.link.h2d_gbps * 1e9, HOST_DRAM: host.dram_gbps * 1e9}
+        if profile.ssd is not None:
+            pipes[SSD_DRIVE] = costs.ssd_drive_bytes_per_s(profile)
+        self.net = SharedBandwidth(env, pipes)
         self.sm_share = 0.0        # compute throughput lost to resident gather blocks (summed, at most 1)
         self.rate_changed = env.event()
         self.record_events = record_events

@@ -63,7 +63,8 @@ def collect(sim, budget: MemoryBudget) -> SimResult:
     fetch_start = np.array([log.fetch_start for log in logs])
     fetch_end, wait_start, stall = per_layer("fetch_end"), per_layer("wait_start"), per_layer("stall")
     fetch_time = fetch_end - fetch_start[:, None]
-    lookups, unique, host, hits = (per_plan(a) for a in ("lookups", "unique_rows", "host_rows", "cache_hits"))
+    lookups, unique, host, hits, dram, reads = (per_plan(a) for a in ("lookups", "unique_rows", "host_rows",
+                                                                      "cache_hits", "dram_hits", "ssd_reads"))
     host_bytes = host.sum(axis=1) * rb
     steps = step_table(
         step=np.arange(n), start_s=start, step_time_s=np.array([log.end for log in logs]) - start,
@@ -74,7 +75,8 @@ def collect(sim, budget: MemoryBudget) -> SimResult:
         step=np.repeat(np.arange(n), n_layers), layer=np.tile(np.asarray(layer_ids, dtype=np.int64), n),
         fetch_start_s=np.repeat(fetch_start, n_layers), fetch_end_s=fetch_end.ravel(),
         fetch_time_s=fetch_time.ravel(), wait_start_s=wait_start.ravel(), exposed_stall_s=stall.ravel(),
-        lookups=lookups.ravel(), unique_rows=unique.ravel(), host_rows=host.ravel(), cache_hits=hits.ravel())
+        lookups=lookups.ravel(), unique_rows=unique.ravel(), host_rows=host.ravel(), cache_hits=hits.ravel(),
+        dram_hits=dram.ravel(), ssd_reads=reads.ravel())
     events = event_table(sim.res.events)
     summary = summarise(steps, sim.profile.link.h2d_gbps * 1e9)
     return SimResult(sim.cfg, sim.profile, steps, fetches, events, summary, budget,

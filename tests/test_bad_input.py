@@ -123,7 +123,7 @@ CASES = [
     (["simulate", "tiny", "--steps", "1e9"], "--steps"),
     (["simulate", "tiny", "--steps", "0"], "--steps"),
     (["simulate", "tiny", "--steps", "1000000000"], "--steps: the run needs about"),
-    (["simulate", "tiny", "--placement", "ssd"], "--placement"),
+    (["simulate", "tiny", "--placement", "nvme"], "--placement"),
     (["simulate", "tiny", "--phase", "train"], "--phase"),
     (["simulate", "tiny", "--profile", "nope"], "profile: no profile named"),
     (["simulate", "tiny", "--profile", "profile_inf.toml"], "gpu.hbm_gbps: got inf"),
@@ -134,7 +134,7 @@ CASES = [
     (["sweep", "tiny", "--table-gib", "1", "--threshold", "-1", "--out", "DIR/o"], "--threshold"),
     (["sweep", "tiny", "--table-gib", "1", "--threshold", "nan", "--out", "DIR/o"], "--threshold"),
     (["sweep", "tiny", "--table-gib", "1", "--jobs", "0", "--out", "DIR/o"], "--jobs"),
-    (["sweep", "tiny", "--table-gib", "1", "--placements", "ssd", "--out", "DIR/o"], "--placements"),
+    (["sweep", "tiny", "--table-gib", "1", "--placements", "nvme", "--out", "DIR/o"], "--placements"),
     (["sweep", "tiny", "--table-gib", "1", "--phases", "train", "--out", "DIR/o"], "--phases"),
     (["sweep", "dmem0.toml", "--table-gib", "1", "--out", "DIR/o"], "engram.d_mem"),
     (["sweep", "tiny", "--table-gib", "1", "--steps", "1000000000", "--out", "DIR/o"], "--steps: the run needs"),
@@ -148,7 +148,7 @@ CASES = [
     # run (fails before any work: no torch step runs)
     (["run", "tiny", "--device", "tpu", "--out", "DIR/r.json"], "--device: unknown device 'tpu'"),
     (["run", "dmem0.toml", "--out", "DIR/r.json"], "engram.d_mem"),
-    (["run", "tiny", "--placement", "ssd"], "--placement"),
+    (["run", "tiny", "--placement", "nvme"], "--placement"),
     # compare
     (["compare", "not_json.json", "--out", "DIR/c"], "not_json.json: not valid JSON"),
     (["compare", "no_kind.json", "--out", "DIR/c"], "no_kind.json: kind: missing"),

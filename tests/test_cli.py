@@ -55,13 +55,13 @@ def test_sweep_writes_the_csv_with_the_promised_columns_and_a_report(tmp_path, c
     (["simulate", "nope.toml"], "nope.toml: no such config file or preset"),
     (["simulate", "tiny", "--profile", "tpu-v9"], "profile: no profile named"),
     (["sweep", "tiny", "--table-gib", "1,x", "--out", "OUT"], "--table-gib: '1,x' is not a list of numbers"),
-    (["sweep", "tiny", "--table-gib", "1", "--placements", "ssd", "--out", "OUT"], "--placements: unknown value"),
+    (["sweep", "tiny", "--table-gib", "1", "--placements", "nvme", "--out", "OUT"], "--placements: unknown value"),
     (["simulate", "tiny", "--steps", "0"], "--steps: must be >= 1"),
-    (["simulate", "tiny", "--placement", "ssd"], "invalid choice: 'ssd'"),
+    (["simulate", "tiny", "--placement", "nvme"], "invalid choice: 'nvme'"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, pattern):
     argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
-    with pytest.raises(SystemExit) if "--placement" in argv and "ssd" in argv else _nothing():
+    with pytest.raises(SystemExit) if "--placement" in argv and "nvme" in argv else _nothing():
         code, out, err = run_cli(capsys, *argv)
         assert code == 2
         assert pattern in err and err.count("\n") == 1 and "Traceback" not in err

@@ -60,7 +60,7 @@ def _with(path, value):
     ("engram.layer_ids", [7], r"engram\.layer_ids\[0\]: 7 is outside 0\.\.3"),
     ("engram.d_mem", 65, r"engram\.d_mem: 65 is not divisible"),
     ("engram.table_gib", 1.0, r"engram\.table_gib: give exactly one of"),
-    ("placement.kind", "ssd", r"placement\.kind: unknown value 'ssd'; use one of 'none', 'hbm'"),
+    ("placement.kind", "nvme", r"placement\.kind: unknown value 'nvme'; use one of 'none', 'hbm'"),
     ("placement.kind", "hbm_cache", r"placement\.cache_gib: hbm_cache needs exactly one"),
     ("workload.phase", "train", r"workload\.phase: unknown value 'train'"),
     ("workload.sequences", 0, r"workload\.sequences: must be >= 1"),

@@ -125,7 +125,7 @@ def test_window_chart_panels_hold_only_their_phase(sweep):
         drawn = sorted(r["window_pct"] for r in lines if r["window_pct"] is not None)
         assert drawn == pytest.approx(sorted((want["window_use"] * 100).dropna()))
     # hbm is not drawn, so the legend does not list it
-    assert spec["spec"]["layer"][0]["encoding"]["color"]["scale"]["domain"] == ["host_dma", "host_uva", "hbm_cache"]
+    assert spec["spec"]["layer"][0]["encoding"]["color"]["scale"]["domain"] == ["host_dma", "host_uva", "hbm_cache", "ssd"]
 
 
 def _every_chart(sweep):

@@ -19,9 +19,13 @@ SWEEP_COLUMNS = [
     "table_bytes", "table_gib", "table_gib_asked", "placement", "phase", "step_time_s", "tokens_per_s",
     "exposed_stall_s", "fetch_time_s", "overlap_fraction", "overhead_vs_hbm", "overhead_vs_none", "host_bytes_per_step",
     "hbm_bytes_per_step", "link_utilisation", "window_use",
-    # Whether the whole configuration fits the machine's HBM and host memory, and if not, which and by how much.
-    "fits_hbm", "fits_host", "fits", "capacity",
+    # Whether the whole configuration fits the machine's HBM, host memory and drive, and if not, which and by how much.
+    "fits_hbm", "fits_host", "fits_ssd", "fits", "capacity",
     "hidden", "steps", "sim_events", "replayed_steps",
+    # Where a step's rows come from: HBM (the table or its cache), host DRAM (the table or ssd's DRAM cache),
+    # the drive (ssd), its block reads, and the caches' warm-up (cache_filled False: hit rates are lower bounds).
+    "dram_cache_gib", "rows_per_step", "rows_hbm_per_step", "rows_dram_per_step", "rows_drive_per_step",
+    "drive_reads_per_step", "cache_warmup_steps", "cache_filled",
 ]
 PHASES = ("prefill", "decode")
 
