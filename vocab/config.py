@@ -327,7 +327,7 @@ class WorkloadConfig:
     # until they have filled and as long again, hashing at most this many distinct-row accesses per Engram
     # layer (each costs 8 bytes while the replay runs). A cache too large to fill within it is measured
     # unfilled: its hit rate is then a lower bound.
-    cache_replay_rows: int = 1 << 23
+    cache_replay_rows: int = 1 << 22
 
     RANGES: ClassVar[dict] = {
         "sequences": (1, 1 << 20, "sequences"), "tokens_per_step": (1, 1 << 24, "tokens"),
