@@ -200,3 +200,38 @@ def test_file_removed_on_close_and_when_dropped(tmp_path):
 def test_gds_needs_a_gpu_and_kvikio(ssd):
     with pytest.raises(DeviceError, match=r"^placement\.ssd_reads: .*GPUDirect Storage"):
         SsdStore(ssd, reads="gds")
+
+
+def test_cli_run_on_the_drive_writes_a_record_with_drive_reads(tmp_path):
+    from cli.main import main
+    from vocab.records import read_record
+
+    out = tmp_path / "r.json"
+    assert main(["run", "tiny", "--device", "cpu", "--placement", "ssd", "--steps", "3", "--dram-cache-gib", "0.0001",
+                 "--ssd-dir", str(tmp_path), "--out", str(out)]) == 0
+    r = read_record(out)
+    assert r.fetches.ssd_reads.sum() > 0 and r.fetches.dram_hits.sum() > 0
+    assert (r.events.actor == "ssd read").any()
+    assert r.config["placement"]["kind"] == "ssd" and r.config["placement"]["ssd_dir"] == str(tmp_path)
+    assert not _left(tmp_path)
+
+
+def test_python_m_real_runs_has_the_drive_flags(capsys):
+    from real_runs.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--ssd-dir" in capsys.readouterr().out
+
+
+def test_no_table_file_left_when_a_run_is_interrupted(tmp_path, monkeypatch):
+    from real_runs import runner
+
+    def interrupted(self, progress=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.StepLoop, "run", interrupted)
+    cfg = load_config("tiny").with_placement("ssd", ssd_dir=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(cfg, steps=2, device="cpu")
+    assert not _left(tmp_path)
