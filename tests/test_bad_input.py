@@ -148,7 +148,7 @@ CASES = [
     # run (fails before any work: no torch step runs)
     (["run", "tiny", "--device", "tpu", "--out", "DIR/r.json"], "--device: unknown device 'tpu'"),
     (["run", "dmem0.toml", "--out", "DIR/r.json"], "engram.d_mem"),
-    (["run", "tiny", "--placement", "ssd"], "--placement"),
+    (["run", "tiny", "--placement", "tape"], "--placement"),
     # compare
     (["compare", "not_json.json", "--out", "DIR/c"], "not_json.json: not valid JSON"),
     (["compare", "no_kind.json", "--out", "DIR/c"], "no_kind.json: kind: missing"),
