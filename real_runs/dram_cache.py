@@ -26,6 +26,13 @@ def _less(hi, lo, a, b):
     return hi[a] < hi[b] or (hi[a] == hi[b] and lo[a] < lo[b])
 
 
+@njit(inline="always")
+def _swap(heap, pos, i, j):
+    heap[i], heap[j] = heap[j], heap[i]
+    pos[heap[i]] = i
+    pos[heap[j]] = j
+
+
 @njit(cache=True, nogil=True)
 def _sift_down(heap, pos, hi, lo, i, size):
     while True:
@@ -36,9 +43,7 @@ def _sift_down(heap, pos, hi, lo, i, size):
             c += 1
         if not _less(hi, lo, heap[c], heap[i]):
             return
-        heap[i], heap[c] = heap[c], heap[i]
-        pos[heap[i]] = i
-        pos[heap[c]] = c
+        _swap(heap, pos, i, c)
         i = c
 
 
@@ -48,9 +53,7 @@ def _sift_up(heap, pos, hi, lo, i):
         p = (i - 1) // 2
         if not _less(hi, lo, heap[i], heap[p]):
             return
-        heap[i], heap[p] = heap[p], heap[i]
-        pos[heap[i]] = i
-        pos[heap[p]] = p
+        _swap(heap, pos, i, p)
         i = p
 
 
