@@ -21,6 +21,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="record path (default: out/<config>-<placement>-measured.json)")
     p.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     p.add_argument("--warmup", type=int, default=1, help="steps run before recording (default 1)")
+    p.add_argument("--table-gib", type=float, help="the Engram table size in GiB (engram.table_gib)")
+    p.add_argument("--dram-cache-gib", type=float,
+                   help="ssd: the DRAM cache in front of the drive, GiB over all layers (placement.dram_cache_gib)")
+    p.add_argument("--ssd-dir", help="ssd: the folder on the drive for the table file (placement.ssd_dir; "
+                                     "default: the system's temp folder)")
 
 
 def cmd_run(args) -> int:

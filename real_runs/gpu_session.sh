@@ -3,13 +3,15 @@
 # device call.
 #
 #   bash real_runs/gpu_session.sh PART [OUT]
-#     PART: tests | bench | e2e | runs | probe | calibrate | calibrate-quick
+#     PART: tests | bench | e2e | runs | ssd | probe | calibrate | calibrate-quick
 #
 #   tests      the CUDA tests (skipped on CPU) and the kernels' CPU tests
 #   bench      hashing, the zero-copy gather at the H100 reference points, host_dma, HBM gather (3-4 min)
 #   e2e        Dense-4B decode at batch 512 and 128, every placement including none (no Engram); the
 #              largest tables host and GPU hold (E2E_TABLE_GIB=N fixes the size, e.g. to save time)
 #   runs       records at several table sizes, every placement, decode and prefill
+#   ssd        the ssd placement (table file on the local drive, SSD_DIR=folder, default the temp folder):
+#              tiny decode and prefill at 0.25 and 2 GiB, without and with a DRAM cache of 25 % of the table
 #   probe      the simulator's end-to-end mechanisms only (python -m tools.calibrate.probe): GEMM and
 #              decode-attention rate ladders, CUDA-graph timing and the SM contention probe of the zero-copy
 #              gather, written over this GPU's shipped profile (a few minutes; PROBE_ARGS=--engine adds the
@@ -24,7 +26,7 @@
 # Needs what the GPU image has (torch, Triton, Numba, pandas, nvidia-ml-py, tokenizers, tqdm); not
 # SimPy or Altair: nothing here imports them.
 set -euo pipefail
-part=${1:?usage: gpu_session.sh tests|bench|e2e|runs|probe|calibrate|calibrate-quick [OUT]}
+part=${1:?usage: gpu_session.sh tests|bench|e2e|runs|ssd|probe|calibrate|calibrate-quick [OUT]}
 out=${2:-${OUT:-out/gpu}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
@@ -35,7 +37,7 @@ records=$(mktemp -d)
 
 case "$part" in
   tests)     # the CUDA tests (skipped on CPU) and the kernels' CPU tests
-    python3 -m pytest -p no:cacheprovider -q -rs tests/test_real_stores.py tests/test_real_run.py \
+    python3 -m pytest -p no:cacheprovider -q -rs tests/test_real_stores.py tests/test_ssd_store.py tests/test_real_run.py \
       tests/test_hashing.py tests/test_real_engram.py tests/test_calibrate_gpu.py 2>&1 | tee -a "$log" ;;
   bench)     # hashing, UVA gather at the reference points, host_dma, HBM gather: about 3-4 minutes
     python3 -m real_runs.bench --parts hash,uva,dma,hbm --out "$out/bench.json" 2>&1 | tee -a "$log" ;;
@@ -61,6 +63,18 @@ case "$part" in
       done
     done
     rm -rf "$cfgs" ;;
+  ssd)       # the drive tier: the same runs as the committed CPU records (real_runs/records/README.md), on the GPU
+    for phase in decode prefill; do
+      cfg=tiny; [ "$phase" = prefill ] && cfg=real_runs/records/tiny-prefill.toml
+      for size in 0.25 2; do
+        for cache in nocache dram25; do
+          dram=(); [ "$cache" = dram25 ] && dram=(--dram-cache-gib "$(python3 -c "print($size / 4)")")
+          python3 -m real_runs "$cfg" --placement ssd --table-gib "$size" "${dram[@]}" --steps 30 \
+            ${SSD_DIR:+--ssd-dir "$SSD_DIR"} --out "$records/tiny-gpu-ssd-$phase-${size}gib-$cache.json" 2>&1 \
+            | tee -a "$log" || true
+        done
+      done
+    done ;;
   probe)     # gpu.matmul_curve, memory_curve, graph_*, sm_count, uva_rows_per_cta, uva_interference
     name=$(python3 -c "import torch; from tools.calibrate.output import slug; print(slug(torch.cuda.get_device_name()))")
     # shellcheck disable=SC2086  # PROBE_ARGS is a list of options
@@ -70,7 +84,7 @@ case "$part" in
     flag=$([ "$part" = calibrate-quick ] && echo --quick || true)
     name=$(python3 -c "import torch; from tools.calibrate.output import slug; print(slug(torch.cuda.get_device_name()))")
     python3 -m tools.calibrate $flag --out "$out/$name-measured-$(date +%F).toml" 2>&1 | tee -a "$log" ;;
-  *) echo "unknown part '$part': use tests, bench, e2e, runs, probe, calibrate or calibrate-quick" >&2; exit 2 ;;
+  *) echo "unknown part '$part': use tests, bench, e2e, runs, ssd, probe, calibrate or calibrate-quick" >&2; exit 2 ;;
 esac
 if [ -n "$(ls -A "$records")" ]; then
   tar czf "$out/records-$part.tgz" -C "$records" .

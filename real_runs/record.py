@@ -82,4 +82,5 @@ def _fetch_row(k: int, layer: int, wait, fetch_start: float, sec, host_s, base: 
     events += [(actor, name, sec(m0) - base, sec(m1) - base, k, layer) for actor, name, m0, m1 in f.events]
     return {"step": k, "layer": layer, "fetch_start_s": fetch_start, "fetch_end_s": ready,
             "fetch_time_s": max(0.0, ready - fetch_start), "wait_start_s": wait_start, "exposed_stall_s": stall,
-            "lookups": f.lookups, "unique_rows": f.unique_rows, "host_rows": f.host_rows, "cache_hits": f.cache_hits}
+            "lookups": f.lookups, "unique_rows": f.unique_rows, "host_rows": f.host_rows, "cache_hits": f.cache_hits,
+            "dram_hits": f.dram_hits, "ssd_reads": f.ssd_reads}

@@ -60,11 +60,12 @@ from real_runs.hashing import NgramHasher
 from real_runs.inputs import hot_rows, workload_inputs
 from real_runs.instrument import NvmlSampler, Timeline, describe_machine
 from real_runs.record import collect
+from real_runs.ssd_store import SsdTable
 from real_runs.stores import TORCH_DTYPES, HostTable, make_store
 from vocab.config import RunConfig, load_config
 from vocab.geometry import table_offsets
-from vocab.memory import cache_rows_per_layer, kv_cache_bytes, memory_footprint
-from vocab.placements import HBM, HBM_CACHE, NONE, needs_gpu
+from vocab.memory import cache_rows_per_layer, dram_cache_rows_per_layer, kv_cache_bytes, memory_footprint
+from vocab.placements import HBM, HBM_CACHE, HBM_CACHED, NONE, SSD, needs_gpu
 from vocab.records import RunRecord, summarise, write_record
 from vocab.units import GiB
 
@@ -93,7 +94,7 @@ def resolve_device(device: str | None) -> str:
 def _needs_gpu(cfg: RunConfig) -> str | None:
     """What in cfg needs a CUDA GPU (the zero-copy path), or None."""
     p = cfg.placement
-    if not needs_gpu(p.kind, p.miss_path):
+    if p.kind == SSD or not needs_gpu(p.kind, p.miss_path):   # the real ssd store copies its DRAM hits (DMA)
         return None
     return f"placement {p.kind} with miss_path {p.misses_via}" if p.kind == HBM_CACHE else f"placement {p.kind}"
 
@@ -118,8 +119,11 @@ def run_notes(cfg: RunConfig) -> list[str]:
     notes = []
     if not p.dedup:
         notes.append("placement.dedup = false: the real stores always deduplicate a step's rows")
-    if p.kind == HBM_CACHE and p.cache_policy == "lfu":
+    if p.kind in HBM_CACHED and p.cache_policy == "lfu" and cache_rows_per_layer(cfg):
         notes.append("cache_policy lfu is run as lru")
+    if p.kind == SSD:
+        notes.append("ssd: DRAM-cache hits and drive reads reach the device by one staging copy (the host_dma "
+                     "path), whatever miss_path says")
     if p.fetch_streams != 1:
         notes.append(f"fetch_streams = {p.fetch_streams}: the real run uses one fetch stream and one worker")
     if _needs_gpu(cfg) and interpreting():
@@ -193,19 +197,29 @@ def build_tables(cfg: RunConfig, device: str, timeline: Timeline, engram: Engram
     cuda = torch.device(device).type == "cuda"
     engram.hasher = NgramHasher.from_config(e, threads=numba_threads(cfg)[0])
     engram.offsets = {layer: table_offsets(engram.hasher.table_sizes(layer)) for layer in engram.layers}
-    cache_rows, hot = 0, {}
-    if p.kind == HBM_CACHE:
-        cache_rows = cache_rows_per_layer(cfg)
-        hot = hot_rows(cfg, engram.hasher, engram.offsets, engram.layers)
+    cache_rows = cache_rows_per_layer(cfg) if p.kind in HBM_CACHED else 0
+    dram_rows = dram_cache_rows_per_layer(cfg)
+    static = (cache_rows and p.cache_policy == "static_topk") or (dram_rows and p.dram_cache_policy == "static_topk")
+    hot = hot_rows(cfg, engram.hasher, engram.offsets, engram.layers) if p.kind == HBM_CACHE or static else {}
     stream = torch.cuda.Stream(device) if cuda else None
     t0 = time.perf_counter()
     for layer in engram.layers:
-        engram.tables[layer] = table = HostTable(e.layer_rows(layer), e.values_per_row, e.table_dtype,
-                                                 seed=e.seed * 1_000_003 + layer, pin=cuda and p.kind != HBM)
+        engram.tables[layer] = table = _table(cfg, layer, cuda)
         engram.stores[layer] = make_store(p.kind, table, device, stream=stream, timeline=timeline, name=f"L{layer}",
                                           placement=p, cache_rows=cache_rows, hot_rows=hot.get(layer),
-                                          protect=prefetch_ahead(cfg) + 1)
+                                          protect=prefetch_ahead(cfg) + 1, dram_cache_rows=dram_rows)
     engram.setup_s = time.perf_counter() - t0
+
+
+def _table(cfg: RunConfig, layer: int, cuda: bool) -> HostTable | SsdTable:
+    """Layer `layer`'s table: in host memory, or (ssd) in a file on the drive, in blocks of the profile's size."""
+    e, p = cfg.engram, cfg.placement
+    seed = e.seed * 1_000_003 + layer
+    if p.kind == SSD:
+        drive = load_profile(cfg.profile).ssd
+        return SsdTable(e.layer_rows(layer), e.values_per_row, e.table_dtype, seed=seed, folder=p.ssd_dir,
+                        block_bytes=drive.read_block_bytes if drive else 4096)
+    return HostTable(e.layer_rows(layer), e.values_per_row, e.table_dtype, seed=seed, pin=cuda and p.kind != HBM)
 
 
 def numba_threads(cfg: RunConfig) -> tuple[int, int]:
@@ -380,7 +394,7 @@ def main_run(args) -> int:
     `args` needs .config (a preset name or TOML path); optional .placement, .steps, .out, .device,
     .warmup. Prints a one-line summary; returns the exit code (2 for a setup error such as a
     GPU-only placement on a CPU machine)."""
-    cfg = load_config(args.config)
+    cfg = with_run_flags(load_config(args.config), args)
     placement = getattr(args, "placement", None)
     kind = placement or cfg.placement.kind
     out = getattr(args, "out", None)
@@ -396,3 +410,12 @@ def main_run(args) -> int:
           f"step {s['step_time_s'] * 1e3:.2f} ms, stall {s['exposed_stall_s'] * 1e3:.3f} ms/step, "
           f"fetch {s['fetch_time_s'] * 1e3:.3f} ms/step, overlap {s['overlap_fraction']:.2f} -> {out}")
     return 0
+
+
+def with_run_flags(cfg: RunConfig, args) -> RunConfig:
+    """cfg with the table size, DRAM cache and drive folder the command line gives (placement kind: run's)."""
+    if getattr(args, "table_gib", None) is not None:
+        cfg = cfg.with_table_gib(args.table_gib)
+    changes = {k: getattr(args, a) for k, a in (("dram_cache_gib", "dram_cache_gib"), ("ssd_dir", "ssd_dir"))
+               if getattr(args, a, None) is not None}
+    return cfg.with_placement(**changes) if changes else cfg
