@@ -37,7 +37,8 @@ def base_for_gpu(gpu_name: str) -> str:
     name = gpu_name.lower()
     for kind in GPU_KINDS:
         if kind in name:
-            return next((p for p in shipped_names() if p.startswith(kind)), DEFAULT_BASE)
+            # The single-GPU profile of that kind (h100-sxm, not h100-8gpu-server: a server's host is its own).
+            return next((p for p in shipped_names() if p.startswith(kind) and "server" not in p), DEFAULT_BASE)
     return DEFAULT_BASE
 
 
