@@ -1,5 +1,5 @@
 """`engram-sim calibrate --ssd-path`: the [ssd] section it writes (measured for real on a tiny file in tmp_path,
-no timed assertions), the test file always removed, bad drive folders refused in one line."""
+no timed assertions), the test file always removed, bad drive folders refused in one line; fio's JSON read."""
 
 import dataclasses
 import errno
@@ -15,6 +15,7 @@ from real_runs import timing
 from tests.test_calibrate import TINY, run_calibrate
 from tests.test_calibrate_sanity import fake_gather
 from tools.calibrate import drive, measure_cpu, measure_ssd, plan
+from tools.fio import FioError, parse_fio_json, random_read_args, seq_read_args
 from vocab.units import GiB, MiB
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,3 +168,46 @@ def test_a_failed_write_is_one_drive_error_and_the_partial_file_is_removed(tmp_p
         with drive.drive_test_file(tmp_path, 4 * MiB):
             pass
     assert leftovers(tmp_path) == []
+
+
+# -- fio ------------------------------------------------------------------------------------------------
+
+FIO_JSON = """fio: note: both iodepth >= 1 and synchronous I/O engine are selected, queue depth will be capped at 1
+{
+  "fio version" : "fio-3.33",
+  "jobs" : [
+    {
+      "jobname" : "randread",
+      "read" : {
+        "io_bytes" : 89846025, "bw_bytes" : 89846025, "iops" : 21935.064935,
+        "slat_ns" : {"mean" : 2000.5},
+        "clat_ns" : {"min" : 40000, "max" : 900000, "mean" : 90095.79979},
+        "lat_ns" : {"mean" : 90160.023728}
+      },
+      "write" : {"iops" : 0.0}
+    }
+  ]
+}
+"""
+
+
+def test_fio_json_is_read_for_iops_completion_latency_and_bandwidth():
+    r = parse_fio_json(FIO_JSON)
+    assert r.iops == pytest.approx(21935.064935)
+    assert r.clat_mean_us == pytest.approx(90.09579979)
+    assert r.gbps == pytest.approx(0.089846025)
+    old = '{"jobs": [{"read": {"iops": 10, "bw_bytes": 40960, "clat": {"mean": 99.5}}}]}'  # fio 2 gave us
+    assert parse_fio_json(old).clat_mean_us == 99.5
+    for bad in ("", "fio: failed to open", '{"jobs": []}', "{not json"):
+        with pytest.raises(FioError, match="fio: its output is not a JSON report"):
+            parse_fio_json(bad)
+
+
+def test_fio_jobs_match_the_readers_settings():
+    psync = random_read_args("/d/f", 2 * GiB, 16, 3)
+    assert {"--direct=1", "--rw=randread", "--bs=4096", "--ioengine=psync", "--numjobs=16", "--iodepth=1",
+            "--group_reporting", "--time_based", "--runtime=3", "--output-format=json", "--readonly"} <= set(psync)
+    aio = random_read_args("/d/f", 2 * GiB, 32, 3, engine="libaio")
+    assert {"--ioengine=libaio", "--numjobs=1", "--iodepth=32"} <= set(aio)
+    seq = seq_read_args("/d/f", 2 * GiB, 4, 3, MiB)
+    assert {"--rw=read", "--bs=1048576", "--numjobs=4", f"--size={GiB // 2}", f"--offset_increment={GiB // 2}"} <= set(seq)
