@@ -12,7 +12,7 @@ import pytest
 
 from profiles import load_profile
 from real_runs import timing
-from tests.test_calibrate import TINY, run_calibrate
+from tests.test_calibrate import TINY, run_calibrate, tiny  # noqa: F401 (tiny: a fixture)
 from tests.test_calibrate_sanity import fake_gather
 from tools.calibrate import drive, measure_cpu, measure_ssd, plan
 from tools.fio import FioError, parse_fio_json, random_read_args, seq_read_args
@@ -31,12 +31,10 @@ def fake_dedup(sizes, plan_, raw):
 
 
 @pytest.fixture
-def tiny_drive(monkeypatch):
+def tiny_drive(tiny, monkeypatch):  # noqa: F811 (the imported fixture)
     """Tiny sizes; the two CPU steps that need the torch stores replaced (the drive is what these tests test)."""
     monkeypatch.setattr(plan, "QUICK", TINY_DRIVE)
     monkeypatch.setattr(plan, "FULL", TINY_DRIVE)
-    monkeypatch.setattr(timing, "WARM_S", 0.0)
-    monkeypatch.setattr(timing, "TIMED_S", 0.0)
     monkeypatch.setattr(measure_cpu, "measure_cpu_gather", fake_gather([2.0], []))
     monkeypatch.setattr(measure_cpu, "measure_dedup", fake_dedup)
 
