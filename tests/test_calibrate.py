@@ -300,6 +300,17 @@ def test_thread_counts_and_slug():
     assert output.slug("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "intel-xeon-platinum-8480"
 
 
+def synthetic_ssd_raw(folder: str = "/data") -> dict:
+    """Drive measurements as measure_ssd and the command record them (for tests of the assembly)."""
+    random = {d: {"iops": 12000.0 * d, "latency_us": 1e6 / 12000.0, "reads": 64 * d} for d in (1, 2, 4, 8)}
+    return {"drive": {"folder": folder, "device": "/dev/nvme0n1", "fs_type": "ext4", "mount_point": "/",
+                      "st_dev": "259:0", "free_bytes": 100 * GiB, "block_bytes": 4096, "rotational": "0",
+                      "file_bytes": 2 * GiB},
+            "ssd": {"block_bytes": 4096, "depths_asked": [1, 2, 4, 8], "random": random,
+                    "seq": {"gbps": 3.0, "block_bytes": MiB, "threads": 4, "call_bytes": 256 * MiB},
+                    "read_cpu_us": 5.0, "read_cpu_spread_us": (4.0, 5.0, 6.0)}}
+
+
 def synthetic_gpu_raw() -> dict:
     """Measurements a GPU machine would give, made from known models (for the GPU-side assembly)."""
     ref = load_profile("h100-sxm")

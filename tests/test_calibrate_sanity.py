@@ -7,8 +7,8 @@ import pytest
 
 from profiles import load_profile, shipped_names
 from real_runs import timing
-from tests.test_calibrate import TINY, run_calibrate, synthetic_gpu_raw, synthetic_mechanism_raw
-from tools.calibrate import assemble, bounds, measure_cpu, measure_gpu, plan, sanity
+from tests.test_calibrate import TINY, run_calibrate, synthetic_gpu_raw, synthetic_mechanism_raw, synthetic_ssd_raw
+from tools.calibrate import assemble, bounds, measure_cpu, measure_gpu, measure_ssd, plan, sanity
 from vocab.units import GiB
 
 
@@ -113,7 +113,7 @@ def test_time_spread_gives_min_median_max_and_median_time_its_median(monkeypatch
 # -- the bounds table ----------------------------------------------------------------------------------
 
 def synthetic_profile() -> dict:
-    raw = {**synthetic_gpu_raw(), **synthetic_mechanism_raw(0.4)}
+    raw = {**synthetic_gpu_raw(), **synthetic_mechanism_raw(0.4), **synthetic_ssd_raw()}
     profile, _, _ = assemble.assemble(raw, load_profile("h100-sxm"), "h100-sxm", "gpu", "2026-01-01",
                                       quick=False, cpu_only=False)
     return profile
@@ -121,7 +121,7 @@ def synthetic_profile() -> dict:
 
 def test_every_measured_field_calibrate_writes_has_a_bound():
     profile = synthetic_profile()
-    written = {f"{table}.{name}" for table in ("host", "gpu", "link", "uva") for name in profile[table]}
+    written = {f"{table}.{name}" for table in ("host", "gpu", "link", "uva", "ssd") for name in profile[table]}
     assert written - set(bounds.BOUNDS) - bounds.NOT_TIMED == set()
     assert set(bounds.BOUNDS) - written == set()                     # no bound for a field no longer written
     assert bounds.NOT_TIMED & set(bounds.BOUNDS) == set()
@@ -131,8 +131,9 @@ def test_every_bound_names_a_step_that_calibrate_runs():
     sizes_plan = {"uva_reason": None}
     cpu = [name for name, _ in measure_cpu.cpu_steps(TINY, sizes_plan, False)]
     gpu = [name for name, _ in measure_gpu.gpu_steps(TINY, sizes_plan)]
-    assert tuple(cpu) == bounds.CPU_STEPS and tuple(gpu) == bounds.GPU_STEPS
-    assert {b.step for b in bounds.BOUNDS.values()} <= set(cpu + gpu)
+    ssd = [name for name, _ in measure_ssd.ssd_steps(TINY, "file", 4096)]
+    assert tuple(cpu) == bounds.CPU_STEPS and tuple(gpu) == bounds.GPU_STEPS and tuple(ssd) == bounds.SSD_STEPS
+    assert {b.step for b in bounds.BOUNDS.values()} <= set(cpu + gpu + ssd)
     for b in bounds.BOUNDS.values():
         assert b.low < b.high and b.unit and b.why, b.field
 

@@ -39,6 +39,19 @@ def remove_temporaries() -> None:
         _temporaries.discard(tmp)
 
 
+@contextmanager
+def removed_after(path: str | os.PathLike) -> Iterator[Path]:
+    """A scratch file the block creates at `path`: removed when the block ends, however it ends (a second
+    Ctrl-C's hard exit too, by remove_temporaries)."""
+    p = Path(path)
+    _temporaries.add(p)
+    try:
+        yield p
+    finally:
+        p.unlink(missing_ok=True)
+        _temporaries.discard(p)
+
+
 def _new_file_mode(path: Path) -> int:
     """The mode a plain open() would give: the old file's, else 0o666 less the umask (mkstemp's 0600 is private)."""
     try:

@@ -1,6 +1,7 @@
 """`engram-sim calibrate`: measure this machine into a hardware profile.
 
     engram-sim calibrate [--out profiles/NAME.toml] [--quick] [--cpu-only] [--base PROFILE]
+                         [--ssd-path FOLDER [--ssd-size-gib N]]
 
 Every figure is the median of repeated timings after a warm-up (host timings by
 time.perf_counter, GPU timings by CUDA events), taken with the project's own
@@ -32,6 +33,11 @@ preset (shapes.py).
   and the real runner's gap between steps (-> engine_step_fixed_us, _per_seq_us).
   With --cpu-only the gpu, link and uva sections are copied from --base and the
   provenance says so.
+- The drive (with --ssd-path; drive.py, measure_ssd.py, assemble_ssd.py): on a test
+  file of random bytes in FOLDER (2 GiB, 1 with --quick; always removed), with the SSD
+  store's O_DIRECT reader: random 4 KiB reads/s and latency by reads in flight (1-64
+  threads), sequential GB/s, CPU per read, the file system's free space -> [ssd].
+  `python -m tools.drive_bench --ssd-path FOLDER` cross-checks these against fio.
 
 Every measured figure is checked against its physical bounds (bounds.py, data in one place) and each
 measurement's repeats against their spread (the median at most SPREAD_LIMIT times the fastest; the

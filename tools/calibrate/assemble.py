@@ -13,6 +13,7 @@ from profiles.fit import best_per_core, copy_engines_from, fit_copy, fit_gather_
 from profiles.reference import reference_figures
 from profiles.writer import plain, sig
 from tools.calibrate.assemble_mechanisms import critical_path_fields, engine_fields, gpu_mechanism_fields
+from tools.calibrate.assemble_ssd import ssd_section
 from tools.calibrate.formatting import format_points, human_bytes
 from tools.calibrate.output import CalibrateError
 from tools.calibrate.shapes import preset_shapes
@@ -276,6 +277,10 @@ def assemble(raw: dict, base, base_name: str, out_name: str, today: str, quick: 
     parts = (_cpu_only_parts(base, base_name, base_desc, machine, common_notes) if cpu_only
              else _gpu_parts(raw, base, base_desc, machine, host_notes + common_notes))
     flags = f"{' --quick' if quick else ''}{' --cpu-only' if cpu_only else ''}"
+    ssd = ssd_section(raw) if "ssd" in raw else None      # the drive, with --ssd-path
+    if ssd:
+        flags += " --ssd-path"
+        parts.notes.extend(ssd[2])
     profile = {
         "name": out_name,
         "description": parts.description,
@@ -290,13 +295,16 @@ def assemble(raw: dict, base, base_name: str, out_name: str, today: str, quick: 
         },
         "gpu": parts.gpu, "link": parts.link, "uva": parts.uva, "host": host,
     }
+    if ssd:
+        profile["ssd"] = ssd[0]
+        parts.comments["ssd"] = ssd[1]
     if cpu_only:
         measured = f"host only (--cpu-only); gpu, link and uva are copies of {base_name}."
     else:
         measured = "host, gpu, link" + (", uva." if raw.get("uva") else f"; uva from {base_name}.")
     header = [f"{out_name}: measured by `engram-sim calibrate` {version} on {today}.",
               f"Machine: {parts.machine}.",
-              f"Sections measured: {measured}"]
+              f"Sections measured: {measured}" + (f" And ssd, on {raw['drive']['device']}." if ssd else "")]
     check_finite(profile)
     return profile, {"host": host_comments, **parts.comments}, header
 

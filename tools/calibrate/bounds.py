@@ -23,7 +23,7 @@ class Bound:
     low: float
     high: float
     why: str
-    step: str      # the measurement step that produces it (measure_cpu.cpu_steps, measure_gpu.gpu_steps)
+    step: str      # the step that produces it (measure_cpu.cpu_steps, measure_gpu.gpu_steps, measure_ssd)
     point: str = ""
 
     def holds(self, value: float) -> bool:
@@ -79,6 +79,13 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
     Bound("uva.walk_ns", "ns", 0, 1e6, "one page walk", "uva"),
     Bound("uva.max_gbps", _GBPS, 0.1, 10_000, "the zero-copy payload's peak", "uva"),
     Bound("uva.points", "us", 0.1, 1e7, "one zero-copy gather", "uva", "us"),
+    # ssd (measure_ssd.py, with --ssd-path); a figure past the high bound means memory served the reads
+    Bound("ssd.random_read_iops", "reads/s", 10, 2e7, "4 KiB O_DIRECT reads; PCIe Gen5 drives do about 3 M",
+          "ssd", "y"),
+    Bound("ssd.random_read_latency_us", "us", 1, 1e6, "one O_DIRECT read; NAND takes 50-100 us at depth 1",
+          "ssd", "y"),
+    Bound("ssd.seq_read_gbps", _GBPS, 0.01, 100, "large O_DIRECT reads; PCIe Gen5 x4 is about 14", "ssd"),
+    Bound("ssd.read_cpu_us", "us", 0.1, 1000, "a preadv system call and the pool's hand-off", "ssd"),
 )}
 
 # Written but not measured by a timing: facts read from the machine, figures copied from the base profile,
@@ -88,12 +95,14 @@ NOT_TIMED = frozenset({
     "gpu.name", "gpu.hbm_gib", "gpu.hbm_reserved_gib", "gpu.fp8_tflops", "gpu.kernels_per_layer",
     "gpu.uva_blocks_per_sm", "link.kind",
     "uva.translation_unit_kib", "uva.tlb_reach_gib", "uva.miss_exponent",
+    "ssd.name", "ssd.capacity_gib", "ssd.read_block_bytes", "ssd.gds",
 })
 
 # The steps each side runs, in order (measure_cpu.cpu_steps and measure_gpu.gpu_steps use these names).
 CPU_STEPS = ("hashing", "cpu_gather", "dedup", "memcpy", "critical_path")
 GPU_STEPS = ("copies", "hbm", "compute", "pinning", "uva", "matmul_ladder", "memory_ladder", "graphs",
              "contention", "engine")
+SSD_STEPS = ("ssd",)   # with --ssd-path (measure_ssd.ssd_steps)
 
 
 def fields_of(step: str) -> list[str]:

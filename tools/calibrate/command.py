@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import os
 import sys
@@ -17,9 +18,11 @@ from real_runs.instrument import cpu_model
 from real_runs.timing import recording_spreads
 from tools.calibrate import plan, sanity
 from tools.calibrate.assemble import assemble, comparison
-from tools.calibrate.bounds import CPU_STEPS, GPU_STEPS, MAX_REMEASURES
+from tools.calibrate.bounds import CPU_STEPS, GPU_STEPS, MAX_REMEASURES, SSD_STEPS
+from tools.calibrate.drive import check_ssd_folder, drive_file_bytes, drive_test_file, read_block_bytes
 from tools.calibrate.measure_cpu import cpu_steps, system_info
 from tools.calibrate.measure_gpu import gpu_info, gpu_steps
+from tools.calibrate.measure_ssd import drive_count, ssd_steps
 from tools.calibrate.output import CalibrateError, check_out, default_out, slug, write_profile_atomic
 
 NO_GPU = "no CUDA GPU found"
@@ -35,12 +38,17 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="measure the CPU side only; gpu, link and uva come from --base")
     p.add_argument("--base", default="h100-sxm",
                    help="profile the unmeasured sections come from (default h100-sxm)")
+    p.add_argument("--ssd-path", help="also measure the [ssd] section on a test file written in this folder "
+                                      "(on the drive to measure; the file is removed afterwards)")
+    p.add_argument("--ssd-size-gib", type=float, default=None,
+                   help="the test file's size (default 2 GiB, 1 with --quick); larger than the drive's caches")
     p.set_defaults(func=run_calibrate)
     return p
 
 
 def run_calibrate(args) -> int:
-    """Measure, assemble the profile, write it atomically, print a summary and the reference comparison."""
+    """Measure, assemble the profile, write it atomically, print a summary and the reference comparison.
+    With --ssd-path the drive's test file lives while measuring (re-measuring too), and is removed after."""
     quick, cpu_only = bool(getattr(args, "quick", False)), bool(getattr(args, "cpu_only", False))
     base_name = getattr(args, "base", None) or "h100-sxm"
     base = load_profile(base_name)                      # ProfileError: one line, exit 2
@@ -48,10 +56,27 @@ def run_calibrate(args) -> int:
     today = _dt.date.today().isoformat()
     out = Path(args.out) if getattr(args, "out", None) else default_out(_machine_slug(cuda), today)
     check_out(out)
-
+    sizes = plan.sizes_for(quick)
     raw: dict = {}
+    ssd_path = getattr(args, "ssd_path", None)
+    if ssd_path is None:
+        return calibrate_into(out, sizes, base, base_name, today, quick, cuda, raw, [])
+    file_bytes = drive_file_bytes(getattr(args, "ssd_size_gib", None), sizes.ssd_file_bytes)
+    facts = check_ssd_folder(ssd_path, file_bytes)      # DriveError: one line, exit 2, nothing left behind
+    raw["drive"] = {**dataclasses.asdict(facts), "file_bytes": file_bytes}
+    print(f"calibrate: drive {facts.describe()}: writing a {file_bytes / 2**30:.2f} GiB test file in "
+          f"{facts.folder}", file=sys.stderr)
+    with drive_test_file(facts.folder, file_bytes) as test_file:
+        return calibrate_into(out, sizes, base, base_name, today, quick, cuda, raw,
+                              ssd_steps(sizes, test_file, read_block_bytes(facts)))
+
+
+def calibrate_into(out: Path, sizes: plan.Sizes, base, base_name: str, today: str, quick: bool, cuda: bool,
+                   raw: dict, drive_steps: list) -> int:
+    """Measure into raw (the CPU side, the GPU side with cuda, the drive's steps), re-measure what fails its
+    checks, write the profile to out and print what was measured."""
     spread_log: dict = {}
-    wall, steps = measure(plan.sizes_for(quick), cuda, quick, raw, spread_log)
+    wall, steps = measure(sizes, cuda, quick, raw, spread_log, drive_steps)
 
     def build():
         return assemble(raw, base, base_name, out.stem, today, quick, cpu_only=not cuda)
@@ -60,6 +85,8 @@ def run_calibrate(args) -> int:
     comments.setdefault("host", []).extend(sanity.spread_comments(spread_log, CPU_STEPS))
     if cuda:
         comments.setdefault("gpu", []).extend(sanity.spread_comments(spread_log, GPU_STEPS))
+    if drive_steps:
+        comments.setdefault("ssd", []).extend(sanity.spread_comments(spread_log, SSD_STEPS))
     warnings = sanity.flag(profile, findings, tries)
     write_profile_atomic(sanity.annotate(dump_toml(profile, comments, header), findings), out)
     print(f"wrote {out} (measured in {wall:.0f} s)")
@@ -109,13 +136,14 @@ def _machine_slug(cuda: bool) -> str:
     return slug(cpu_model())
 
 
-def measure(sizes: plan.Sizes, cuda: bool, quick: bool, raw: dict, spread_log: dict) -> tuple[float, dict]:
+def measure(sizes: plan.Sizes, cuda: bool, quick: bool, raw: dict, spread_log: dict,
+            drive_steps: list = ()) -> tuple[float, dict]:
     """Run every measurement step into `raw` under a progress bar, the spread of each measurement's repeats
     into `spread_log`; (seconds taken, the steps by name, to re-run). A failure is one CalibrateError naming
     the measurement after which it happened."""
     cplan = plan.cpu_plan(sizes)
     gplan = plan.gpu_plan(sizes) if cuda else None
-    total = cplan["count"] + (gplan["count"] if gplan else 0)
+    total = cplan["count"] + (gplan["count"] if gplan else 0) + (drive_count(sizes) if drive_steps else 0)
     what = "CPU and GPU" if cuda else "CPU side only"
     print(f"calibrate: measuring {what} ({'quick' if quick else 'full'}), {cpu_model()}, "
           f"{os.cpu_count()} cores; threads {cplan['threads']}", file=sys.stderr)
@@ -125,6 +153,7 @@ def measure(sizes: plan.Sizes, cuda: bool, quick: bool, raw: dict, spread_log: d
     if cuda:
         gpu_info(gplan, raw)
         steps.update(gpu_steps(sizes, gplan))
+    steps.update(drive_steps)
     with tqdm(total=total, desc="calibrate", unit="measurement", file=sys.stderr, dynamic_ncols=True) as bar:
         def done(label: str) -> None:
             bar.set_postfix_str(label, refresh=False)
@@ -171,6 +200,13 @@ def print_summary(profile: dict, cuda: bool) -> None:
           f"ns/token per layer, sort {h['sort_rows_per_s'] / 1e6:.3g} M ids/s; engine step "
           f"{h['engine_step_fixed_us']:.3g} us + {h['engine_step_per_seq_us']:.3g} us/sequence"
           + ("" if cuda else " (from the base)"))
+    if "ssd" in profile:
+        d = profile["ssd"]
+        print(f"  ssd: {d['name']}: random {d['read_block_bytes']} B reads/s by depth "
+              + ", ".join(f"{p['x']}: {p['y']:.3g}" for p in d["random_read_iops"])
+              + "; latency us by depth " + ", ".join(f"{p['x']}: {p['y']:.3g}" for p in d["random_read_latency_us"])
+              + f"; sequential {d['seq_read_gbps']:.3g} GB/s; {d['read_cpu_us']:.3g} us CPU a read; "
+              f"{d['capacity_gib']:.4g} GiB free")
     if cuda:
         g, lk = profile["gpu"], profile["link"]
         print(f"  gpu: {g['name']}, bf16 {g['bf16_tflops']:.4g} TFLOP/s (layers x{g['matmul_efficiency']}), "

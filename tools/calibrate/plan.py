@@ -53,6 +53,15 @@ class Sizes:
     graph_kernels: tuple              # tiny kernels per captured CUDA graph
     engine_batches: tuple             # batch sizes of the engine-step runs (the tiny preset, no Engram)
     engine_steps: int
+    # drive (--ssd-path): the test file, reads in flight, and how much each timed call reads
+    ssd_file_bytes: int = 2 * GiB
+    ssd_depths: tuple = (1, 2, 4, 8, 16, 32, 64)   # reader threads, one read in flight each
+    ssd_reads_per_thread: int = 64                 # random block reads per thread per timed call
+    ssd_seq_block_bytes: int = MiB
+    ssd_seq_threads: int = 4
+    ssd_seq_call_bytes: int = 256 * MiB            # contiguous bytes per timed call of sequential reads
+    ssd_cpu_reads: int = 2048                      # reads per timed batch of the CPU cost at depth 1
+    ssd_stop_when_flat: bool = False               # skip the deeper depths once IOPS stops rising
 
 
 FULL = Sizes(
@@ -85,6 +94,8 @@ QUICK = Sizes(
     matmul_rows=(1, 8, 32, 128, 512, 2048, 8192), kv_ladder=((1, 64), (8, 512), (64, 2048)),
     contention_rows=65536, contention_layers=4, graph_kernels=(16, 256, 1024), engine_batches=(8, 256),
     engine_steps=8,
+    ssd_file_bytes=GiB, ssd_reads_per_thread=32, ssd_seq_call_bytes=64 * MiB, ssd_cpu_reads=512,
+    ssd_stop_when_flat=True,
 )
 
 

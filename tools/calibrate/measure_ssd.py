@@ -1,0 +1,97 @@
+"""Drive measurements (--ssd-path) with the SSD store's own read path, real_runs/direct_io.DirectReader:
+O_DIRECT block reads from a pool of threads, one read in flight per thread, so the reads in flight are
+the threads. Each is a generator that fills raw["ssd"] and yields a label after each measurement.
+
+- random block reads of read_block_bytes at each depth (threads) of Sizes.ssd_depths: reads/s, and the
+  mean latency of one read, the threads' busy time per read (depth x seconds / reads; each thread is busy
+  the whole call, so this is Little's law for a closed loop of `depth` readers);
+- sequential reads of large aligned blocks from a few threads, each its own contiguous share: GB/s;
+- the host CPU one read costs at depth 1 (the process's CPU time over a batch of reads, per read).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from real_runs.direct_io import DirectReader, aligned_blocks
+from real_runs.timing import time_spread
+from tools.calibrate.drive import FIELD
+from tools.calibrate.plan import Sizes
+
+# In quick mode a depth whose IOPS is under this many times the best so far ends the ladder.
+STILL_RISING = 1.05
+
+
+def measure_random_reads(sizes: Sizes, path, block_bytes: int, raw: dict):
+    """Reads/s and mean latency (us) of random block reads by depth: raw["ssd"]["random"][depth]."""
+    rng = np.random.default_rng(3)
+    points = raw["ssd"]["random"] = {}
+    best, flat = 0.0, False
+    for depth in sizes.ssd_depths:
+        if flat:
+            yield f"ssd depth {depth} skipped"      # the curve has flattened: deeper queues add nothing here
+            continue
+        n = depth * sizes.ssd_reads_per_thread
+        out = aligned_blocks(n, block_bytes)
+        with DirectReader(path, block_bytes, threads=depth, field=FIELD) as reader:
+            fresh = (lambda _: rng.integers(0, reader.file_blocks, size=n))   # new blocks each call, untimed
+            s = time_spread(lambda blocks: reader.read_blocks(blocks, out), sizes.warmup, sizes.repeats,
+                            setup=fresh).median
+        points[depth] = {"iops": n / s, "latency_us": depth * s / n * 1e6, "reads": n}
+        flat = sizes.ssd_stop_when_flat and len(points) >= 3 and n / s < STILL_RISING * best
+        best = max(best, n / s)
+        yield f"ssd random reads depth {depth}"
+
+
+def measure_seq_reads(sizes: Sizes, path, raw: dict):
+    """GB/s of sequential reads of ssd_seq_block_bytes blocks from ssd_seq_threads threads."""
+    block = sizes.ssd_seq_block_bytes
+    with DirectReader(path, block, threads=sizes.ssd_seq_threads, field=FIELD) as reader:
+        k = max(1, min(reader.file_blocks, sizes.ssd_seq_call_bytes // block))
+        out = aligned_blocks(k, block)
+        starts = reader.file_blocks - k + 1
+        # each call reads the next contiguous k blocks (wrapping), so calls do not re-read one range
+        s = time_spread(lambda blocks: reader.read_blocks(blocks, out), sizes.warmup, sizes.repeats,
+                        setup=lambda i: np.arange(k) + (i * k) % starts).median
+    raw["ssd"]["seq"] = {"gbps": k * block / s / 1e9, "block_bytes": block, "threads": sizes.ssd_seq_threads,
+                         "call_bytes": k * block}
+    yield "ssd sequential reads"
+
+
+def measure_read_cpu(sizes: Sizes, path, block_bytes: int, raw: dict):
+    """Microseconds of host CPU (the whole process: the reading thread and the pool's hand-off) per random
+    block read at depth 1, median over batches of ssd_cpu_reads."""
+    rng = np.random.default_rng(4)
+    n = sizes.ssd_cpu_reads
+    out = aligned_blocks(n, block_bytes)
+    per_read = []
+    with DirectReader(path, block_bytes, threads=1, field=FIELD) as reader:
+        for i in range(sizes.warmup + sizes.repeats):
+            blocks = rng.integers(0, reader.file_blocks, size=n)
+            before = time.process_time()      # CLOCK_PROCESS_CPUTIME_ID: precise, unlike getrusage's ticks
+            reader.read_blocks(blocks, out)
+            if i >= sizes.warmup:
+                per_read.append((time.process_time() - before) / n * 1e6)
+    raw["ssd"]["read_cpu_us"] = float(np.median(per_read))
+    raw["ssd"]["read_cpu_spread_us"] = (min(per_read), float(np.median(per_read)), max(per_read))
+    yield "ssd CPU per read"
+
+
+def measure_drive(sizes: Sizes, path, block_bytes: int, raw: dict):
+    """All the drive's measurements into raw["ssd"] (a re-run replaces them)."""
+    raw["ssd"] = {"block_bytes": block_bytes, "depths_asked": list(sizes.ssd_depths)}
+    yield from measure_random_reads(sizes, path, block_bytes, raw)
+    yield from measure_seq_reads(sizes, path, raw)
+    yield from measure_read_cpu(sizes, path, block_bytes, raw)
+
+
+def drive_count(sizes: Sizes) -> int:
+    """Labels measure_drive yields (the progress bar's share)."""
+    return len(sizes.ssd_depths) + 2
+
+
+def ssd_steps(sizes: Sizes, path, block_bytes: int) -> list[tuple]:
+    """(name, measure(raw)) of the drive step (name: bounds.SSD_STEPS)."""
+    return [("ssd", lambda raw: measure_drive(sizes, path, block_bytes, raw))]
