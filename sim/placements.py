@@ -432,7 +432,8 @@ class SSD(OverHostLink):
 
     def memory_needs(self, max_unique_rows, profile=None):
         e = self.cfg.engram
-        block = profile.ssd.read_block_bytes if profile is not None and profile.ssd is not None else 4096
+        self.check_profile(profile)  # the file's size depends on the drive's read block
+        block = profile.ssd.read_block_bytes
         file_bytes = sum(ssd_file_bytes(rows, e.row_bytes, block) for rows in self.layer_rows)
         # Host memory holds the DRAM cache and the staging the drive reads land in.
         staging = self.cfg.placement.staging_buffers * self.staged._chunk_bytes()

@@ -57,8 +57,7 @@ def plan_steps(cfg: RunConfig, profile: HardwareProfile, trace, placement: Place
         reused = np.minimum(np.asarray(trace.reused_rows[s], dtype=np.int64)[order], unique)
         hits = placement.cache_hits(np.asarray(trace.cache_hits[s], dtype=np.int64)[order], unique)
         host = placement.host_rows(unique, hits)
-        dram_rows = getattr(trace, "dram_hits", None)  # (a synthetic trace may have no DRAM tier)
-        trace_dram = dram_rows[s] if dram_rows is not None else np.zeros(n_layers, dtype=np.int64)
+        trace_dram = trace.dram_hits[s] if trace.dram_hits is not None else np.zeros(n_layers, dtype=np.int64)
         dram = placement.dram_hits(np.asarray(trace_dram, dtype=np.int64)[order], unique, hits)
         reads = placement.drive_reads(profile, host, dram)
         shape = StepShape(tokens=tokens, attn_context_sum=float(trace.attn_context_sum[s]),

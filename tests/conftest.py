@@ -23,7 +23,7 @@ def synthetic_trace(cfg, steps=4, tokens=None, unique_fraction=0.85, reuse_fract
         kv_tokens=np.full(steps, w.sequences * 600), lookups=full(lookups),
         unique_rows=full(lookups * unique_fraction), distinct_rows=full(lookups * unique_fraction),
         reused_rows=full(lookups * reuse_fraction),
-        cache_hits=full(lookups * unique_fraction * hit_fraction))
+        cache_hits=full(lookups * unique_fraction * hit_fraction), dram_hits=None)
 
 
 @pytest.fixture
