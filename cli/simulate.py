@@ -13,7 +13,8 @@ from reports.charts import hidden_summary, sweep_sections
 from reports.html import write_report
 from reports.trace import write_chrome_trace
 from sim.analytic import estimate
-from sim.engine import plan_steps, simulate, trace_for
+from sim.engine import plan_steps, trace_for
+from sim.predict import predict, throughput
 from tools.bench import bench_simulator
 from tools.sweep import sweep
 from vocab.config import load_config, preset_names
@@ -49,18 +50,18 @@ def cmd_simulate(args) -> int:
     outputs = _checked_outputs(args)
     cfg, profile = load_run(args)
     t0 = time.perf_counter()
-    result = simulate(cfg, profile, record_events=bool(args.trace))
+    result = predict(cfg, profile, record_events=bool(args.trace))
     wall = time.perf_counter() - t0
     table = "no Engram" if cfg.placement.kind == NONE else f"{cfg.engram.total_table_bytes / GiB:.2f} GiB table"
-    summary = dict(result.summary)
+    summary = dict(result.serving if result.serving is not None else result.summary)
     # Throughput lost against the same run with the table in HBM (capacity aside) and without Engram.
     for name, kind in OVERHEAD_BASELINES.items():
-        base = result if kind == cfg.placement.kind else simulate(cfg.with_placement(kind), profile,
-                                                                    check_capacity=False)
-        summary[name] = overhead(result.summary["tokens_per_s"], base.summary["tokens_per_s"])
+        base = result if kind == cfg.placement.kind else predict(cfg.with_placement(kind), profile,
+                                                                   check_capacity=False)
+        summary[name] = overhead(throughput(result), throughput(base))
     _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, {table}, profile {profile.name}",
                    summary)
-    if args.analytic:
+    if args.analytic and result.serving is None:
         est = estimate(cfg, profile, plan_steps(cfg, profile, trace_for(cfg)))
         _print_summary("closed-form steady state", est)
     print(f"  (simulated {result.summary['steps']} steps, {result.sim_events} events in {wall:.2f} s)")

@@ -33,6 +33,19 @@ class StepShape:
     attn_context_sum: float     # decode: sum of contexts; prefill: causal (query, key) pairs
     sequences: int              # sequences with a token in the step (logits computed for each)
     lookups: int                # Engram rows read per Engram layer (tokens * tables per layer)
+    # Serving: keys attention reads from the KV cache (None: the phase's rule), and the CUDA graph's batch a
+    # decode step is padded to (its GEMMs and logits run that many rows; 0: no padding).
+    kv_read_tokens: float | None = None
+    graph_batch: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Rows the step's GEMMs run: its tokens, or the captured graph's batch it is padded to."""
+        return max(self.tokens, self.graph_batch)
+
+    @property
+    def logits(self) -> int:
+        return max(self.sequences, self.graph_batch)
 
 
 def matmul_fraction(profile: HardwareProfile, rows: float) -> float:
@@ -67,11 +80,13 @@ def layer_times(cfg: RunConfig, profile: HardwareProfile, shape: StepShape,
     a = b.attention
     dt = DTYPE_BYTES[b.dtype]
     h = b.hidden_size
-    t = shape.tokens
+    t = shape.rows
     launch = launch_time(cfg, profile, profile.gpu.kernels_per_layer)
 
     attn_w = h * (2 * a.heads * a.head_dim + 2 * a.kv_heads * a.head_dim)
-    kv_read = shape.attn_context_sum if cfg.workload.phase == "decode" else t
+    kv_read = shape.kv_read_tokens
+    if kv_read is None:
+        kv_read = shape.attn_context_sum if cfg.workload.phase == "decode" else t
     attention = (_op(profile, 2 * t * attn_w, attn_w * dt + 4 * t * h * dt, t)
                  + _op(profile, 4 * a.heads * a.head_dim * shape.attn_context_sum, kv_read * a.cache_dim * dt, t))
 
@@ -99,7 +114,7 @@ def engram_module_time(cfg: RunConfig, profile: HardwareProfile, shape: StepShap
     e = cfg.engram
     h = cfg.backbone.hidden_size
     dt = DTYPE_BYTES[cfg.backbone.dtype]
-    t = shape.tokens
+    t = shape.rows
     # W_K per branch and the shared W_V project d_mem -> hidden.
     w = e.d_mem * h * (e.branches + 1)
     gather = hbm_gather_time(profile, shape.lookups, e.row_bytes)
@@ -112,4 +127,4 @@ def lm_head_time(cfg: RunConfig, profile: HardwareProfile, shape: StepShape) -> 
     if not b.lm_head:
         return 0.0
     w = b.hidden_size * b.vocab_size
-    return _op(profile, 2 * shape.sequences * w, w * DTYPE_BYTES[b.dtype], shape.sequences)
+    return _op(profile, 2 * shape.logits * w, w * DTYPE_BYTES[b.dtype], shape.logits)

@@ -10,7 +10,7 @@ GPU runs (hash_time).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import numpy as np
@@ -45,32 +45,51 @@ def plan_steps(cfg: RunConfig, profile: HardwareProfile, trace, placement: Place
     """One plan per trace step; per-layer arrays in the placement's (layer) order."""
     placement = placement or placement_for(cfg)
     placement.check_profile(profile)
-    p = cfg.placement
     order = placement.layer_order
-    n_layers = len(order)
     plans = []
     for s in range(len(trace.tokens)):
-        tokens = int(trace.tokens[s])
-        lookups = np.asarray(trace.lookups[s], dtype=np.int64)[order]
-        unique = np.asarray(trace.unique_rows[s], dtype=np.int64)[order] if p.dedup else lookups.copy()
-        distinct = np.minimum(np.asarray(trace.distinct_rows[s], dtype=np.int64)[order], unique)
-        reused = np.minimum(np.asarray(trace.reused_rows[s], dtype=np.int64)[order], unique)
-        hits = placement.cache_hits(np.asarray(trace.cache_hits[s], dtype=np.int64)[order], unique)
-        host = placement.host_rows(unique, hits)
-        trace_dram = trace.dram_hits[s] if trace.dram_hits is not None else np.zeros(n_layers, dtype=np.int64)
-        dram = placement.dram_hits(np.asarray(trace_dram, dtype=np.int64)[order], unique, hits)
-        reads = placement.drive_reads(profile, host, dram)
-        shape = StepShape(tokens=tokens, attn_context_sum=float(trace.attn_context_sum[s]),
-                          sequences=int(trace.sequences[s]), lookups=int(lookups[0]) if n_layers else 0)
-        times = layer_times(cfg, profile, shape, placement)
-        bounds = [0, *placement.layer_ids, len(times)]
-        segments = np.array([times[a:b].sum() for a, b in pairwise(bounds)])
-        segments[-1] += lm_head_time(cfg, profile, shape)
-        hashing, critical = _hashing(cfg, profile, placement, tokens, lookups)
-        host_time = costs.engine_step_time(profile, shape.sequences, cfg.workload.launch == "cuda_graphs") + critical
-        plans.append(StepPlan(tokens, segments, float(segments.sum()), hashing, host_time, lookups, unique, distinct,
-                              host, reused, hits, dram, reads))
+        shape = StepShape(tokens=int(trace.tokens[s]), attn_context_sum=float(trace.attn_context_sum[s]),
+                          sequences=int(trace.sequences[s]), lookups=0)
+        trace_dram = trace.dram_hits[s] if trace.dram_hits is not None else np.zeros(len(order), dtype=np.int64)
+        rows = StepRows(lookups=trace.lookups[s], distinct=trace.distinct_rows[s], reused=trace.reused_rows[s],
+                        cache_hits=trace.cache_hits[s], dram_hits=trace_dram)
+        plans.append(plan_step(cfg, profile, placement, shape, rows))
     return plans
+
+
+@dataclass(frozen=True)
+class StepRows:
+    """A step's Engram row counts per layer, in the trace's (cfg.engram.layer_ids) order."""
+    lookups: np.ndarray
+    distinct: np.ndarray
+    reused: np.ndarray
+    cache_hits: np.ndarray
+    dram_hits: np.ndarray
+
+
+def plan_step(cfg: RunConfig, profile: HardwareProfile, placement: Placement, shape: StepShape,
+              rows: StepRows) -> StepPlan:
+    """The plan of one step of `shape` (its lookups are set here) whose rows are `rows`."""
+    p = cfg.placement
+    order = placement.layer_order
+    tokens = shape.tokens
+    lookups = np.asarray(rows.lookups, dtype=np.int64)[order]
+    unique = np.asarray(rows.distinct, dtype=np.int64)[order] if p.dedup else lookups.copy()
+    distinct = np.minimum(np.asarray(rows.distinct, dtype=np.int64)[order], unique)
+    reused = np.minimum(np.asarray(rows.reused, dtype=np.int64)[order], unique)
+    hits = placement.cache_hits(np.asarray(rows.cache_hits, dtype=np.int64)[order], unique)
+    host = placement.host_rows(unique, hits)
+    dram = placement.dram_hits(np.asarray(rows.dram_hits, dtype=np.int64)[order], unique, hits)
+    reads = placement.drive_reads(profile, host, dram)
+    shape = replace(shape, lookups=int(lookups[0]) if len(order) else 0)
+    times = layer_times(cfg, profile, shape, placement)
+    bounds = [0, *placement.layer_ids, len(times)]
+    segments = np.array([times[a:b].sum() for a, b in pairwise(bounds)])
+    segments[-1] += lm_head_time(cfg, profile, shape)
+    hashing, critical = _hashing(cfg, profile, placement, tokens, lookups)
+    host_time = costs.engine_step_time(profile, shape.sequences, cfg.workload.launch == "cuda_graphs") + critical
+    return StepPlan(tokens, segments, float(segments.sum()), hashing, host_time, lookups, unique, distinct,
+                    host, reused, hits, dram, reads)
 
 
 def _hashing(cfg: RunConfig, profile: HardwareProfile, placement: Placement, tokens: int,

@@ -12,6 +12,7 @@ from profiles import HardwareProfile
 from vocab.config import RunConfig
 from vocab.memory import MemoryBudget
 from vocab.records import RunRecord, event_table, fetch_table, step_table, summarise
+from vocab.serving import serving_extra
 
 
 @dataclass
@@ -39,11 +40,17 @@ class SimResult:
     replayed_steps: int = 0
     # Bytes that crossed each shared pipe (pcie_h2d, host_dram), from the bandwidth model.
     pipe_bytes: dict = field(default_factory=dict)
+    # Serving runs (sim.serve): requests and batches (vocab.serving tables) and the serving summary.
+    requests: pd.DataFrame | None = None
+    batches: pd.DataFrame | None = None
+    serving: dict | None = None
 
     def to_record(self) -> RunRecord:
+        extra = serving_extra(self.requests, self.batches, self.serving) if self.serving is not None else {}
         return RunRecord(kind="simulated", config=self.config.to_dict(),
                          machine={"profile": self.profile.name, "provenance": self.profile.provenance.source},
-                         summary=self.summary, steps=self.steps, fetches=self.fetches, events=self.events)
+                         summary=self.summary, steps=self.steps, fetches=self.fetches, events=self.events,
+                         extra=extra)
 
 
 def collect(sim, budget: MemoryBudget) -> SimResult:

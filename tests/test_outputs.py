@@ -31,7 +31,7 @@ def _no_work(*args, **kwargs):
 @pytest.fixture
 def no_work(monkeypatch):
     """Every command's work replaced by a failure: a bad path must be refused before any of it."""
-    for module, name in [(cli.simulate, "simulate"), (cli.simulate, "sweep"), (cli.validate, "validate"),
+    for module, name in [(cli.simulate, "predict"), (cli.simulate, "sweep"), (cli.validate, "validate"),
                          (cli.measure, "compare_records"), (cli.measure, "build_report"), (cli.measure, "cmd_run"),
                          (tools.calibrate.command, "measure")]:
         monkeypatch.setattr(module, name, _no_work)

@@ -304,10 +304,64 @@ class TokenSourceConfig:
         require(self.source != "npy" or self.path, ConfigError, f"{path}.path",
                 "source 'npy' needs a path", "set path to a .npy of token ids")
 
+@dataclass
+class RequestsConfig:
+    """A serving workload's requests (workload.phase = "serve")."""
+    count: int = 512
+    # Prompt and output lengths in tokens; outputs are forced to their length (no early end of sequence).
+    prompt: LengthDistribution = field(default_factory=LengthDistribution)
+    output: LengthDistribution = field(default_factory=LengthDistribution)
+    # all_at_once: every request waits at t = 0 (nano-vLLM's benchmark); poisson: exponential gaps at
+    # rate_per_s; trace: a CSV file (path) with columns arrival_s, prompt_tokens, output_tokens.
+    arrival: Literal["all_at_once", "poisson", "trace"] = "all_at_once"
+    rate_per_s: float = 0.0
+    path: str | None = None
+
+    RANGES: ClassVar[dict] = {"count": (1, 1 << 20, "requests"), "rate_per_s": (0, 1e9, "requests per second")}
+
+    def validate(self, path: str) -> None:
+        check_ranges(self, path, self.RANGES, ConfigError)
+        require(self.arrival != "poisson" or self.rate_per_s > 0, ConfigError, f"{path}.rate_per_s",
+                "poisson arrivals need a rate", "set rate_per_s, e.g. 10")
+        require(self.arrival != "trace" or self.path, ConfigError, f"{path}.path",
+                "trace arrivals need a CSV file", "set path to a CSV of arrival_s, prompt_tokens, output_tokens")
+
+
+@dataclass
+class SchedulerConfig:
+    """How a serving engine forms each step from waiting and running requests."""
+    # prefill_first (nano-vLLM): whole prompts first, up to max_batched_tokens and max_sequences, else one
+    # decode token for every running sequence; chunked (vLLM-like): every running sequence's decode token,
+    # then prompt chunks in arrival order filling the token budget.
+    policy: Literal["prefill_first", "chunked"] = "prefill_first"
+    max_batched_tokens: int = 16384
+    max_sequences: int = 512
+    # The KV cache: blocks of kv_block_tokens tokens, in the HBM left after weights, the table (or caches),
+    # staging and activations, times gpu_memory_utilization (nano-vLLM's 0.9); kv_blocks > 0 sets the count.
+    kv_block_tokens: int = 256
+    gpu_memory_utilization: float = 0.9
+    kv_blocks: int = 0
+    # Decode-only steps with workload.launch = "cuda_graphs" run the graph captured for the next batch size
+    # of this ladder (nano-vLLM: 1, 2, 4, 8, then every 16 up to 512), padded; larger batches and steps with
+    # prompt tokens run eagerly. An empty list: no padding.
+    graph_batch_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8, *range(16, 513, 16)])
+
+    RANGES: ClassVar[dict] = {
+        "max_batched_tokens": (1, 1 << 24, "tokens"), "max_sequences": (1, 1 << 20, "sequences"),
+        "kv_block_tokens": (1, 1 << 16, "tokens"), "gpu_memory_utilization": (0.01, 1.0, "(a fraction)"),
+        "kv_blocks": (0, 1 << 30, "blocks"), "graph_batch_sizes": (1, 1 << 20, "sequences")}
+
+    def validate(self, path: str) -> None:
+        check_ranges(self, path, self.RANGES, ConfigError)
+        require(self.graph_batch_sizes == sorted(set(self.graph_batch_sizes)), ConfigError,
+                f"{path}.graph_batch_sizes", "must be increasing", "list each batch size once, smallest first")
+
 
 @dataclass
 class WorkloadConfig:
-    phase: Literal["prefill", "decode"] = "decode"
+    # decode / prefill: a steady batch stepping (the fetch-overlap question); serve: requests arrive, a
+    # scheduler forms each step, sequences finish (workload.requests, workload.scheduler).
+    phase: Literal["prefill", "decode", "serve"] = "decode"
     sequences: int = 512
     # Prompt lengths (prefill) or context lengths at the first decode step.
     lengths: LengthDistribution = field(default_factory=LengthDistribution)
@@ -328,6 +382,9 @@ class WorkloadConfig:
     # layer (each costs 8 bytes while the replay runs). A cache too large to fill within it is measured
     # unfilled: its hit rate is then a lower bound.
     cache_replay_rows: int = 1 << 22
+    # phase = "serve" only.
+    requests: RequestsConfig = field(default_factory=RequestsConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     RANGES: ClassVar[dict] = {
         "sequences": (1, 1 << 20, "sequences"), "tokens_per_step": (1, 1 << 24, "tokens"),
@@ -460,11 +517,13 @@ def _load_chain(name_or_path: str | Path, field: str, chain: list[Path]) -> dict
 
 def _resolve_paths(data: dict, folder: Path) -> None:
     """Relative paths in one file's tables, made absolute against that file's folder (in place)."""
-    tokens = (data.get("workload") or {}).get("tokens") if isinstance(data.get("workload"), dict) else None
-    if isinstance(tokens, dict):
-        for key in ("path", "tokenizer"):
-            if isinstance(tokens.get(key), str) and tokens[key] and not Path(tokens[key]).is_absolute():
-                tokens[key] = str(folder / tokens[key])
+    workload = data.get("workload") if isinstance(data.get("workload"), dict) else {}
+    for part, keys in (("tokens", ("path", "tokenizer")), ("requests", ("path",))):
+        table = workload.get(part)
+        if isinstance(table, dict):
+            for key in keys:
+                if isinstance(table.get(key), str) and table[key] and not Path(table[key]).is_absolute():
+                    table[key] = str(folder / table[key])
     profile = data.get("profile")
     # A profile is a shipped name unless it looks like a file; a relative file is read beside the config.
     if isinstance(profile, str) and (profile.endswith(".toml") or "/" in profile) and not Path(profile).is_absolute():

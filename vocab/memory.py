@@ -206,3 +206,18 @@ def memory_footprint(cfg: RunConfig, gpu_bytes: float, kv_tokens: int | None = N
     out["max_kv_tokens_tables_in_hbm"] = max(0, int((gpu_bytes - weights - tables) // per_token))
     out["max_kv_tokens_tables_on_host"] = max(0, int((gpu_bytes - weights) // per_token))
     return out
+
+
+def kv_block_bytes(backbone: BackboneConfig, block_tokens: int, as_run: bool = False) -> int:
+    return kv_cache_bytes(backbone, block_tokens, as_run)
+
+
+def serving_kv_blocks(cfg: RunConfig, budget: MemoryBudget) -> int:
+    """KV blocks a serving run has: workload.scheduler.kv_blocks if set, else (as nano-vLLM sizes them) the
+    HBM usable times gpu_memory_utilization, less everything but the KV cache, in blocks."""
+    s = cfg.workload.scheduler
+    if s.kv_blocks > 0:
+        return s.kv_blocks
+    others = budget.hbm_needed_bytes - budget.kv_cache_bytes
+    free = budget.hbm_usable_bytes * s.gpu_memory_utilization - others
+    return max(0, int(free // kv_block_bytes(cfg.backbone, s.kv_block_tokens)))
