@@ -28,7 +28,8 @@ class BlockManager:
 
     def extra_for(self, request: int, tokens: int) -> int:
         """Blocks `request` needs beyond those it holds to cache `tokens` tokens in all."""
-        return max(0, self.blocks_for(tokens) - self.held.get(request, 0))
+        extra = -(-tokens // self.block_tokens) - self.held.get(request, 0)
+        return extra if extra > 0 else 0
 
     def can_grow(self, request: int, tokens: int) -> bool:
         return self.extra_for(request, tokens) <= self.free

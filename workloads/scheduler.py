@@ -89,8 +89,11 @@ class Scheduler:
         self.req = requests
         self.kv = BlockManager(kv_blocks, s.kv_block_tokens)
         n = requests.count
-        self.computed = np.zeros(n, dtype=np.int64)
-        self.generated = np.zeros(n, dtype=np.int64)
+        # Per-request state as Python lists: the scheduler touches every running request every step.
+        self.prompt = requests.prompt.tolist()
+        self.output = requests.output.tolist()
+        self.computed = [0] * n
+        self.generated = [0] * n
         self.first_token_s = np.full(n, np.nan)
         self.finish_s = np.full(n, np.nan)
         self.scheduled_s = np.full(n, np.nan)  # first admitted to a step
@@ -129,7 +132,7 @@ class Scheduler:
         return self.finished == self.req.count
 
     def known(self, r: int) -> int:
-        return int(self.req.prompt[r] + self.generated[r])
+        return self.prompt[r] + self.generated[r]
 
     # -- forming a step -------------------------------------------------------------------------------
     def schedule(self, now: float) -> ServeStep | None:
@@ -178,7 +181,7 @@ class Scheduler:
         chunks, scheduled = [], []
         while self.running and len(scheduled) < cap and budget > 0:
             r = self.running.popleft()
-            start = int(self.computed[r])
+            start = self.computed[r]
             n = min(self.known(r) - start, budget)
             if self._make_room(r, start + n):
                 scheduled.append(r)
@@ -200,13 +203,15 @@ class Scheduler:
     def _make_room(self, r: int, tokens: int) -> bool:
         """Blocks for request r to cache `tokens`, preempting the most recently admitted running requests
         while none are free; False if r itself had to be preempted."""
-        while not self.kv.can_grow(r, tokens):
+        kv = self.kv
+        while (extra := kv.extra_for(r, tokens)) > kv.free:
             if self.running:
                 self._preempt(self.running.pop())
             else:
                 self._preempt(r)
                 return False
-        self.kv.grow(r, tokens)
+        if extra:
+            kv.grow(r, tokens)
         return True
 
     def _preempt(self, r: int) -> None:
@@ -225,7 +230,7 @@ class Scheduler:
             self.generated[r] += 1
             if self.generated[r] == 1:
                 self.first_token_s[r] = now
-            if self.generated[r] == self.req.output[r]:
+            if self.generated[r] == self.output[r]:
                 self.finish_s[r] = now
                 self.finished += 1
                 self.kv.release(r)

@@ -16,7 +16,7 @@ there (Trace.tiers) rather than replayed request by request.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from vocab.config import RunConfig
 from vocab.geometry import table_offsets
@@ -40,12 +40,13 @@ def step_contexts(requests: Requests, step: ServeStep, back: int, pad_id: int) -
     return ctx
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def _hash_rows(ctx, multipliers, primes, offsets, out):
-    """out[layer, i * orders * heads + o * heads + j]: token i's global row in head j of order o + 2."""
+    """out[layer, i * orders * heads + o * heads + j]: token i's global row in head j of order o + 2.
+    Serial: one step is microseconds of work, less than waking a parallel region's threads (~10 ms here)."""
     n_layers, n_orders, n_heads = primes.shape
     inv = 1.0 / primes.astype(np.float64)
-    for layer in prange(n_layers):
+    for layer in range(n_layers):
         m = multipliers[layer]
         for i in range(ctx.shape[0]):
             mix = ctx[i, 0] * m[0]
@@ -89,9 +90,14 @@ class ServingRows:
         distinct = np.zeros(n_layers, dtype=np.int64)
         reused = np.zeros(n_layers, dtype=np.int64)
         for col in range(n_layers):
-            unique = np.unique(ids[col])
+            unique = np.sort(ids[col])
+            if unique.size:
+                unique = unique[np.concatenate(([True], unique[1:] != unique[:-1]))]
             distinct[col] = unique.size
-            reused[col] = np.intersect1d(unique, self.previous[col], assume_unique=True).size
+            prev = self.previous[col]
+            if prev.size:
+                at = np.minimum(np.searchsorted(prev, unique), prev.size - 1)
+                reused[col] = int(np.count_nonzero(prev[at] == unique))
             self.previous[col] = unique
         hits, dram = np.zeros_like(distinct), np.zeros_like(distinct)
         for col, t in enumerate(self.tiers or []):
