@@ -28,7 +28,7 @@ def test_the_reference_files_parse_into_the_expected_points():
     assert sum(r["mode"] == "none" for r in runs) == 1 and sum(r["mode"] == "hbm" for r in runs) == 2
     assert sum(r["mode"] in ("uva", "cpu") for r in runs) == 12
     assert len(reference_step_fetch()) == 36   # 3 table sizes x 3 row sizes x 4 rows per step
-    assert [r["preset"] for r in table4_runs()] == ["dense-4b-100b", "dense-8b-100b"]
+    assert [r["preset"] for r in table4_runs()] == ["paper-table4-dense4b", "paper-table4-dense8b"]
     assert len(reference_table4()["runs"]) == 2
 
 
@@ -115,12 +115,13 @@ def test_validate_writes_one_row_per_point_with_the_promised_columns(tmp_path, c
     points, targets = pd.read_csv(out / "validate.csv"), pd.read_csv(out / "targets.csv")
     assert list(points.columns) == POINT_COLUMNS and list(targets.columns) == TARGET_COLUMNS
     # e2e: step time and tokens/s per run (15), overhead vs none per Engram run (14), vs hbm per host run (12);
-    # fetch: 3 series x 36 shapes; table4: 2 backbones x 2 host placements.
+    # fetch: 3 series x 36 shapes; table4: 2 backbones x 2 host placements, and each backbone's baseline tok/s.
     counts = points["set"].value_counts().to_dict()
-    assert counts == {"e2e": 15 * 2 + 14 + 12, "fetch": 3 * 36, "table4": 4}
+    assert counts == {"e2e": 15 * 2 + 14 + 12, "fetch": 3 * 36, "table4": 2 * 2 + 2}
     assert points["name"].is_unique
-    assert set(targets["result"]) <= {"pass", "FAIL"} and len(targets) == 4
-    assert "Targets:" in printed and "none_again" in printed and "check_capacity=False" in printed
+    assert set(targets["result"]) <= {"pass", "FAIL"} and len(targets) == 4 + 2
+    assert list(targets["set"]).count("table4") == 2
+    assert "Targets:" in printed and "none_again" in printed and "without Engram" in printed
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 
@@ -141,3 +142,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv,
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and pattern in captured.err
     assert not list(tmp_path.iterdir())
+
+
+def test_assumptions_need_the_table4_set(capsys):
+    assert main(["validate", "--sets", "e2e", "--assumptions"]) == 2
+    err = capsys.readouterr().err
+    assert "--assumptions" in err and len(err.strip().splitlines()) == 1

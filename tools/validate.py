@@ -11,7 +11,8 @@ Three reference sets:
   gather of fresh sorted ids (sim.costs.uva_gather_time), the CPU gather alone,
   and the CPU gather plus its H2D copy (sim.placements.HostDMA's closed form);
 - table4: the paper's Table 4 (paper-table4.json), Dense-4B and Dense-8B with a
-  100B-parameter table on the H800 profile; no target (see TABLE4_NOTE).
+  100B-parameter table on the H800 profile, as serving runs of the presets
+  paper-table4-dense4b / -dense8b (tools/table4.py).
 
 Every set gives a wide table (one row per reference run or shape) and long
 points (POINT_COLUMNS, one row per measured figure). Errors: for times and
@@ -28,15 +29,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from profiles import HardwareProfile, load_profile
-from profiles.reference import reference_e2e, reference_step_fetch, reference_table4
+from profiles.reference import reference_e2e, reference_step_fetch
 from sim import costs
 from sim.engine import simulate
 from sim.placements import HostDMA
+from tools.points import POINT_COLUMNS, TARGET_COLUMNS, abs_stat, join_notes, point, target_rows
+from tools.table4 import (
+    simulations as table4_simulations,
+    table4_notes,
+    table4_points,
+    table4_predict,
+    table4_runs,
+    table4_targets,
+)
 from vocab.config import RunConfig, load_config
 from vocab.errors import CapacityError
 from vocab.placements import HBM, HOST_DMA, HOST_UVA, NONE
@@ -45,8 +54,6 @@ from vocab.schema import to_dict
 from vocab.units import DTYPE_BYTES, GiB, MiB
 
 SETS = ("e2e", "fetch", "table4")
-POINT_COLUMNS = ["set", "name", "measured", "predicted", "error", "unit", "baseline", "note"]
-TARGET_COLUMNS = ["set", "target", "figure", "limit", "unit", "result"]
 
 E2E_PRESET = "h100-e2e-dense4b"
 # Steps simulated per e2e run: the trace cycles, and the runs have a fixed context, so the steps are steady.
@@ -60,12 +67,6 @@ FETCH_PROFILE = "h100-sxm"
 FETCH_GATHER_THREADS = 16
 FETCH_SERIES = {"uva": "UVA gather, fresh ids", "cpu_gather": "CPU gather", "cpu_path": "CPU gather + H2D"}
 FETCH_MEASURED = {"uva": "uva_s", "cpu_gather": "cpu_gather_s", "cpu_path": "cpu_path_s"}
-
-TABLE4_PROFILE = "h800-sxm"
-TABLE4_SEQUENCES = 512
-TABLE4_NOTE = ("no target: the paper measured a serving run whose batch shrinks as sequences finish; "
-               "predicted at a steady batch of 512")
-
 
 @dataclass
 class Validation:
@@ -182,11 +183,11 @@ def e2e_summary(df: pd.DataFrame) -> dict:
     host, hbm = df[df["mode"].isin(HOST_MODES)], df[df["mode"] == "hbm"]
     return {
         "runs": int(len(df)),
-        "throughput_abs_err_pct_median": _abs_stat(df["tok_s_err_pct"], "median"),
-        "throughput_abs_err_pct_max": _abs_stat(df["tok_s_err_pct"], "max"),
-        "vs_hbm_abs_err_pp_max": _abs_stat(host["vs_hbm_err_pp"], "max"),
+        "throughput_abs_err_pct_median": abs_stat(df["tok_s_err_pct"], "median"),
+        "throughput_abs_err_pct_max": abs_stat(df["tok_s_err_pct"], "max"),
+        "vs_hbm_abs_err_pp_max": abs_stat(host["vs_hbm_err_pp"], "max"),
         "vs_hbm_within_1pp": f"{int((host['vs_hbm_err_pp'].abs() <= 1.0).sum())}/{len(host)}",
-        "hbm_vs_none_abs_err_pp_max": _abs_stat(hbm["vs_none_err_pp"], "max"),
+        "hbm_vs_none_abs_err_pp_max": abs_stat(hbm["vs_none_err_pp"], "max"),
     }
 
 
@@ -200,24 +201,22 @@ def e2e_targets(df: pd.DataFrame) -> pd.DataFrame:
          s["vs_hbm_abs_err_pp_max"], 1.0, "pp"),
         ("hbm overhead vs none, max |error|", s["hbm_vs_none_abs_err_pp_max"], 0.5, "pp"),
     ]
-    return pd.DataFrame([{"set": "e2e", "target": t, "figure": f, "limit": lim, "unit": u,
-                          "result": "pass" if f <= lim else "FAIL"} for t, f, lim, u in rows],
-                        columns=TARGET_COLUMNS)
+    return target_rows("e2e", rows)
 
 
 def e2e_points(df: pd.DataFrame, drift_note: str = "") -> pd.DataFrame:
     rows = []
     for r in df.itertuples():
-        note = _join(r.note, drift_note if r.mode == "none" else "")
-        rows.append(_point("e2e", f"{r.run}: step time", r.measured_step_ms, r.predicted_step_ms,
+        note = join_notes(r.note, drift_note if r.mode == "none" else "")
+        rows.append(point("e2e", f"{r.run}: step time", r.measured_step_ms, r.predicted_step_ms,
                            r.step_err_pct, "ms", "", note))
-        rows.append(_point("e2e", f"{r.run}: tokens/s", r.measured_tok_s, r.predicted_tok_s, r.tok_s_err_pct,
+        rows.append(point("e2e", f"{r.run}: tokens/s", r.measured_tok_s, r.predicted_tok_s, r.tok_s_err_pct,
                            "tok/s", "", note))
         if r.mode != "none":
-            rows.append(_point("e2e", f"{r.run}: overhead vs none", r.measured_vs_none_pct,
+            rows.append(point("e2e", f"{r.run}: overhead vs none", r.measured_vs_none_pct,
                                r.predicted_vs_none_pct, r.vs_none_err_pp, "%", "none", note))
         if r.mode in HOST_MODES:
-            rows.append(_point("e2e", f"{r.run}: overhead vs hbm", r.measured_vs_hbm_pct, r.predicted_vs_hbm_pct,
+            rows.append(point("e2e", f"{r.run}: overhead vs hbm", r.measured_vs_hbm_pct, r.predicted_vs_hbm_pct,
                                r.vs_hbm_err_pp, "%", r.hbm_baseline, note))
     return pd.DataFrame(rows, columns=POINT_COLUMNS)
 
@@ -256,8 +255,8 @@ def fetch_predict(shapes: list[dict], profile_name: str = FETCH_PROFILE) -> pd.D
 def fetch_summary(df: pd.DataFrame) -> dict:
     out = {"shapes": int(len(df))}
     for key in FETCH_SERIES:
-        out[f"{key}_abs_err_pct_median"] = _abs_stat(df[f"{key}_err_pct"], "median")
-        out[f"{key}_abs_err_pct_max"] = _abs_stat(df[f"{key}_err_pct"], "max")
+        out[f"{key}_abs_err_pct_median"] = abs_stat(df[f"{key}_err_pct"], "median")
+        out[f"{key}_abs_err_pct_max"] = abs_stat(df[f"{key}_err_pct"], "max")
     return out
 
 
@@ -266,7 +265,7 @@ def fetch_points(df: pd.DataFrame) -> pd.DataFrame:
     for r in df.to_dict("records"):
         shape = f"{r['table_gib']:g} GiB, {r['row_bytes']} B x {r['rows']}"
         for key, what in FETCH_SERIES.items():
-            rows.append(_point("fetch", f"{what}: {shape}", r[f"measured_{key}_us"], r[f"predicted_{key}_us"],
+            rows.append(point("fetch", f"{what}: {shape}", r[f"measured_{key}_us"], r[f"predicted_{key}_us"],
                                r[f"{key}_err_pct"], "us", "", ""))
     return pd.DataFrame(rows, columns=POINT_COLUMNS)
 
@@ -277,63 +276,13 @@ def fetch_notes(profile_name: str = FETCH_PROFILE) -> list[str]:
             "(+ H2D: the gather, then one copy); the CPU columns are noisy (H100.md)"]
 
 
-# -- table4: the paper's Table 4 ------------------------------------------------------------------------
-
-def table4_runs(reference: dict | None = None) -> list[dict]:
-    return (reference or reference_table4())["runs"]
-
-
-def table4_placements(cfg: RunConfig) -> list[str]:
-    """The host placement the preset has, and host_dma."""
-    return list(dict.fromkeys((cfg.placement.kind, HOST_DMA)))
-
-
-def table4_predict(runs: list[dict], bar=None) -> pd.DataFrame:
-    """One row per (backbone, host placement): the paper's overhead vs none beside the predicted one."""
-    profile = load_profile(TABLE4_PROFILE)
-    rows = []
-    for run in runs:
-        base = load_config(run["preset"]).with_profile(TABLE4_PROFILE).with_workload(
-            sequences=TABLE4_SEQUENCES, steps=E2E_STEPS)
-        none, _ = simulate_summary(base.with_placement(NONE), profile)
-        measured = overhead(run["engram_offloaded_tok_s"], run["baseline_tok_s"]) * 100.0
-        for kind in table4_placements(base):
-            pred, note = simulate_summary(base.with_placement(kind), profile)
-            predicted = overhead(pred["tokens_per_s"], none["tokens_per_s"]) * 100.0
-            rows.append({"backbone": run["backbone"], "preset": run["preset"], "placement": kind,
-                         "table_gib": base.engram.total_table_bytes / GiB, "measured_vs_none_pct": measured,
-                         "paper_vs_none_pct": run["overhead_vs_none"] * 100.0, "predicted_vs_none_pct": predicted,
-                         "vs_none_err_pp": predicted - measured, "predicted_none_tok_s": none["tokens_per_s"],
-                         "predicted_tok_s": pred["tokens_per_s"], "note": note})
-            if bar is not None:
-                bar.update()
-    return pd.DataFrame(rows)
-
-
-def table4_points(df: pd.DataFrame) -> pd.DataFrame:
-    rows = [_point("table4", f"{r.backbone} {r.placement}: overhead vs none", r.measured_vs_none_pct,
-                   r.predicted_vs_none_pct, r.vs_none_err_pp, "%", "none", _join(TABLE4_NOTE, r.note))
-            for r in df.itertuples()]
-    return pd.DataFrame(rows, columns=POINT_COLUMNS)
-
-
-def table4_notes(df: pd.DataFrame) -> list[str]:
-    backbones = df.drop_duplicates("backbone")
-    notes = [f"profile {TABLE4_PROFILE}; batch {TABLE4_SEQUENCES}, {E2E_STEPS} steps; " + TABLE4_NOTE,
-             "measured = 1 - offloaded tok/s / baseline tok/s from the paper's figures (it quotes "
-             + " and ".join(f"{r:.1f} %" for r in backbones["paper_vs_none_pct"]) + ")"]
-    # Where a table exceeds the profile's memory (the 100B-parameter ones do), say it ran unchecked.
-    notes += [f"{r.backbone} {r.placement}: {r.note}" for r in df.itertuples() if r.note]
-    return notes
-
-
 # -- all sets -----------------------------------------------------------------------------------------------
 
 def simulations(sets: list[str]) -> int:
     """How many simulations `validate` runs for these sets (the progress bar's length)."""
     n = len(e2e_runs()[0]) if "e2e" in sets else 0
     if "table4" in sets:
-        n += sum(len(table4_placements(load_config(r["preset"]))) for r in table4_runs())
+        n += table4_simulations(table4_runs())
     return n
 
 
@@ -348,7 +297,7 @@ def validate(sets: list[str] | None = None, e2e_profile: str | None = None, prog
             df = e2e_predict(runs, e2e_profile, bar)
             out.tables["e2e"], out.summary["e2e"], out.targets = df, e2e_summary(df), e2e_targets(df)
             out.notes["e2e"] = e2e_notes(df, drift, e2e_profile or load_config(E2E_PRESET).profile)
-            points.append(e2e_points(df, _join(*(drift_note(r) for r in drift))))
+            points.append(e2e_points(df, join_notes(*(drift_note(r) for r in drift))))
         if "fetch" in sets:
             df = fetch_predict(reference_step_fetch())
             out.tables["fetch"], out.notes["fetch"], out.summary["fetch"] = df, fetch_notes(), fetch_summary(df)
@@ -357,19 +306,7 @@ def validate(sets: list[str] | None = None, e2e_profile: str | None = None, prog
             df = table4_predict(table4_runs(), bar)
             out.tables["table4"], out.notes["table4"] = df, table4_notes(df)
             out.summary["table4"] = {"points": int(len(df))}
+            out.targets = pd.concat([out.targets, table4_targets(df)], ignore_index=True)
             points.append(table4_points(df))
     out.points = pd.concat(points, ignore_index=True) if points else out.points
     return out
-
-
-def _point(set_name, name, measured, predicted, error, unit, baseline, note) -> dict:
-    return dict(zip(POINT_COLUMNS, (set_name, name, measured, predicted, error, unit, baseline, note)))
-
-
-def _abs_stat(values: pd.Series, how: str) -> float:
-    v = values.abs().dropna()
-    return float(getattr(np, how)(v)) if len(v) else math.nan
-
-
-def _join(*notes: str) -> str:
-    return "; ".join(n for n in notes if n)
