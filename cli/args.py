@@ -87,8 +87,16 @@ def run_estimate(cfg: RunConfig) -> dict:
     events), and the bytes of its token trace (the trace's tokens x their contexts and row ids)."""
     w, e = cfg.workload, cfg.engram
     layers = len(e.layer_ids)
-    events = w.steps * (cfg.backbone.layers + 12 * layers + 4)
+    steps = w.steps
     tokens = min(w.steps, w.tokens.trace_steps) * (w.sequences if w.phase == "decode" else w.tokens_per_step)
+    if w.phase == "serve":
+        # Serving: each wave of max_sequences requests decodes for up to its longest output, after its prompts;
+        # every request's tokens are held, and one step's tokens are hashed at a time.
+        r, s = w.requests, w.scheduler
+        waves = -(-r.count // s.max_sequences)
+        steps = waves * r.output.high + -(-r.count * r.prompt.high // s.max_batched_tokens)
+        tokens = s.max_batched_tokens + r.count * (r.prompt.high + r.output.high) // 8
+    events = steps * (cfg.backbone.layers + 12 * layers + 4)
     trace_bytes = tokens * 8 * (2 * e.max_ngram_size + 4 + layers * e.tables_per_layer)
     return {"events": events, "trace_bytes": trace_bytes}
 

@@ -15,7 +15,7 @@ from reports.trace import write_chrome_trace
 from sim.analytic import estimate
 from sim.engine import plan_steps, trace_for
 from sim.predict import predict, throughput
-from tools.bench import bench_simulator
+from tools.bench import bench_serving, bench_simulator
 from tools.sweep import sweep
 from vocab.config import load_config, preset_names
 from vocab.files import check_distinct, check_writable_dir, check_writable_file, staged_dir, staged_files
@@ -235,6 +235,7 @@ def cmd_presets(args) -> int:
 def cmd_bench(args) -> int:
     check_estimate(load_config(BENCH_CONFIG).with_steps(args.steps), None)
     bench_simulator(steps=args.steps, jobs=args.jobs, config=BENCH_CONFIG)
+    bench_serving()
     return 0
 
 

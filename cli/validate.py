@@ -109,9 +109,10 @@ def print_assumptions(df: pd.DataFrame) -> None:
     """Each assumption's overhead vs none per backbone, and how far it moves from the presets' answer."""
     backbones = [c for c in df.columns if c != "assumption" and not c.endswith(" change pp")]
     print("\n== Paper Table 4: each assumption changed alone (overhead vs none, %; change from the presets, pp)")
-    print(f"  {'assumption':86s}" + "".join(f"{b:>10s} {'change':>7s}" for b in backbones))
+    width = max(len(a) for a in df.assumption)
+    print(f"  {'assumption':{width}s}" + "".join(f"{b:>10s} {'change':>7s}" for b in backbones))
     for r in df.to_dict("records"):
-        print(f"  {r['assumption']:86s}" + "".join(f"{r[b]:10.2f} {r[b + ' change pp']:+7.2f}" for b in backbones))
+        print(f"  {r['assumption']:{width}s}" + "".join(f"{r[b]:10.2f} {r[b + ' change pp']:+7.2f}" for b in backbones))
     moves = df.iloc[1:].assign(most=lambda d: d[[b + " change pp" for b in backbones]].abs().max(axis=1))
     top = moves.sort_values("most", ascending=False).iloc[0]
     print(f"  moves the answer most: {top.assumption} ({top.most:.2f} pp)")

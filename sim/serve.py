@@ -16,6 +16,8 @@ the next captured batch size when workload.launch = "cuda_graphs" (padded).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from profiles import HardwareProfile, load_profile
@@ -88,10 +90,15 @@ def serving_parts(cfg: RunConfig, profile: HardwareProfile, placement: Placement
     s = cfg.workload.scheduler
     budget = memory_budget(cfg, profile, max_kv_tokens=0, max_step_tokens=s.max_batched_tokens,
                            max_unique_rows=s.max_batched_tokens * cfg.engram.tables_per_layer, placement=placement)
-    blocks = serving_kv_blocks(cfg, budget)
-    budget.kv_cache_bytes = blocks * kv_block_bytes(cfg.backbone, s.kv_block_tokens)
     if check_capacity:
         check_fits(budget, cfg, profile)
+    if not check_capacity and not budget.fits_hbm:
+        # Capacity aside (e.g. the table-in-HBM baseline of a table HBM cannot hold): the KV cache gets what
+        # it would beside the rest if the table fitted, as on a GPU with room for the table.
+        blocks = serving_kv_blocks(cfg, dataclasses.replace(budget, table_hbm_bytes=0))
+    else:
+        blocks = serving_kv_blocks(cfg, budget)
+    budget.kv_cache_bytes = blocks * kv_block_bytes(cfg.backbone, s.kv_block_tokens)
     return budget, blocks
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from profiles import HardwareProfile, load_profile
 from sim.engine import simulate, trace_for
 from vocab.config import RunConfig
+from vocab.errors import ConfigError
 from vocab.memory import host_usable_bytes
 from vocab.placements import ENGRAM_PLACEMENTS, HBM, HBM_CACHE, HBM_CACHED, SSD
 from vocab.records import overhead, window_use
@@ -188,6 +189,10 @@ def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None =
     placements = list(placements)
     dram_cache_gib = default_dram_cache_gib(profile) if dram_cache_gib is None else dram_cache_gib
     phases = list(phases or [cfg.workload.phase])
+    if "serve" in phases:
+        raise ConfigError("workload.phase", "a sweep steps a steady batch (decode or prefill); a serving run "
+                          "(serve) is simulated one configuration at a time", "use `engram-sim simulate` for "
+                          "serving, or pass --phases decode,prefill")
     steps = steps or cfg.workload.steps
     # Heaviest points first (prefill, big tables), so that workers finish together.
     order = sorted(((ph, t) for ph in phases for t in table_gib), key=lambda p: (p[0] != "prefill", -p[1]))
