@@ -67,8 +67,11 @@ def register(sub) -> None:
                    help="also write <record>.trace.json: predicted and measured timelines (Chrome trace)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("report", help="HTML report + PNGs from a sweep CSV and/or a compare CSV")
-    p.add_argument("inputs", nargs="*", metavar="CSV", help="SWEEP.csv and/or COMPARE.csv (either order)")
+    p = sub.add_parser("report", help="HTML report + PNGs from a sweep CSV and/or a compare CSV, or from "
+                                      "serving run records")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="SWEEP.csv and/or COMPARE.csv (either order); or serving run records (JSON from "
+                        "`engram-sim simulate`), overlaid, e.g. the same workload with placements x, hbm and none")
     p.add_argument("--out", required=True, help="output folder (report.html, PNGs)")
     p.add_argument("--timelines", help="timelines CSV (default: timelines.csv beside the compare CSV)")
     p.add_argument("--record", help="which record's step to draw in the timeline (default: the first "
