@@ -8,6 +8,7 @@ functions that read these numbers live in `sim/costs.py`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,9 @@ from typing import Literal
 
 from vocab.errors import ProfileError
 from vocab.schema import build, read_toml, require, require_each, to_dict
+
+# A read call's fixed or per-thread cost beyond this (microseconds) is a measurement gone wrong: 0.1 s.
+MAX_READ_CALL_US = 1e5
 
 
 @dataclass
@@ -198,6 +202,9 @@ class SsdProfile:
     submitting threads times each one's depth); the latency of one read at that depth follows from
     Little's law (depth / IOPS), and random_read_latency_us keeps the measured latencies beside it.
     Each read also costs its submitting host thread read_cpu_us (the system call and completion).
+    A read call (one layer's fetch: its blocks split into contiguous shares, one per reader thread) also
+    costs read_call_fixed_us once, and read_handoff_us for each thread it hands a share to: what a call of
+    few reads pays that the IOPS curve, measured with many reads a call, amortises.
     """
     name: str
     # Space the table file may take on the drive.
@@ -206,6 +213,10 @@ class SsdProfile:
     random_read_iops: list[CurvePoint]
     # Large sequential reads, GB/s: the drive's ceiling on bytes, whatever the block size.
     seq_read_gbps: float
+    # Microseconds a read call costs whatever its size (submission and collection of its shares), and
+    # microseconds per reader thread handed a share (waking it, its result); no default: every drive says.
+    read_call_fixed_us: float
+    read_handoff_us: float
     read_block_bytes: int = 4096
     # Measured mean latency of one random read (x = reads in flight, y = microseconds); informative.
     random_read_latency_us: list[CurvePoint] = field(default_factory=list)
@@ -222,6 +233,11 @@ class SsdProfile:
         if self.random_read_latency_us:
             _check_curve(self.random_read_latency_us, f"{path}.random_read_latency_us")
         require(self.read_cpu_us >= 0, ProfileError, f"{path}.read_cpu_us", "must be >= 0", "use microseconds")
+        for name in ("read_call_fixed_us", "read_handoff_us"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and 0 <= value <= MAX_READ_CALL_US, ProfileError, f"{path}.{name}",
+                    f"{value:g} is not within 0-{MAX_READ_CALL_US:g}", "give microseconds (calibrate --ssd-path "
+                    "measures them)")
 
 
 @dataclass

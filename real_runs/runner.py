@@ -57,7 +57,7 @@ from real_runs.backbone import Backbone
 from real_runs.cuda_gather import interpreting
 from real_runs.fetch_worker import FetchWorker, StepLog
 from real_runs.hashing import NgramHasher
-from real_runs.inputs import hot_rows, workload_inputs
+from real_runs.inputs import hot_rows, step_rows, workload_inputs
 from real_runs.instrument import NvmlSampler, Timeline, describe_machine
 from real_runs.record import collect
 from real_runs.ssd_store import SsdTable
@@ -68,9 +68,12 @@ from vocab.memory import cache_rows_per_layer, dram_cache_rows_per_layer, kv_cac
 from vocab.placements import HBM, HBM_CACHE, HBM_CACHED, NONE, SSD, needs_gpu
 from vocab.records import RunRecord, summarise, write_record
 from vocab.units import GiB
+from workloads.trace import replay_steps
 
 # A KV cache may take at most this share of the GPU's free memory (the rest: activations, staging, the allocator).
 KV_FREE_FRACTION = 0.9
+# The DRAM caches' warm-up stream has its own seed, apart from the measured steps' and the hot-row sample's.
+DRAM_WARMUP_SEED_OFFSET = 104729
 
 
 def resolve_device(device: str | None) -> str:
@@ -178,11 +181,13 @@ class EngramTables:
     tables: dict = field(default_factory=dict)
     stores: dict = field(default_factory=dict)
     setup_s: float = 0.0
+    dram_warmup_steps: int = 0   # ssd: steps of the token source replayed through the DRAM caches first
 
     def setup(self) -> dict:
         t = self.tables.values()
         return {"tables_s": self.setup_s, "table_bytes": int(sum(x.nbytes for x in t)),
-                "fill_s": float(sum(x.fill_s for x in t)), "pin_s": float(sum(x.pin_s for x in t))}
+                "fill_s": float(sum(x.fill_s for x in t)), "pin_s": float(sum(x.pin_s for x in t)),
+                "dram_warmup_steps": self.dram_warmup_steps}
 
     def close(self) -> None:
         for store in self.stores.values():
@@ -208,7 +213,25 @@ def build_tables(cfg: RunConfig, device: str, timeline: Timeline, engram: Engram
         engram.stores[layer] = make_store(p.kind, table, device, stream=stream, timeline=timeline, name=f"L{layer}",
                                           placement=p, cache_rows=cache_rows, hot_rows=hot.get(layer),
                                           protect=prefetch_ahead(cfg) + 1, dram_cache_rows=dram_rows)
+    warm_dram_caches(cfg, engram, dram_rows)
     engram.setup_s = time.perf_counter() - t0
+
+
+def warm_dram_caches(cfg: RunConfig, engram: EngramTables, dram_rows: int) -> None:
+    """ssd with an online DRAM cache (and no HBM cache before it): replay the same token source (its own seed)
+    through each layer's cache until it has seen REPLAY_FILL_FACTOR times its capacity, within
+    workload.cache_replay_rows accesses, as the simulator's replay does; the measured steps start warm."""
+    p = cfg.placement
+    if p.kind != SSD or not dram_rows or p.dram_cache_policy == "static_topk" or cache_rows_per_layer(cfg):
+        return
+    rng = np.random.default_rng(cfg.workload.seed + DRAM_WARMUP_SEED_OFFSET)
+    _, first = workload_inputs(cfg, 1, rng)
+    per_step = min(np.unique(step_rows(engram.hasher, first[0], layer, engram.offsets[layer])).size
+                   for layer in engram.layers)
+    _, inputs = workload_inputs(cfg, replay_steps(cfg, dram_rows, per_step), rng)
+    for layer in engram.layers:
+        rows = (step_rows(engram.hasher, st, layer, engram.offsets[layer]) for st in inputs)
+        engram.dram_warmup_steps = engram.stores[layer].warm_dram(rows)
 
 
 def _table(cfg: RunConfig, layer: int, cuda: bool) -> HostTable | SsdTable:

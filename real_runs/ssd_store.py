@@ -42,6 +42,7 @@ SSD_DIR_FIELD = "placement.ssd_dir"
 WRITE_CHUNK_BYTES = 64 << 20
 PROGRESS_MIN_BYTES = 256 << 20    # smaller files write in a moment: no progress bar
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+WARM_CHUNK_ROWS = 1 << 14   # rows whose bytes a DRAM-cache warm-up loads at once
 
 
 def _remove(path: str) -> None:
@@ -236,6 +237,27 @@ class SsdStore(GatheringStore):
             c1 = self._mark()
             f.events.append((H2D_LINK, f"copy {self.name}", c0, c1))
             self._rows_free = c1 if self.cuda else None
+
+    def warm_dram(self, steps_rows) -> int:
+        """Replay each step's row ids through the DRAM cache's policy, untimed and without drive reads (as the
+        simulator's cache replay does before its steady state), then load the cached rows' bytes from the
+        table file (through the page cache, dropped afterwards). Returns the steps replayed."""
+        n = 0
+        for ids in steps_rows:
+            self.dram.update(np.unique(np.asarray(ids, dtype=np.int64)))
+            n += 1
+        slots = np.flatnonzero(self.dram.slot_row >= 0)
+        if slots.size and self.dram.policy != "static_topk":
+            rows = self.dram.slot_row[slots]
+            file = np.memmap(self.table.path, dtype=np.uint8, mode="r")
+            offsets = ssd_row_offset(rows, self.row_bytes, self.block_bytes)
+            for a in range(0, slots.size, WARM_CHUNK_ROWS):   # chunks: the byte index is rows x row_bytes
+                b = a + WARM_CHUNK_ROWS
+                self.dram.data[slots[a:b]] = file[offsets[a:b, None] + np.arange(self.row_bytes)]
+            del file
+            with open(self.table.path, "rb") as fh:   # the timed reads are O_DIRECT; leave no cached pages
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        return n
 
     def _gather_gds(self, f: Fetch, uniq: np.ndarray, dst: torch.Tensor) -> None:
         """GPUDirect Storage: the blocks straight into HBM, the rows picked out there (no DRAM cache on this path).

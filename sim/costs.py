@@ -143,12 +143,20 @@ def ssd_drive_bytes_per_s(profile: HardwareProfile) -> float:
     return min(max(p.y for p in s.random_read_iops) * s.read_block_bytes, s.seq_read_gbps * 1e9)
 
 
+def ssd_call_time(profile: HardwareProfile, depth: int) -> float:
+    """Seconds one read call costs beyond its reads: its fixed cost, and a hand-off to each of the `depth`
+    reader threads it splits its blocks among (the store's DirectReader: one share per thread in flight)."""
+    s = profile.ssd
+    return (s.read_call_fixed_us + s.read_handoff_us * depth) * 1e-6
+
+
 def ssd_read_time(profile: HardwareProfile, reads: int, threads: int, queue_depth: int) -> float:
-    """Seconds for `reads` block reads alone: one round at the depth's latency (Little's law: depth / rate),
-    then the rest at the depth's rate, within the drive's byte ceiling."""
+    """Seconds for one call of `reads` block reads alone: the call's own cost, one round at the depth's latency
+    (Little's law: depth / rate), then the rest at the depth's rate, within the drive's byte ceiling."""
     if reads <= 0:
         return 0.0
     depth = ssd_depth(threads, queue_depth, reads)
     rate = ssd_read_rate(profile, depth, threads)
     rest_bytes = (reads - depth) * profile.ssd.read_block_bytes
-    return depth / rate + rest_bytes / min(rate * profile.ssd.read_block_bytes, ssd_drive_bytes_per_s(profile))
+    return (ssd_call_time(profile, depth) + depth / rate
+            + rest_bytes / min(rate * profile.ssd.read_block_bytes, ssd_drive_bytes_per_s(profile)))

@@ -403,8 +403,9 @@ class SSD(OverHostLink):
         gds = self.cfg.placement.ssd_reads == "gds"
         layer = self.layer_ids[k]
         t = res.env.now
-        # The first round of reads in flight takes one read's latency at that depth (Little's law) ...
-        yield res.env.timeout(depth / rate)
+        # The call hands its blocks to the reader threads; the first round of reads in flight takes one read's
+        # latency at that depth (Little's law) ...
+        yield res.env.timeout(costs.ssd_call_time(res.profile, depth) + depth / rate)
         # ... the rest stream at the depth's rate, sharing the drive with every other read in flight. Blocks land
         # in pinned staging (host DRAM), or in HBM across the link with GPUDirect Storage.
         pipes = {SSD_DRIVE: 1.0, PCIE_H2D: 1.0} if gds else {SSD_DRIVE: 1.0, HOST_DRAM: 1.0}

@@ -308,7 +308,9 @@ def synthetic_ssd_raw(folder: str = "/data") -> dict:
                       "file_bytes": 2 * GiB},
             "ssd": {"block_bytes": 4096, "depths_asked": [1, 2, 4, 8], "random": random,
                     "seq": {"gbps": 3.0, "block_bytes": MiB, "threads": 4, "call_bytes": 256 * MiB},
-                    "read_cpu_us": 5.0, "read_cpu_spread_us": (4.0, 5.0, 6.0)}}
+                    "read_cpu_us": 5.0, "read_cpu_spread_us": (4.0, 5.0, 6.0),
+                    # calls of n reads: one read's latency, plus 30 us a call and 6 us a thread
+                    "calls": {n: (1e6 / 12000.0 + 30.0 + 6.0 * n) * 1e-6 for n in (1, 2, 4, 8, 16)}}}
 
 
 def synthetic_gpu_raw() -> dict:

@@ -95,6 +95,25 @@ def test_whole_table_cache_reads_each_row_once(ssd):
 
 
 @pytest.mark.parametrize("policy", ["lru", "lfu"])
+def test_a_warmed_dram_cache_serves_its_rows_with_their_bytes_and_no_drive_read(ssd, policy):
+    store = SsdStore(ssd, threads=2, dram_cache_rows=ROWS // 2, dram_cache_policy=policy)
+    steps = [_ids(300, seed=s) for s in range(20)]
+    assert store.warm_dram(iter(steps)) == len(steps) and store.reader.reads == 0   # no drive read while warming
+    cached = store.dram.slot_row[store.dram.slot_row >= 0]
+    assert 0 < cached.size <= ROWS // 2
+    f = store.prefetch(cached)
+    got = store.wait(f)
+    assert f.ssd_reads == 0 and f.dram_hits == cached.size
+    assert torch.equal(got, ssd.row_values(cached))
+    cold = SsdStore(ssd, threads=2, dram_cache_rows=ROWS // 2, dram_cache_policy=policy)
+    f = cold.prefetch(cached)
+    cold.wait(f)
+    assert f.dram_hits == 0 and f.ssd_reads > 0           # the same fetch, cold, reads the drive
+    store.close()
+    cold.close()
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
 def test_a_larger_dram_cache_never_reads_more(ssd, policy):
     steps = [_ids(200, seed=s) for s in range(20)]
     totals = []
@@ -211,6 +230,7 @@ def test_cli_run_on_the_drive_writes_a_record_with_drive_reads(tmp_path):
                  "--ssd-dir", str(tmp_path), "--out", str(out)]) == 0
     r = read_record(out)
     assert r.fetches.ssd_reads.sum() > 0 and r.fetches.dram_hits.sum() > 0
+    assert r.extra["setup"]["dram_warmup_steps"] > 0   # the DRAM cache was warmed before the measured steps
     assert (r.events.actor == "ssd read").any()
     assert r.config["placement"]["kind"] == "ssd" and r.config["placement"]["ssd_dir"] == str(tmp_path)
     assert not _left(tmp_path)

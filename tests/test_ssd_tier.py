@@ -84,7 +84,8 @@ def test_the_file_layout_packs_rows_whole_into_blocks():
 
 def test_drive_reads_follow_littles_law_and_the_byte_ceiling():
     one = costs.ssd_read_time(H100, 1, 16, 1)
-    assert one == pytest.approx(1 / costs.ssd_read_rate(H100, 1, 16))  # one read: the depth-1 latency
+    # one read: the call's cost (one thread handed a share), then the depth-1 latency
+    assert one == pytest.approx(costs.ssd_call_time(H100, 1) + 1 / costs.ssd_read_rate(H100, 1, 16))
     many = costs.ssd_read_time(H100, 1_000_000, 16, 8)
     assert many == pytest.approx(1_000_000 / costs.ssd_read_rate(H100, 128, 16), rel=1e-3)
     # Deeper queues read faster, up to the drive's ceiling.

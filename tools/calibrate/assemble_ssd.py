@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from profiles.writer import sig
 from tools.calibrate.formatting import human_bytes
 from vocab.units import GiB
+
+
+def read_call_costs(calls: dict, points: dict) -> tuple[float, float, dict]:
+    """(read_call_fixed_us, read_handoff_us, {n: extra us}) from calls of n reads, one per thread: a call's
+    extra over one read's latency at depth n (the IOPS curve's, from many reads a call) is fixed + handoff x n,
+    fitted by least squares over the n the curve has; both at least 0."""
+    extra = {n: calls[n] * 1e6 - points[n]["latency_us"] for n in sorted(calls) if n in points}
+    if not extra:
+        raise ValueError("no read call size matches a measured depth of the IOPS curve")
+    n = np.array(list(extra), dtype=float)
+    y = np.array(list(extra.values()))
+    if n.size == 1:
+        return max(0.0, float(y[0])), 0.0, extra
+    handoff, fixed = np.polyfit(n, y, 1)
+    if handoff < 0:   # a flat or falling extra: all of it is the call's
+        return max(0.0, float(np.mean(y))), 0.0, extra
+    if fixed < 0:     # through the origin: all of it is hand-offs
+        return 0.0, max(0.0, float(n @ y / (n @ n))), extra
+    return float(fixed), float(handoff), extra
 
 
 def ssd_section(raw: dict) -> tuple[dict, list[str], list[str]]:
@@ -14,11 +35,14 @@ def ssd_section(raw: dict) -> tuple[dict, list[str], list[str]]:
     depths = sorted(points)
     block = m["block_bytes"]
     seq = m["seq"]
+    fixed, handoff, extra = read_call_costs(m["calls"], points)
     table = {
         "name": f"{drive['device']} ({drive['fs_type']}), measured in {drive['folder']}",
         "capacity_gib": sig(drive["free_bytes"] / GiB, 4),
         "random_read_iops": [{"x": d, "y": sig(points[d]["iops"])} for d in depths],
         "seq_read_gbps": sig(seq["gbps"]),
+        "read_call_fixed_us": sig(fixed, 3),
+        "read_handoff_us": sig(handoff, 3),
         "read_block_bytes": block,
         "random_read_latency_us": [{"x": d, "y": sig(points[d]["latency_us"])} for d in depths],
         "read_cpu_us": sig(m["read_cpu_us"], 3),
@@ -37,9 +61,13 @@ def ssd_section(raw: dict) -> tuple[dict, list[str], list[str]]:
         f"contiguous share, {human_bytes(seq['call_bytes'])} a call",
         f"read_cpu_us: process CPU time per read at depth 1 (min/median/max over batches {lo:.3g}/{med:.3g}/"
         f"{hi:.3g} us)",
+        "read_call_fixed_us + read_handoff_us x n: fitted to calls of n reads, one per reader thread, less one "
+        "read's latency at depth n: " + ", ".join(
+            f"{k}: {m['calls'][k] * 1e6:.3g} us ({v:+.3g})" for k, v in extra.items()),
     ]
     skipped = [d for d in m["depths_asked"] if d not in points]
-    notes = [f"measured here: ssd (random_read_iops, random_read_latency_us, seq_read_gbps, read_cpu_us) on "
+    notes = [f"measured here: ssd (random_read_iops, random_read_latency_us, seq_read_gbps, read_cpu_us, "
+             f"read_call_fixed_us, read_handoff_us) on "
              f"{drive['folder']}, device {drive['device']} ({drive['fs_type']}, mounted at {drive['mount_point']}, "
              f"st_dev {drive['st_dev']}, rotational {drive['rotational']}), with the SSD store's O_DIRECT reader on "
              f"a {human_bytes(drive['file_bytes'])} test file; ssd.capacity_gib is the file system's free space "

@@ -86,6 +86,8 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
           "ssd", "y"),
     Bound("ssd.seq_read_gbps", _GBPS, 0.01, 100, "large O_DIRECT reads; PCIe Gen5 x4 is about 14", "ssd"),
     Bound("ssd.read_cpu_us", "us", 0.1, 1000, "a preadv system call and the pool's hand-off", "ssd"),
+    Bound("ssd.read_call_fixed_us", "us", 0, 1e4, "submitting and collecting one read call's shares", "ssd"),
+    Bound("ssd.read_handoff_us", "us", 0, 1e4, "waking a reader thread and taking its result", "ssd"),
 )}
 
 # Written but not measured by a timing: facts read from the machine, figures copied from the base profile,

@@ -205,7 +205,8 @@ def print_summary(profile: dict, cuda: bool) -> None:
         print(f"  ssd: {d['name']}: random {d['read_block_bytes']} B reads/s by depth "
               + ", ".join(f"{p['x']}: {p['y']:.3g}" for p in d["random_read_iops"])
               + "; latency us by depth " + ", ".join(f"{p['x']}: {p['y']:.3g}" for p in d["random_read_latency_us"])
-              + f"; sequential {d['seq_read_gbps']:.3g} GB/s; {d['read_cpu_us']:.3g} us CPU a read; "
+              + f"; sequential {d['seq_read_gbps']:.3g} GB/s; {d['read_cpu_us']:.3g} us CPU a read; a read call "
+              f"{d['read_call_fixed_us']:.3g} us + {d['read_handoff_us']:.3g} us a thread; "
               f"{d['capacity_gib']:.4g} GiB free")
     if cuda:
         g, lk = profile["gpu"], profile["link"]

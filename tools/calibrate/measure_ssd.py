@@ -6,7 +6,10 @@ the threads. Each is a generator that fills raw["ssd"] and yields a label after 
   mean latency of one read, the threads' busy time per read (depth x seconds / reads; each thread is busy
   the whole call, so this is Little's law for a closed loop of `depth` readers);
 - sequential reads of large aligned blocks from a few threads, each its own contiguous share: GB/s;
-- the host CPU one read costs at depth 1 (the process's CPU time over a batch of reads, per read).
+- the host CPU one read costs at depth 1 (the process's CPU time over a batch of reads, per read);
+- read calls of few reads (CALL_READS, one read per thread of a CALL_THREADS-thread reader, as the store
+  splits a small fetch): their seconds beyond one read's latency at that depth are the call's fixed cost
+  plus a hand-off per thread (fitted in assemble_ssd.py: read_call_fixed_us, read_handoff_us).
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from tools.calibrate.plan import Sizes
 
 # In quick mode a depth whose IOPS is under this many times the best so far ends the ladder.
 STILL_RISING = 1.05
+# Read calls of these many reads, on a reader of the store's default thread count (placement.ssd_threads).
+CALL_READS = (1, 2, 4, 8, 16)
+CALL_THREADS = 16
+CALL_MIN_REPEATS = 21   # calls take a fraction of a millisecond: enough of them for a steady median
 
 
 def measure_random_reads(sizes: Sizes, path, block_bytes: int, raw: dict):
@@ -79,17 +86,32 @@ def measure_read_cpu(sizes: Sizes, path, block_bytes: int, raw: dict):
     yield "ssd CPU per read"
 
 
+def measure_read_calls(sizes: Sizes, path, block_bytes: int, raw: dict):
+    """Median seconds of one read call of n random blocks (n in CALL_READS) on CALL_THREADS threads:
+    raw["ssd"]["calls"][n]."""
+    rng = np.random.default_rng(5)
+    calls = raw["ssd"]["calls"] = {}
+    out = aligned_blocks(max(CALL_READS), block_bytes)
+    with DirectReader(path, block_bytes, threads=CALL_THREADS, field=FIELD) as reader:
+        for n in CALL_READS:
+            fresh = (lambda _, n=n: rng.integers(0, reader.file_blocks, size=n))   # new blocks each call
+            calls[n] = time_spread(lambda blocks: reader.read_blocks(blocks, out), sizes.warmup,
+                                   max(sizes.repeats, CALL_MIN_REPEATS), setup=fresh).median
+    yield "ssd read calls"
+
+
 def measure_drive(sizes: Sizes, path, block_bytes: int, raw: dict):
     """All the drive's measurements into raw["ssd"] (a re-run replaces them)."""
     raw["ssd"] = {"block_bytes": block_bytes, "depths_asked": list(sizes.ssd_depths)}
     yield from measure_random_reads(sizes, path, block_bytes, raw)
     yield from measure_seq_reads(sizes, path, raw)
     yield from measure_read_cpu(sizes, path, block_bytes, raw)
+    yield from measure_read_calls(sizes, path, block_bytes, raw)
 
 
 def drive_count(sizes: Sizes) -> int:
     """Labels measure_drive yields (the progress bar's share)."""
-    return len(sizes.ssd_depths) + 2
+    return len(sizes.ssd_depths) + 3
 
 
 def ssd_steps(sizes: Sizes, path, block_bytes: int) -> list[tuple]:
