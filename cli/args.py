@@ -44,7 +44,7 @@ def load_run(args) -> tuple[RunConfig, HardwareProfile]:
 
     Every override is checked as the config's own field would be, but named by its flag; a run beyond
     the up-front estimate of memory or time (check_estimate) is refused before any work."""
-    cfg = load_config(args.config)
+    cfg = with_sets(load_config(args.config), getattr(args, "sets", None))
     for name in OVERRIDES:
         value = getattr(args, name, None)
         if value is not None:  # not truthiness: --table-gib 0 is an error, not "no override"
@@ -61,6 +61,22 @@ def load_run(args) -> tuple[RunConfig, HardwareProfile]:
 OVERRIDES = {"placement": ("--placement", "with_placement"), "phase": ("--phase", "with_phase"),
              "table_gib_one": ("--table-gib", "with_table_gib"), "steps": ("--steps", "with_steps"),
              "profile": ("--profile", "with_profile")}
+
+
+def with_sets(cfg: RunConfig, assignments: list[str] | None) -> RunConfig:
+    """cfg with each --set KEY=VALUE in order; a bad one is named `--set KEY`."""
+    for assignment in assignments or []:
+        try:
+            cfg = cfg.with_set(assignment)
+        except UserError as e:
+            raise CliError(f"--set {e.field}", e.problem, e.fix) from None
+    return cfg
+
+
+def add_set_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                   help="override one config field, validated as the TOML is (repeatable), e.g. "
+                        "--set workload.sequences=128 --set placement.uva_ctas=32")
 
 
 def _flag_edit(cfg: RunConfig, name: str, value) -> RunConfig:
@@ -137,11 +153,12 @@ def add_run_options(p: argparse.ArgumentParser, placements, one_point: bool = Tr
     """--profile and --steps; for one point also --placement, --phase and --table-gib."""
     p.add_argument("--profile", help="hardware profile name or TOML path (default: the config's)")
     p.add_argument("--steps", type=int, help="steps to simulate (default: the config's)")
+    add_set_option(p)
     p.add_argument("--force", action="store_true",
                    help="run even beyond the up-front estimate of time (an hour) or memory (half this machine's)")
     if one_point:
         p.add_argument("--placement", choices=list(placements))
-        p.add_argument("--phase", choices=["prefill", "decode"])
+        p.add_argument("--phase", choices=["prefill", "decode", "serve"])
         p.add_argument("--table-gib", dest="table_gib_one", type=float, help="total Engram table size")
 
 

@@ -11,6 +11,7 @@ Layer ids are zero-based indices into the backbone's layers (the paper's
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -454,6 +455,30 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+    def with_set(self, assignment: str) -> "RunConfig":
+        """Copy with one `section.field=value` (e.g. `workload.sequences=128`), the value read as a TOML value
+        (a bare word that is not one, e.g. host_dma, as a string), validated exactly as the TOML file is."""
+        path, sep, text = assignment.partition("=")
+        keys = [k.strip() for k in path.split(".")]
+        if not sep or not all(keys) or not text.strip():
+            raise ConfigError(path.strip() or assignment, f"{assignment!r} is not KEY=VALUE",
+                              "use e.g. --set workload.sequences=128")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        data = self.to_dict()
+        table = data
+        for i, key in enumerate(keys[:-1]):
+            inner = table.setdefault(key, {})
+            if not isinstance(inner, dict):
+                raise ConfigError(".".join(keys[: i + 1]), "is a value, not a section", f"set {'.'.join(keys[: i + 1])}=...")
+            table = inner
+        table[keys[-1]] = value
+        if keys[0] == "engram" and keys[-1] in ("table_gib", "table_rows_per_order"):  # one way to size it wins
+            data["engram"].pop("table_rows_per_order" if keys[-1] == "table_gib" else "table_gib", None)
+        return from_dict(data)
 
 
 def _edit(part, path: str, changes: dict):
