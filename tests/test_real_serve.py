@@ -190,3 +190,10 @@ def test_serving_runs_on_gpu(tmp_path, placement):
     record = run_serving(cfg, device="cuda", out=tmp_path / "gpu.json")
     assert record.extra["serving"]["unfinished"] == 0
     assert record.extra["device"].startswith("cuda")
+
+
+def test_calibrate_counts_the_engram_ops_the_simulator_counts():
+    from sim.compute import ENGRAM_KERNELS
+    from tools.calibrate import cpu_device
+
+    assert cpu_device.ENGRAM_KERNELS == ENGRAM_KERNELS
