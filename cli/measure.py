@@ -6,7 +6,14 @@ from pathlib import Path
 
 from real_runs.command import add_run_arguments, cmd_run
 from tools.calibrate import register as register_calibrate
-from tools.compare import compare_records, format_summary, format_table, nothing_compared, write_outputs
+from tools.compare import (
+    compare_records,
+    format_serving,
+    format_summary,
+    format_table,
+    nothing_compared,
+    write_outputs,
+)
 from tools.report import build_report
 from vocab.files import check_writable_dir, check_writable_file
 
@@ -25,17 +32,22 @@ def cmd_run_checked(args) -> int:
 def cmd_compare(args) -> int:
     check_writable_dir(args.out, "--out")
     df, summary, timelines, skipped = compare_records(args.records, args.profile, keep_results=bool(args.trace))
-    if df.empty:
+    serving = summary.pop("_serving")
+    if df.empty and serving.empty:
         raise nothing_compared(skipped)
     runs = summary.pop("_runs", {})
     out = Path(args.out)
-    written = write_outputs(out, df, timelines, runs)
+    written = write_outputs(out, df, timelines, runs, serving)
     for p, why in skipped:
         print(f"skipped {p}: {why}")
-    print(format_table(df))
-    print()
-    print(format_summary(summary))
-    for note in dict.fromkeys(n for n in df["note"] if n):
+    if not df.empty:
+        print(format_table(df))
+        print()
+        print(format_summary(summary))
+    if not serving.empty:
+        print(("\n" if not df.empty else "") + "Serving runs, measured vs predicted (sim.serve):")
+        print(format_serving(serving))
+    for note in dict.fromkeys(n for n in [*df["note"], *serving["note"]] if n):
         print(f"  note: {note}")
     print(f"\nwrote {', '.join(str(out / n) for n in written)}")
     return 0

@@ -132,6 +132,36 @@ class KVCache:
         return cls(k, v, lengths, capacity)
 
 
+@dataclass
+class Packed:
+    """A serving step's chunks packed as one sequence of T tokens ([1, T] ids), each chunk in its request's
+    KV slot: chunk i is tokens bounds[i]:bounds[i + 1], slot slots[i], positions starts[i] onwards.
+
+    One-token chunks (decodes) attend as one batch (decode_attention over their slots); longer chunks
+    (prompt work) attend one by one, causally within the chunk and to their slot's earlier positions.
+    `states` holds each Engram layer's convolution history per slot ([slots, history, M*D])."""
+    cache: KVCache
+    states: dict
+    token_slot: torch.Tensor   # [T] each token's slot
+    token_pos: torch.Tensor    # [T] each token's position in its request
+    single_tok: torch.Tensor   # [S] tokens of the one-token chunks
+    single_slot: torch.Tensor  # [S]
+    single_len: int            # positions the one-token chunks attend to (the longest + 1)
+    runs: list                 # (first token, end token, slot, start position) of the longer chunks
+
+    @classmethod
+    def build(cls, cache: KVCache, states: dict, slots, starts, counts, device) -> "Packed":
+        slots, starts, counts = (torch.as_tensor(a, dtype=torch.int64) for a in (slots, starts, counts))
+        first = torch.cumsum(counts, 0) - counts
+        chunk = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+        pos = starts[chunk] + torch.arange(int(counts.sum())) - first[chunk]
+        one = torch.nonzero(counts == 1).flatten()
+        runs = [(int(first[i]), int(first[i] + counts[i]), int(slots[i]), int(starts[i]))
+                for i in torch.nonzero(counts > 1).flatten().tolist()]
+        return cls(cache, states, slots[chunk].to(device), pos.to(device), first[one].to(device),
+                   slots[one].to(device), int(starts[one].max()) + 1 if one.numel() else 0, runs)
+
+
 class Attention(nn.Module):
     def __init__(self, hidden: int, heads: int, kv_heads: int, head_dim: int, gen, device, dtype):
         super().__init__()
@@ -159,6 +189,32 @@ class Attention(nn.Module):
             L = max_len if max_len is not None else cache.capacity
             o = decode_attention(q, cache.k[layer][:, :, :L], cache.v[layer][:, :, :L], pos)
         return o.transpose(1, 2).reshape(B, T, H * hd) @ self.w_o
+
+
+    def packed(self, x: torch.Tensor, p: Packed, layer: int) -> torch.Tensor:
+        """x [1, T, D] of a packed serving step: its keys and values go to their slots' positions, then each
+        chunk attends to its slot's positions up to its own."""
+        H, KV, hd = self.heads, self.kv_heads, self.head_dim
+        q, k, v = (x[0] @ self.w_qkv).split([H * hd, KV * hd, KV * hd], dim=-1)
+        q = q.view(-1, H, hd)
+        keys, values = p.cache.k[layer], p.cache.v[layer]
+        keys[p.token_slot, :, p.token_pos] = k.view(-1, KV, hd)
+        values[p.token_slot, :, p.token_pos] = v.view(-1, KV, hd)
+        o = torch.empty_like(q)
+        if p.single_tok.numel():
+            L = p.single_len
+            o[p.single_tok] = decode_attention(q[p.single_tok].unsqueeze(2), keys[p.single_slot, :, :L],
+                                               values[p.single_slot, :, :L], p.token_pos[p.single_tok])[:, :, 0]
+        for a, b, slot, start in p.runs:
+            qr = q[a:b].transpose(0, 1).unsqueeze(0)                     # [1, H, n, hd]
+            kr, vr = keys[slot:slot + 1, :, :start + b - a], values[slot:slot + 1, :, :start + b - a]
+            mask = None
+            if start:   # a continued chunk: all earlier positions, causal within the chunk
+                mask = (torch.arange(start + b - a, device=x.device)[None, :]
+                        <= start + torch.arange(b - a, device=x.device)[:, None])
+            o[a:b] = F.scaled_dot_product_attention(qr, kr, vr, attn_mask=mask, is_causal=not start,
+                                                    enable_gqa=H != KV)[0].transpose(0, 1)
+        return o.reshape(1, -1, H * hd) @ self.w_o
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -193,19 +249,42 @@ class DecoderLayer(nn.Module):
             self.engram.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, *, rows: torch.Tensor | None = None, state: ConvState | None = None,
-                cache: KVCache | None = None, max_len: int | None = None) -> torch.Tensor:
-        """x: [B, T, D] or [B, T, M, D] (branches)."""
+                cache: KVCache | None = None, max_len: int | None = None, packed: Packed | None = None
+                ) -> torch.Tensor:
+        """x: [B, T, D] or [B, T, M, D] (branches); with `packed`, B = 1 and T the step's chunks, packed."""
         if self.engram is not None:
             if rows is None:
                 raise ValueError(f"layer {self.index} is an Engram layer and needs its rows")
-            x = self.engram(x, rows, state)
+            x = self.engram(x, rows, state) if packed is None else self._packed_engram(x, rows, packed)
         multi = x.dim() == 4
-        h = x.mean(2) if multi else x
-        a = self.attn(rms_norm(h, self.attn_norm, NORM_EPS), cache, self.index, max_len)
+        h = rms_norm(x.mean(2) if multi else x, self.attn_norm, NORM_EPS)
+        a = self.attn(h, cache, self.index, max_len) if packed is None else self.attn.packed(h, packed, self.index)
         x = x + (a.unsqueeze(2) if multi else a)
         h = x.mean(2) if multi else x
         f = self.ffn(rms_norm(h, self.ffn_norm, NORM_EPS))
         return x + (f.unsqueeze(2) if multi else f)
+
+    def _packed_engram(self, x: torch.Tensor, rows: torch.Tensor, p: Packed) -> torch.Tensor:
+        """The Engram module of a packed step: gating and values per token, the causal convolution per
+        request (the one-token chunks as one batch, each longer chunk alone), each with its slot's history."""
+        rows = rows.reshape(x.shape[1], -1)
+        history = p.states[self.index].buffer
+        y = torch.empty((x.shape[1], *x.shape[2:]), device=x.device, dtype=x.dtype)
+        groups = []
+        if p.single_tok.numel():
+            history[p.single_slot[p.token_pos[p.single_tok] == 0]] = 0   # one-token prompts start afresh too
+            groups.append((p.single_tok, p.single_slot))
+        for a, b, slot, start in p.runs:
+            if not start:   # a request's first chunk: no history (the slot may hold an earlier request's)
+                history[slot].zero_()
+            groups.append((slice(a, b), slice(slot, slot + 1)))
+        for tok, slots in groups:
+            h = x[0, tok]
+            h = h.unsqueeze(1) if isinstance(tok, torch.Tensor) else h.unsqueeze(0)   # [B, T, (M,) D]
+            state = ConvState(history[slots])
+            y[tok] = self.engram.output(h, rows[tok], state).reshape(h.shape).flatten(0, 1)
+            history[slots] = state.buffer
+        return x + y.unsqueeze(0)
 
 
 class Backbone(nn.Module):
@@ -245,13 +324,15 @@ class Backbone(nn.Module):
     def forward(self, ids: torch.Tensor, get_rows: Callable[[int], torch.Tensor] | None = None, *,
                 cache: KVCache | None = None, states: dict[int, ConvState] | None = None,
                 last_index: torch.Tensor | None = None, hook: Hook | None = None,
-                max_len: int | None = None) -> torch.Tensor:
+                max_len: int | None = None, packed: Packed | None = None) -> torch.Tensor:
         """Logits [B, vocab] of each sequence's last position (`last_index`, default T-1).
 
         ids [B, T] base token ids. With `cache`, T must be 1 (decode) and the cache grows by one.
         `hook(i, "start"|"end")` brackets every layer (i = layers for the LM head) for timing.
         `max_len` (decode): positions to attend, at least the longest cached length + 1; without it one
         host read of the cache lengths bounds it.
+        `packed` (serving): B = 1, the step's chunks packed along T, each in its request's slot of
+        packed.cache (not `cache`); `last_index` [C] then picks each chunk's last token: logits [C, vocab].
         """
         B, T = ids.shape
         x = self.embed[ids]
@@ -271,7 +352,7 @@ class Backbone(nn.Module):
             if hook:
                 hook(layer.index, "start")
             x = layer(x, rows=rows, state=states.get(layer.index) if states else None, cache=cache,
-                      max_len=max_len)
+                      max_len=max_len, packed=packed)
             if hook:
                 hook(layer.index, "end")
         if hook:

@@ -285,7 +285,7 @@ class StepLoop:
         return self.logs
 
     def step(self, s: int) -> None:
-        log, step, m, tl = self.logs[s], self.inputs[s], self.model, self.timeline
+        log, step, m = self.logs[s], self.inputs[s], self.model
         log.start_ns = time.perf_counter_ns()
         ids_t = torch.from_numpy(step.ids % self.cfg.backbone.vocab_size).to(self.device, non_blocking=False)
         valid_idx = last_index = None
@@ -294,21 +294,28 @@ class StepLoop:
             if int(step.lengths.min()) != step.ids.shape[1]:   # padded chunks: their valid tokens' rows only
                 valid = np.flatnonzero((np.arange(step.ids.shape[1])[None, :] < step.lengths[:, None]).reshape(-1))
                 valid_idx = torch.from_numpy(valid).to(self.device)
-        marks = {}
+        logits = m.backbone(ids_t, lambda layer: self.rows(s, layer, valid_idx), cache=m.cache, states=m.states,
+                            last_index=last_index, hook=self.layer_hook(log),
+                            max_len=m.max_len + 1 if m.cache is not None else None)
+        self.read_back(logits)
+        if m.cache is not None and self.cfg.workload.lengths.grow:
+            m.max_len += 1
+        log.end_ns = time.perf_counter_ns()
+
+    def layer_hook(self, log: StepLog):
+        """The backbone's hook: each layer's start and end marks into the step's log."""
+        tl, marks = self.timeline, {}
 
         def hook(i: int, when: str) -> None:
             if when == "start":
                 marks[i] = tl.mark()
             else:
                 log.compute.append((i, marks.pop(i), tl.mark()))
+        return hook
 
-        logits = m.backbone(ids_t, lambda layer: self.rows(s, layer, valid_idx), cache=m.cache, states=m.states,
-                            last_index=last_index, hook=hook, max_len=m.max_len + 1 if m.cache is not None else None)
+    def read_back(self, logits: torch.Tensor) -> None:
         logits.argmax(-1).cpu()      # the next token's dependency: a read-back every step
-        tl.anchor()                  # the compute stream is idle: re-tie the GPU clock to the host's
-        if m.cache is not None and self.cfg.workload.lengths.grow:
-            m.max_len += 1
-        log.end_ns = time.perf_counter_ns()
+        self.timeline.anchor()       # the compute stream is idle: re-tie the GPU clock to the host's
 
     def rows(self, s: int, layer: int, valid_idx) -> torch.Tensor:
         """Layer `layer`'s rows for step s: wait for its fetch (the stall), then expand to the lookups."""
@@ -348,7 +355,8 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
         progress=None) -> RunRecord:
     """Run `cfg` for real and return (and write to `out`) a measured RunRecord.
 
-    `placement` replaces cfg's placement kind; "none" runs the backbone without Engram."""
+    `placement` replaces cfg's placement kind; "none" runs the backbone without Engram. A serving workload
+    (workload.phase = "serve") runs in real_runs/serve.py: `engram-sim run` goes there from main_run."""
     if placement is not None:
         cfg = cfg.with_placement(placement)
     device = resolve_device(device)
@@ -423,6 +431,11 @@ def main_run(args) -> int:
     out = getattr(args, "out", None)
     out = Path(out) if out else Path("out") / f"{cfg.name}-{kind}-measured.json"
     try:
+        if cfg.workload.phase == "serve":
+            # real_runs.serve builds on this module's parts: imported here, where a serving run is asked for.
+            from real_runs.serve import main_serve
+
+            return main_serve(cfg.with_placement(placement) if placement else cfg, out, getattr(args, "device", None))
         record = run(cfg, placement=placement, steps=getattr(args, "steps", None), out=out,
                      device=getattr(args, "device", None), warmup=getattr(args, "warmup", None) or 1)
     except RuntimeError as e:

@@ -16,7 +16,8 @@ from vocab.tables import COMPARE_COLUMNS, TIMELINE_COLUMNS
 
 # The hbm and host_dma records; the ssd ones (tiny-cpu-ssd-*, this machine's drive) are compared below.
 RECORD_DIR = Path(__file__).resolve().parents[1] / "real_runs" / "records"
-RECORDS = sorted(p for p in RECORD_DIR.glob("tiny-cpu-*.json") if "-ssd-" not in p.name)
+RECORDS = sorted(p for p in RECORD_DIR.glob("tiny-cpu-*.json") if "-ssd-" not in p.name and "-serve" not in p.name)
+SERVE_RECORDS = sorted(RECORD_DIR.glob("tiny-cpu-*-serve.json"))
 SSD_RECORDS = sorted(RECORD_DIR.glob("tiny-cpu-ssd-*.json"))
 
 
@@ -255,3 +256,14 @@ def test_a_measured_none_record_is_the_baseline_of_overhead_vs_none(tmp_path):
         assert row.loc[kind, "overhead_vs_none_error_pp"] == pytest.approx(0, abs=1e-9)
     assert row.loc["host_dma", "measured_overhead_vs_hbm"] == pytest.approx(1 - tps["host_dma"] / tps["hbm"])
     assert row.loc["none", "measured_overhead_vs_none"] == 0 and row.loc["none", "predicted_overhead_vs_none"] == 0
+
+
+def test_the_committed_serving_records_compare_metric_by_metric():
+    from tools.compare import SERVING_METRICS
+
+    df, summary, _, skipped = compare_records(SERVE_RECORDS)
+    assert len(SERVE_RECORDS) == 2 and df.empty and skipped == []
+    serving = summary["_serving"]
+    assert len(serving) == 2 * len(SERVING_METRICS) and serving.profile_matched.all()
+    steps = serving[serving.metric == "steps"]
+    assert (steps.measured == steps.predicted).all()

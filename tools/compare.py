@@ -23,6 +23,12 @@ percentage points (predicted - measured) * 100.
 
 A backbone-only record (placement `none`) is compared like any other: the
 simulator runs the backbone alone too.
+
+A serving record (workload.phase = "serve", its tables in `extra`) is compared
+with sim.serve.simulate_serving of its config on the same profile: one row per
+SERVING_METRICS entry (output tokens/s, elapsed, steps, prefill steps, TTFT and
+TPOT percentiles), measured, predicted and relative error side by side, in the
+summary's "_serving" table (compare.csv keeps the steady-state rows).
 """
 
 from __future__ import annotations
@@ -38,13 +44,21 @@ import pandas as pd
 from profiles import load_profile, shipped_names
 from reports.trace import write_chrome_trace
 from sim.engine import simulate
+from sim.serve import simulate_serving
 from vocab.config import from_dict
 from vocab.errors import UserError
 from vocab.files import staged_dir
 from vocab.placements import HBM, NONE
 from vocab.records import overhead, read_record
+from vocab.serving import serving_tables
 from vocab.tables import COMPARE_COLUMNS, EXTRA_METRICS, METRICS, OVERHEAD_BASELINES, TIMELINE_COLUMNS, summarise_errors
 from vocab.units import GiB
+
+# A serving record's figures compared (vocab.serving.serving_summary keys), and its table's columns.
+SERVING_METRICS = ("output_tokens_per_s", "elapsed_s", "steps", "prefill_steps", "ttft_p50_s", "ttft_p90_s",
+                   "tpot_p50_s", "tpot_p90_s")
+SERVING_COLUMNS = ["record", "config", "placement", "device", "machine", "profile", "profile_matched", "metric",
+                   "measured", "predicted", "rel_err", "note"]
 
 
 class CompareError(UserError):
@@ -163,14 +177,7 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
     """(table row, one-step timelines, the predicted SimResult) for a loaded measured record."""
     n = len(record.steps)
     cfg = cfg.with_steps(n)
-    if profile:
-        profile_name, matched, note = profile, True, f"profile {profile} given with --profile"
-        if machine_gpu(record) is None:
-            matched, note = False, (f"CPU run: no hardware profile describes this machine; predicted with "
-                                    f"{profile} (--profile), so the error is CPU versus that GPU")
-    else:
-        profile_name, matched, note = match_profile(record, cfg.profile)
-    prof = load_profile(profile_name)
+    prof, matched, note = _profile_for(record, cfg, profile)
     predicted = simulate(cfg, prof, steps=n, record_events=True, check_capacity=False)
     baselines = {kind: predicted if cfg.placement.kind == kind else
                  simulate(cfg.with_placement(kind), prof, steps=n, check_capacity=False) for kind in (HBM, NONE)}
@@ -200,6 +207,39 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
         _one_step("measured", path.name, step, record.events, record.steps),
     ], ignore_index=True)
     return row, timeline, predicted
+
+
+def _profile_for(record, cfg, profile: str | None):
+    """(HardwareProfile, matched to the record's machine?, note): --profile if given, else match_profile. A CPU
+    run is matched by a profile whose device is that CPU (gpu.name = the record's cpu_model)."""
+    if profile:
+        profile_name, matched, note = profile, True, f"profile {profile} given with --profile"
+        if machine_gpu(record) is None:
+            matched, note = False, (f"CPU run: no hardware profile describes this machine; predicted with "
+                                    f"{profile} (--profile), so the error is CPU versus that GPU")
+    else:
+        profile_name, matched, note = match_profile(record, cfg.profile)
+    prof = load_profile(profile_name)
+    cpu = record.machine.get("cpu_model")
+    if machine_gpu(record) is None and cpu and prof.gpu.name.strip() == str(cpu).strip():
+        matched, note = True, f"profile {prof.name} describes this CPU as the device"
+    return prof, matched, note
+
+
+def compare_serving(path: Path, record, cfg, profile: str | None = None) -> pd.DataFrame:
+    """SERVING_COLUMNS rows, one per SERVING_METRICS entry, for a measured serving record."""
+    _, _, measured = serving_tables(record.extra)
+    prof, matched, note = _profile_for(record, cfg, profile)
+    predicted = simulate_serving(cfg, prof, check_capacity=False).serving
+    gpu = machine_gpu(record)
+    head = {"record": path.name, "config": cfg.name, "placement": cfg.placement.kind,
+            "device": str(record.extra.get("device") or ""),
+            "machine": gpu or str(record.machine.get("cpu_model") or "unknown CPU"), "profile": prof.name,
+            "profile_matched": bool(matched)}
+    rows = [{**head, "metric": m, "measured": float(measured.get(m, math.nan)), "predicted": float(predicted[m]),
+             "rel_err": _rel(float(predicted[m]), float(measured.get(m, math.nan))), "note": note}
+            for m in SERVING_METRICS]
+    return pd.DataFrame(rows, columns=SERVING_COLUMNS)
 
 
 def _errors(df: pd.DataFrame) -> pd.DataFrame:
@@ -233,6 +273,14 @@ def compare_records(paths, profile: str | None = None, *, keep_results: bool = F
         if cfg.placement.kind in (HBM, NONE):
             baselines.setdefault((cfg.placement.kind, _baseline_key(record)),
                                  float(record.summary.get("tokens_per_s", math.nan)))
+    serving = [(p, record, cfg) for p, record, cfg in loaded if serving_tables(record.extra) is not None]
+    loaded = [x for x in loaded if serving_tables(x[1].extra) is None]
+    serving_rows = []
+    for p, record, cfg in serving:
+        try:
+            serving_rows.append(compare_serving(p, record, cfg, profile))
+        except UserError as e:
+            skipped.append((str(p), f"cannot simulate it ({e})"))
     for p, record, cfg in loaded:
         try:
             row, timeline, predicted = compare_one(p, record, cfg, profile)
@@ -252,6 +300,8 @@ def compare_records(paths, profile: str | None = None, *, keep_results: bool = F
     df = df[COMPARE_COLUMNS]
     summary = summarise_errors(df)
     summary["skipped"] = len(skipped)
+    summary["_serving"] = (pd.concat(serving_rows, ignore_index=True) if serving_rows
+                           else pd.DataFrame(columns=SERVING_COLUMNS))
     if keep_results:
         summary["_runs"] = runs
     tl = pd.concat(timelines, ignore_index=True) if timelines else pd.DataFrame(columns=TIMELINE_COLUMNS)
@@ -293,6 +343,20 @@ def format_table(df: pd.DataFrame) -> str:
         return view.to_string(index=False)
 
 
+def format_serving(df: pd.DataFrame) -> str:
+    """The serving rows: per record, each metric measured, predicted and the error."""
+    def f(x):
+        return "–" if x is None or not np.isfinite(x) else f"{x:,.4g}"
+
+    view = pd.DataFrame({
+        "record": df["record"], "placement": df["placement"],
+        "profile": df["profile"] + np.where(df["profile_matched"].astype(bool), "", "*"), "metric": df["metric"],
+        "measured": [f(x) for x in df["measured"]], "predicted": [f(x) for x in df["predicted"]],
+        "error": [_pct(x) for x in df["rel_err"]]})
+    with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_rows", 500):
+        return view.to_string(index=False)
+
+
 def format_summary(summary: dict) -> str:
     lines = [f"Compared {summary['compared']} record(s)"
              + (f", skipped {summary['skipped']}" if summary.get("skipped") else "") + "."]
@@ -313,13 +377,18 @@ def format_summary(summary: dict) -> str:
 
 # -- commands -------------------------------------------------------------------------------------
 
-def write_outputs(out: Path, df: pd.DataFrame, timelines: pd.DataFrame, runs: dict) -> list[str]:
-    """compare.csv, timelines.csv and, for each run in `runs`, <record>.trace.json; all or nothing."""
+def write_outputs(out: Path, df: pd.DataFrame, timelines: pd.DataFrame, runs: dict,
+                  serving: pd.DataFrame | None = None) -> list[str]:
+    """compare.csv, timelines.csv, serving.csv (serving records only) and, for each run in `runs`,
+    <record>.trace.json; all or nothing."""
     written = []
     with staged_dir(out) as tmp:
         df.to_csv(tmp / "compare.csv", index=False)
         timelines.to_csv(tmp / "timelines.csv", index=False)
         written += ["compare.csv", "timelines.csv"]
+        if serving is not None and len(serving):
+            serving.to_csv(tmp / "serving.csv", index=False)
+            written.append("serving.csv")
         for path, (record, predicted) in runs.items():
             name = f"{Path(path).stem}.trace.json"
             write_chrome_trace({"predicted": predicted.events, "measured": record.events}, tmp / name)

@@ -19,6 +19,7 @@ from real_runs.timing import recording_spreads
 from tools.calibrate import plan, sanity
 from tools.calibrate.assemble import assemble, comparison
 from tools.calibrate.bounds import CPU_STEPS, GPU_STEPS, MAX_REMEASURES, SSD_STEPS
+from tools.calibrate.cpu_device import run_cpu_device
 from tools.calibrate.drive import check_ssd_folder, drive_file_bytes, drive_test_file, read_block_bytes
 from tools.calibrate.measure_cpu import cpu_steps, system_info
 from tools.calibrate.measure_gpu import gpu_info, gpu_steps
@@ -42,6 +43,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                                       "(on the drive to measure; the file is removed afterwards)")
     p.add_argument("--ssd-size-gib", type=float, default=None,
                    help="the test file's size (default 2 GiB, 1 with --quick); larger than the drive's caches")
+    p.add_argument("--device", choices=["cpu"],
+                   help="cpu: measure this CPU as the device of `run --device cpu` and print its [gpu] section "
+                        "(--out: also write it there); nothing else is measured")
+    p.add_argument("--config", help="--device cpu: the config whose backbone's layers are counted and timed "
+                                    "(default tiny)")
     p.set_defaults(func=run_calibrate)
     return p
 
@@ -49,6 +55,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 def run_calibrate(args) -> int:
     """Measure, assemble the profile, write it atomically, print a summary and the reference comparison.
     With --ssd-path the drive's test file lives while measuring (re-measuring too), and is removed after."""
+    if getattr(args, "device", None) == "cpu":
+        return run_cpu_device(args)
     quick, cpu_only = bool(getattr(args, "quick", False)), bool(getattr(args, "cpu_only", False))
     base_name = getattr(args, "base", None) or "h100-sxm"
     base = load_profile(base_name)                      # ProfileError: one line, exit 2

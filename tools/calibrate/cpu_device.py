@@ -1,0 +1,201 @@
+"""This CPU as the device of `engram-sim run --device cpu`: the [gpu] figures a CPU run is predicted with.
+
+    engram-sim calibrate --device cpu [--config tiny] [--out FILE]
+
+A real run on CPU computes in float32 with torch's CPU kernels, one op after
+another from Python, so the profile's "GPU" is that: matrix rate (bf16_tflops
+holds the float32 rate the run gets), read bandwidth (hbm_gbps), the cost of
+issuing one op as the real backbone issues them (kernel_launch_us) and how
+many it issues per layer (kernels_per_layer). Host timer, medians of repeats.
+
+- kernels_per_layer: aten ops a decoder layer dispatches (a packed serving
+  decode step of 16 sequences on the config's backbone, as real_runs/serve.py
+  runs it, counted with a TorchDispatchMode), averaged over the
+  layers with the Engram modules' ops beyond the simulator's ENGRAM_KERNELS
+  spread over them: a predicted step issues as many ops as the real one;
+- kernel_launch_us: a layer's time in that step (where, for a small backbone,
+  the arithmetic is negligible) over its ops: the per-op cost, Python included;
+- matmul_curve: float32 GEMMs of M rows at the layer's (K, N), rate net of one
+  op's cost, over the peak (a large square GEMM); memory_curve: reductions over
+  n bytes, rate net of one op's cost, over the largest's (hbm_gbps);
+- hbm_gather: index_select of 16384 rows of each row size, GB/s.
+
+torch and real_runs.backbone (which imports it) are optional heavy dependencies, imported inside.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from real_runs.instrument import cpu_model, memory_gib
+from real_runs.timing import median_time
+from vocab.config import load_config
+from vocab.files import atomic_write_text
+
+MATMUL_ROWS = (1, 4, 16, 64, 256, 1024, 4096)
+PEAK_GEMM = 2048
+MEMORY_BYTES = (1 << 16, 1 << 20, 1 << 24, 1 << 28)
+GATHER_ROW_BYTES = (64, 256, 1024, 4096)
+GATHER_ROWS = 16384
+# The serving decode step the ops are counted and timed on: sequences, and the context each attends to.
+DECODE_SEQUENCES = 16
+DECODE_CONTEXT = 48
+# Ops the simulator counts for an Engram module (sim/compute.py ENGRAM_KERNELS; calibrate may not import the
+# simulator, which needs SimPy: tests check the two agree).
+ENGRAM_KERNELS = 8
+
+
+def count_layer_ops(backbone, forward) -> dict[int, int]:
+    """Aten ops each layer dispatches in one `forward(hook)` (index = layer; the LM head is `layers`)."""
+    from torch.utils._python_dispatch import TorchDispatchMode  # optional heavy dependency
+
+    counts, current = {}, [None]
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if current[0] is not None:
+                counts[current[0]] = counts.get(current[0], 0) + 1
+            return func(*args, **(kwargs or {}))
+
+    def hook(i, when):
+        current[0] = i if when == "start" else None
+
+    with Count():
+        forward(hook)
+    return counts
+
+
+def layer_times(forward, repeats: int) -> dict[int, float]:
+    """Median seconds of each layer over repeats of `forward(hook)` (3 warm-up calls left out)."""
+    spans: dict[int, list] = {}
+    marks = {}
+
+    def hook(i, when):
+        if when == "start":
+            marks[i] = time.perf_counter()
+        else:
+            spans.setdefault(i, []).append(time.perf_counter() - marks.pop(i))
+
+    for _ in range(repeats + 3):
+        forward(hook)
+    return {i: float(np.median(s[3:])) for i, s in spans.items()}
+
+
+def measure_ops(config: str, repeats: int) -> dict:
+    """Ops per layer and their per-op cost on the config's backbone, in a serving decode step as
+    real_runs/serve.py runs it (packed, one token for each of DECODE_SEQUENCES sequences in their KV slots,
+    a short context): the steps that make most of a serving run."""
+    import torch  # optional heavy dependency
+
+    from real_runs.backbone import Backbone, Packed  # imports torch
+
+    cfg = load_config(config)
+    bb = Backbone(cfg.backbone, cfg.engram, device="cpu", seed=0)
+    n = DECODE_SEQUENCES
+    cache, states = bb.new_cache(n, 2 * DECODE_CONTEXT, np.zeros(n, dtype=np.int64)), bb.new_states(n)
+    ids, rows = torch.zeros((1, n), dtype=torch.int64), torch.zeros((n, cfg.engram.d_mem))
+    ones, at = np.ones(n, dtype=np.int64), np.full(n, DECODE_CONTEXT)
+
+    def forward(hook):
+        packed = Packed.build(cache, states, np.arange(n), at, ones, "cpu")
+        bb(ids, lambda layer: rows, packed=packed, last_index=torch.arange(n), hook=hook)
+
+    counts = count_layer_ops(bb, forward)
+    times = layer_times(forward, repeats)
+    layers = range(cfg.backbone.layers)
+    plain = [i for i in layers if i not in bb.engram_layers]
+    # The simulator adds ENGRAM_KERNELS per Engram layer: the rest of the module's ops are spread over the
+    # layers, so that a predicted step issues as many ops as the real one.
+    per_layer = (sum(counts[i] for i in layers) - ENGRAM_KERNELS * len(bb.engram_layers)) / len(layers)
+    per_op = float(np.median([times[i] / counts[i] for i in plain]))
+    engram = [counts[i] - float(np.mean([counts[j] for j in plain])) for i in bb.engram_layers]
+    return {"config": config, "ops_by_layer": counts, "layer_s": times, "kernels_per_layer": per_layer,
+            "per_op_us": per_op * 1e6, "engram_module_ops": float(np.mean(engram)) if engram else 0.0,
+            "lm_head_ops": counts.get(cfg.backbone.layers, 0), "threads": torch.get_num_threads()}
+
+
+def measure_rates(config: str, per_op_s: float, repeats: int) -> dict:
+    """Peak GEMM rate, the GEMM ladder at the config's layer shapes, read bandwidths, row gathers."""
+    import torch  # optional heavy dependency
+
+    b = load_config(config).backbone
+    a = b.attention
+    gemms = {"attention qkv": (b.hidden_size, (a.heads + 2 * a.kv_heads) * a.head_dim),
+             "attention out": (a.heads * a.head_dim, b.hidden_size),
+             "ffn gate+up": (b.hidden_size, 2 * b.intermediate_size), "ffn down": (b.intermediate_size, b.hidden_size)}
+    n = PEAK_GEMM
+    x, w = torch.randn(n, n), torch.randn(n, n)
+    peak = 2 * n ** 3 / median_time(lambda: torch.matmul(x, w), 2, repeats)
+    ladder = {}
+    for m in MATMUL_ROWS:
+        flops = secs = 0.0
+        for k, nn in gemms.values():
+            x, w = torch.randn(m, k), torch.randn(k, nn)
+            out = torch.empty(m, nn)
+            s = median_time(lambda: torch.matmul(x, w, out=out), 3, repeats * 5)
+            flops, secs = flops + 2 * m * k * nn, secs + max(s - per_op_s, 0.1 * s)
+        ladder[m] = flops / secs
+    reads = {}
+    for nbytes in MEMORY_BYTES:
+        t = torch.ones(nbytes // 4)
+        s = median_time(lambda: t.sum(), 2, repeats)
+        reads[nbytes] = nbytes / max(s - per_op_s, 0.1 * s)
+    gathers = {}
+    for rb in GATHER_ROW_BYTES:
+        table = torch.zeros((64 << 20) // rb, rb // 4)
+        ids = torch.randint(0, table.shape[0], (GATHER_ROWS,))
+        gathers[rb] = GATHER_ROWS * rb / median_time(lambda: table.index_select(0, ids), 2, repeats)
+    return {"peak_flops": peak, "matmul_flops_by_rows": ladder, "read_bytes_per_s": reads,
+            "gather_bytes_per_s": gathers}
+
+
+def gpu_section(ops: dict, rates: dict, memory_gib: float) -> dict:
+    """The [gpu] fields of this CPU as a run's device."""
+    peak, best_read = rates["peak_flops"], max(rates["read_bytes_per_s"].values())
+    return {
+        "bf16_tflops": round(peak / 1e12, 4),
+        "hbm_gbps": round(best_read / 1e9, 2),
+        "hbm_gib": round(memory_gib, 1),
+        "hbm_reserved_gib": round(0.1 * memory_gib, 2),
+        "kernel_launch_us": round(ops["per_op_us"], 2),
+        "kernels_per_layer": int(round(ops["kernels_per_layer"])),
+        "matmul_curve": [{"x": float(m), "y": round(min(1.0, r / peak), 4)}
+                         for m, r in rates["matmul_flops_by_rows"].items()],
+        "memory_curve": [{"x": float(n), "y": round(r / best_read, 4)} for n, r in rates["read_bytes_per_s"].items()],
+        "hbm_gather": [{"x": float(rb), "y": round(r / 1e9, 2)} for rb, r in rates["gather_bytes_per_s"].items()],
+    }
+
+
+def format_section(fields: dict, ops: dict, rates: dict) -> str:
+    """The [gpu] fields as TOML lines, with the raw points as comments."""
+    lines = [f"# ops per layer (packed serving decode, 16 sequences) by layer: {ops['ops_by_layer']}; Engram module adds "
+             f"{ops['engram_module_ops']:.0f}; LM head {ops['lm_head_ops']}; torch threads {ops['threads']}",
+             "# layer seconds (that step): " + ", ".join(f"{i}: {s * 1e6:.0f} us" for i, s in
+                                                            ops["layer_s"].items()),
+             f"# float32 GEMM peak ({PEAK_GEMM}^3): {rates['peak_flops'] / 1e9:.1f} GFLOP/s; ladder (net of one op's "
+             "cost) GFLOP/s by rows: " + ", ".join(f"{m}: {r / 1e9:.2f}" for m, r in
+                                                   rates["matmul_flops_by_rows"].items())]
+    for key, value in fields.items():
+        if isinstance(value, list):
+            lines.append(f"{key} = [")
+            lines += [f"    {{x = {p['x']}, y = {p['y']}}}," for p in value]
+            lines.append("]")
+        else:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines)
+
+
+def run_cpu_device(args) -> int:
+    """`calibrate --device cpu`: measure, print the [gpu] section (and write it to --out if given)."""
+    repeats = 5 if getattr(args, "quick", False) else 15
+    config = getattr(args, "config", None) or "tiny"
+    ops = measure_ops(config, repeats)
+    rates = measure_rates(config, ops["per_op_us"] * 1e-6, repeats)
+    fields = {"name": f'"{cpu_model()}"', **gpu_section(ops, rates, memory_gib())}
+    text = "[gpu]\n" + format_section(fields, ops, rates) + "\n"
+    print(text)
+    if getattr(args, "out", None):
+        atomic_write_text(args.out, text)
+    return 0
