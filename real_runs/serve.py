@@ -68,6 +68,7 @@ from vocab.memory import (
     cache_bytes,
     hbm_usable_bytes,
     kv_cache_bytes,
+    landed_bytes,
     serving_kv_blocks,
     weights_bytes,
 )
@@ -91,8 +92,7 @@ def kv_blocks_for(cfg: RunConfig, profile: HardwareProfile) -> int:
     table_hbm = e.total_table_bytes if kind == HBM else cache_bytes(cfg) if kind in HBM_CACHED else 0
     staging = 0
     if kind not in (HBM, NONE):  # every other placement lands its rows in HBM staging
-        unique_rows = s.max_batched_tokens * e.tables_per_layer
-        staging = (1 + cfg.workload.decode_lookahead) * unique_rows * e.row_bytes * len(e.layer_ids)
+        staging = landed_bytes(cfg, s.max_batched_tokens * e.tables_per_layer)
     budget = MemoryBudget(
         weights_bytes=weights_bytes(cfg, with_engram=kind != NONE), kv_cache_bytes=0, table_hbm_bytes=table_hbm,
         staging_hbm_bytes=staging, activation_bytes=activation_bytes(cfg.backbone, s.max_batched_tokens),

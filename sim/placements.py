@@ -33,7 +33,13 @@ from vocab import placements as names
 from vocab.config import RunConfig
 from vocab.errors import ConfigError, ProfileError
 from vocab.geometry import ssd_file_bytes
-from vocab.memory import cache_bytes, cache_rows_per_layer, dram_cache_bytes, dram_cache_rows_per_layer
+from vocab.memory import (
+    cache_bytes,
+    cache_rows_per_layer,
+    dram_cache_bytes,
+    dram_cache_rows_per_layer,
+    landed_bytes,
+)
 from vocab.records import CPU_GATHER, H2D_LINK, SSD_READ, UVA_GATHER
 
 ROW_ID_BYTES = 8  # an int64 row id
@@ -107,10 +113,7 @@ class Placement:
         raise NotImplementedError
 
     def _landed_bytes(self, max_unique_rows: int) -> int:
-        """HBM for rows fetched for the current step and the steps prefetched ahead of it."""
-        w = self.cfg.workload
-        ahead = w.prefill_prefetch_ahead if w.phase == "prefill" else w.decode_lookahead
-        return (1 + ahead) * max_unique_rows * self.cfg.engram.row_bytes * len(self.cfg.engram.layer_ids)
+        return landed_bytes(self.cfg, max_unique_rows)
 
     # -- the row-id upload every Engram placement makes when no table rows travel ------------------
     def _send_row_ids(self, res: SharedResources, step: int, k: int, plan):

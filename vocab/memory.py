@@ -98,6 +98,14 @@ def dram_cache_rows_per_layer(cfg: RunConfig) -> int:
     return dram_cache_bytes(cfg) // (cfg.engram.row_bytes * len(cfg.engram.layer_ids))
 
 
+def landed_bytes(cfg: RunConfig, max_unique_rows: int) -> int:
+    """HBM staging for rows fetched for the current step and the steps prefetched ahead of it (every placement
+    whose rows travel lands them there)."""
+    w = cfg.workload
+    ahead = w.prefill_prefetch_ahead if w.phase == "prefill" else w.decode_lookahead
+    return (1 + ahead) * max_unique_rows * cfg.engram.row_bytes * len(cfg.engram.layer_ids)
+
+
 def host_usable_bytes(host_memory_gib: float) -> int:
     return int((1.0 - HOST_RESERVED_FRACTION) * host_memory_gib * GiB)
 
