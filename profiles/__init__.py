@@ -178,6 +178,10 @@ class HostProfile:
     # step's read-back): fixed plus per sequence in the batch. It sits on the step's critical path.
     engine_step_fixed_us: float = 0.0
     engine_step_per_seq_us: float = 0.0
+    # The same for a serving engine's step (workload.phase = "serve": forming the step from the requests,
+    # packing its chunks, finishing it), where measured on this host; unset: engine_step_*.
+    serve_step_fixed_us: float | None = None
+    serve_step_per_seq_us: float | None = None
     # Hashing on the critical path (placement.hash_on = "critical_path"): a harness's one host thread
     # hashing in NumPy, per Engram layer: a fixed cost (a pass per order and head) plus a cost per token.
     # Defaults: the NumPy reference (workloads/hashing.py) timed on one core of a 2-core Xeon VM.
@@ -191,6 +195,10 @@ class HostProfile:
         require_each(self, path, ("memory_gib", "dram_gbps", "hash_tokens_per_s_per_core", "dedup_rows_per_s_per_core"),
                      ProfileError)
         _check_curve(self.cpu_gather_per_thread, f"{path}.cpu_gather_per_thread")
+        for name in ("serve_step_fixed_us", "serve_step_per_seq_us"):
+            value = getattr(self, name)
+            require(value is None or (math.isfinite(value) and value >= 0), ProfileError, f"{path}.{name}",
+                    f"got {value}", "use microseconds >= 0, or leave it out to use engine_step_*")
 
 
 @dataclass

@@ -265,10 +265,12 @@ class DecoderLayer(nn.Module):
         return x + (f.unsqueeze(2) if multi else f)
 
     def _packed_engram(self, x: torch.Tensor, rows: torch.Tensor, p: Packed) -> torch.Tensor:
-        """The Engram module of a packed step: gating and values per token, the causal convolution per
-        request (the one-token chunks as one batch, each longer chunk alone), each with its slot's history."""
+        """The Engram module of a packed step: gating and values for all its tokens at once, then the causal
+        convolution per request (the one-token chunks as one batch, each longer chunk alone), each with its
+        slot's history."""
         rows = rows.reshape(x.shape[1], -1)
         history = p.states[self.index].buffer
+        values = self.engram.values(x, rows.unsqueeze(0))[0]     # [T, M, D]
         y = torch.empty((x.shape[1], *x.shape[2:]), device=x.device, dtype=x.dtype)
         groups = []
         if p.single_tok.numel():
@@ -279,10 +281,11 @@ class DecoderLayer(nn.Module):
                 history[slot].zero_()
             groups.append((slice(a, b), slice(slot, slot + 1)))
         for tok, slots in groups:
-            h = x[0, tok]
-            h = h.unsqueeze(1) if isinstance(tok, torch.Tensor) else h.unsqueeze(0)   # [B, T, (M,) D]
+            v = values[tok]
+            v = v.unsqueeze(1) if isinstance(tok, torch.Tensor) else v.unsqueeze(0)   # [B, T, M, D]
             state = ConvState(history[slots])
-            y[tok] = self.engram.output(h, rows[tok], state).reshape(h.shape).flatten(0, 1)
+            out = v + self.engram.short_conv(v, state)
+            y[tok] = out.reshape(*out.shape[:2], *x.shape[2:]).flatten(0, 1)
             history[slots] = state.buffer
         return x + y.unsqueeze(0)
 

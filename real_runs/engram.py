@@ -102,6 +102,11 @@ class EngramModule(nn.Module):
 
     def output(self, hidden: torch.Tensor, rows: torch.Tensor, state: ConvState | None = None) -> torch.Tensor:
         """Y: [B, T, M, D]."""
+        v = self.values(hidden, rows)
+        return v + self.short_conv(v, state)
+
+    def values(self, hidden: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """The gated values v [B, T, M, D]: token by token (the convolution alone reads neighbours)."""
         M, D = self.branches, self.hidden_size
         if hidden.dim() == 3:
             if M != 1:
@@ -117,8 +122,7 @@ class EngramModule(nn.Module):
         g = (_wide(k) * _wide(q)).sum(-1) / math.sqrt(D)
         g = g.sign() * g.abs().clamp_min(GATE_EPS).sqrt()
         alpha = torch.sigmoid(g).to(e.dtype)                       # [B, T, M]
-        v = alpha.unsqueeze(-1) * (e @ self.w_v.t()).unsqueeze(2)   # [B, T, M, D]
-        return v + self.short_conv(v, state)
+        return alpha.unsqueeze(-1) * (e @ self.w_v.t()).unsqueeze(2)   # [B, T, M, D]
 
     def short_conv(self, v: torch.Tensor, state: ConvState | None = None) -> torch.Tensor:
         """SiLU(conv(norm(v))), causal along T; v [B, T, M, D]."""

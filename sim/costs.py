@@ -94,10 +94,15 @@ def uva_sm_share(profile: HardwareProfile, rows: int, ctas: int | None) -> float
     return g.uva_interference * gather_block_share(uva_grid(profile, rows, ctas), g.sm_count, g.uva_blocks_per_sm)
 
 
-def engine_step_time(profile: HardwareProfile, sequences: int, cuda_graphs: bool) -> float:
-    """The engine's own host work before a step can launch (and the first graph launch with CUDA graphs)."""
+def engine_step_time(profile: HardwareProfile, sequences: int, cuda_graphs: bool, serving: bool = False) -> float:
+    """The engine's own host work before a step can launch (and the first graph launch with CUDA graphs);
+    a serving engine's where the profile measured one (host.serve_step_*)."""
     h = profile.host
-    t = (h.engine_step_fixed_us + h.engine_step_per_seq_us * sequences) * 1e-6
+    fixed, per_seq = h.engine_step_fixed_us, h.engine_step_per_seq_us
+    if serving:
+        fixed = fixed if h.serve_step_fixed_us is None else h.serve_step_fixed_us
+        per_seq = per_seq if h.serve_step_per_seq_us is None else h.serve_step_per_seq_us
+    t = (fixed + per_seq * sequences) * 1e-6
     return t + (profile.gpu.graph_launch_us * 1e-6 if cuda_graphs else 0.0)
 
 

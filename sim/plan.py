@@ -87,7 +87,8 @@ def plan_step(cfg: RunConfig, profile: HardwareProfile, placement: Placement, sh
     segments = np.array([times[a:b].sum() for a, b in pairwise(bounds)])
     segments[-1] += lm_head_time(cfg, profile, shape)
     hashing, critical = _hashing(cfg, profile, placement, tokens, lookups)
-    host_time = costs.engine_step_time(profile, shape.sequences, cfg.workload.launch == "cuda_graphs") + critical
+    host_time = critical + costs.engine_step_time(profile, shape.sequences, cfg.workload.launch == "cuda_graphs",
+                                                  serving=cfg.workload.phase == "serve")
     return StepPlan(tokens, segments, float(segments.sum()), hashing, host_time, lookups, unique, distinct,
                     host, reused, hits, dram, reads)
 

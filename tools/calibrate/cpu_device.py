@@ -25,14 +25,16 @@ torch and real_runs.backbone (which imports it) are optional heavy dependencies,
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
 
 from real_runs.instrument import cpu_model, memory_gib
 from real_runs.timing import median_time
-from vocab.config import load_config
+from vocab.config import LengthDistribution, RunConfig, load_config
 from vocab.files import atomic_write_text
+from vocab.serving import serving_tables
 
 MATMUL_ROWS = (1, 4, 16, 64, 256, 1024, 4096)
 PEAK_GEMM = 2048
@@ -187,6 +189,55 @@ def format_section(fields: dict, ops: dict, rates: dict) -> str:
     return "\n".join(lines)
 
 
+# The serving run the engine's own step work is timed on: small requests on the config's backbone, a batch
+# that grows to ENGINE_SEQUENCES, float32 as a CPU run computes.
+ENGINE_REQUESTS = 32
+ENGINE_SEQUENCES = 16
+
+
+def serve_step_config(config: str) -> RunConfig:
+    cfg = load_config(config)
+    lengths = LengthDistribution(dist="uniform", low=16, high=64)
+    requests = dataclasses.replace(cfg.workload.requests, count=ENGINE_REQUESTS, prompt=lengths, output=lengths,
+                                   arrival="all_at_once")
+    scheduler = dataclasses.replace(cfg.workload.scheduler, max_batched_tokens=512, max_sequences=ENGINE_SEQUENCES,
+                                    kv_block_tokens=16)
+    return cfg.with_backbone(dtype="fp32").with_workload(phase="serve", requests=requests, scheduler=scheduler,
+                                                         seed=cfg.workload.seed + 1)
+
+
+def measure_serve_step(config: str) -> dict:
+    """The serving engine's own host work per step (host.serve_step_fixed_us + serve_step_per_seq_us x sequences):
+    a real serving run on this CPU (real_runs/serve.py), per decode step its time less the layers' compute
+    and the stalls (forming the step, packing its inputs, launching, reading back, finishing it); the median
+    per batch size, then a least-squares line over batch sizes."""
+    from real_runs.serve import run_serving  # torch: an optional heavy dependency
+
+    record = run_serving(serve_step_config(config), device="cpu")
+    _, batches, _ = serving_tables(record.extra)
+    st = record.steps
+    host = (st.step_time_s - st.compute_time_s - st.exposed_stall_s).to_numpy()
+    decode = (batches.prefill_tokens == 0).to_numpy()
+    seqs = batches.sequences.to_numpy()[decode]
+    by_batch = {int(n): float(np.median(host[decode][seqs == n])) for n in np.unique(seqs)}
+    n = np.array(list(by_batch), dtype=float)
+    t = np.array(list(by_batch.values()))
+    per_seq, fixed = np.polyfit(n, t, 1) if n.size > 1 else (0.0, float(t[0]))
+    return {"serve_step_fixed_us": round(max(fixed, 0.0) * 1e6, 1),
+            "serve_step_per_seq_us": round(max(per_seq, 0.0) * 1e6, 2),
+            "by_batch_us": {k: round(v * 1e6, 1) for k, v in by_batch.items()}, "steps": int(decode.sum())}
+
+
+def format_serve_step(engine: dict) -> str:
+    """The two [host] fields as TOML lines, with the points they were fitted to."""
+    return "\n".join([
+        "# The serving engine's own step work on this CPU (real_runs/serve.py's loop, outside the layers and stalls), "
+        f"medians over {engine['steps']} decode steps by batch size, us: "
+        + ", ".join(f"{k}: {v}" for k, v in engine["by_batch_us"].items()) + "; a line fitted over them",
+        f"serve_step_fixed_us = {engine['serve_step_fixed_us']}",
+        f"serve_step_per_seq_us = {engine['serve_step_per_seq_us']}"])
+
+
 def run_cpu_device(args) -> int:
     """`calibrate --device cpu`: measure, print the [gpu] section (and write it to --out if given)."""
     repeats = 5 if getattr(args, "quick", False) else 15
@@ -194,7 +245,9 @@ def run_cpu_device(args) -> int:
     ops = measure_ops(config, repeats)
     rates = measure_rates(config, ops["per_op_us"] * 1e-6, repeats)
     fields = {"name": f'"{cpu_model()}"', **gpu_section(ops, rates, memory_gib())}
-    text = "[gpu]\n" + format_section(fields, ops, rates) + "\n"
+    engine = measure_serve_step(config)
+    text = ("[gpu]\n" + format_section(fields, ops, rates) + "\n\n# merge into the profile's [host] section\n[host]\n"
+            + format_serve_step(engine) + "\n")
     print(text)
     if getattr(args, "out", None):
         atomic_write_text(args.out, text)
