@@ -3,7 +3,7 @@
 # device call.
 #
 #   bash real_runs/gpu_session.sh PART [OUT]
-#     PART: tests | bench | e2e | runs | ssd | probe | calibrate | calibrate-quick
+#     PART: tests | bench | e2e | runs | ssd | serve | probe | calibrate | calibrate-quick
 #
 #   tests      the CUDA tests (skipped on CPU) and the kernels' CPU tests
 #   bench      hashing, the zero-copy gather at the H100 reference points, host_dma, HBM gather (3-4 min)
@@ -12,6 +12,9 @@
 #   runs       records at several table sizes, every placement, decode and prefill
 #   ssd        the ssd placement (table file on the local drive, SSD_DIR=folder, default the temp folder):
 #              tiny decode and prefill at 0.25 and 2 GiB, without and with a DRAM cache of 25 % of the table
+#   serve      serving runs (real_runs/serve.py) of the paper's Table 4 benchmark shape: Dense-4B, 128
+#              requests at once, lengths uniform 100..1024, an 8 GiB table; none, hbm, host_dma, host_uva
+#              (SERVE_REQUESTS=N changes the count); `engram-sim compare` checks sim.serve against them
 #   probe      the simulator's end-to-end mechanisms only (python -m tools.calibrate.probe): GEMM and
 #              decode-attention rate ladders, CUDA-graph timing and the SM contention probe of the zero-copy
 #              gather, written over this GPU's shipped profile (a few minutes; PROBE_ARGS=--engine adds the
@@ -26,7 +29,7 @@
 # Needs what the GPU image has (torch, Triton, Numba, pandas, nvidia-ml-py, tokenizers, tqdm); not
 # SimPy or Altair: nothing here imports them.
 set -euo pipefail
-part=${1:?usage: gpu_session.sh tests|bench|e2e|runs|ssd|probe|calibrate|calibrate-quick [OUT]}
+part=${1:?usage: gpu_session.sh tests|bench|e2e|runs|ssd|serve|probe|calibrate|calibrate-quick [OUT]}
 out=${2:-${OUT:-out/gpu}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
@@ -75,6 +78,15 @@ case "$part" in
         done
       done
     done ;;
+  serve)     # the paper's benchmark shape as a real serving run, smaller: Dense-4B, an 8 GiB table, 128 requests
+    cfgs=$(mktemp -d)
+    printf 'extends = "paper-table4-dense4b"\nname = "dense4b-serve-8gib"\nprofile = "h100-sxm"\n[engram]\ntable_gib = 8\n[workload.requests]\ncount = %s\n' \
+      "${SERVE_REQUESTS:-128}" > "$cfgs/serve.toml"
+    for placement in none hbm host_dma host_uva; do
+      python3 -m real_runs "$cfgs/serve.toml" --placement "$placement" \
+        --out "$records/dense4b-gpu-serve-8gib-$placement.json" 2>&1 | tee -a "$log" || true
+    done
+    rm -rf "$cfgs" ;;
   probe)     # gpu.matmul_curve, memory_curve, graph_*, sm_count, uva_rows_per_cta, uva_interference
     name=$(python3 -c "import torch; from tools.calibrate.output import slug; print(slug(torch.cuda.get_device_name()))")
     # shellcheck disable=SC2086  # PROBE_ARGS is a list of options
@@ -84,7 +96,7 @@ case "$part" in
     flag=$([ "$part" = calibrate-quick ] && echo --quick || true)
     name=$(python3 -c "import torch; from tools.calibrate.output import slug; print(slug(torch.cuda.get_device_name()))")
     python3 -m tools.calibrate $flag --out "$out/$name-measured-$(date +%F).toml" 2>&1 | tee -a "$log" ;;
-  *) echo "unknown part '$part': use tests, bench, e2e, runs, ssd, probe, calibrate or calibrate-quick" >&2; exit 2 ;;
+  *) echo "unknown part '$part': use tests, bench, e2e, runs, ssd, serve, probe, calibrate or calibrate-quick" >&2; exit 2 ;;
 esac
 if [ -n "$(ls -A "$records")" ]; then
   tar czf "$out/records-$part.tgz" -C "$records" .
