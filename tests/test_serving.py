@@ -204,3 +204,25 @@ def test_a_serving_run_is_deterministic_and_its_record_carries_the_serving_table
     requests, batches, summary = serving_tables(read_record(path).extra)
     assert len(requests) == 8 and len(batches) == a.serving["steps"] and summary == pytest.approx(a.serving,
                                                                                                   nan_ok=True)
+
+
+def test_the_serving_engines_step_work_slows_serving_runs_only():
+    cfg = serve_cfg(count=6)
+    profile = load_profile(cfg.profile)
+    slow = dataclasses.replace(profile, host=dataclasses.replace(profile.host, serve_step_fixed_us=500.0,
+                                                                 serve_step_per_seq_us=10.0))
+    assert throughput(simulate_serving(cfg, slow)) < throughput(simulate_serving(cfg, profile))
+    steady = load_config("tiny")
+    assert simulate(steady, slow).summary == simulate(steady, profile).summary
+
+
+def test_a_bad_serve_step_figure_names_its_field(tmp_path):
+    from profiles import shipped_path
+    from vocab.errors import ProfileError
+
+    text = shipped_path("h100-sxm").read_text().replace("[host]\n", "[host]\nserve_step_fixed_us = -1\n", 1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(ProfileError) as e:
+        load_profile(str(bad))
+    assert e.value.field.endswith("host.serve_step_fixed_us")
