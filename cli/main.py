@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 
-from cli import measure, simulate, validate
+from cli import measure, plan, simulate, validate
 from cli.args import Parser
 from vocab.errors import run_command
 from vocab.files import remove_temporaries
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.register(sub)
     measure.register(sub)
     validate.register(sub)
+    plan.register(sub)
     return parser
 
 
