@@ -15,11 +15,13 @@ keeps its KV cache and its Engram convolution history in a slot between
 steps (slots x the longest request's positions); a preempted request gives
 its slot back and recomputes into a fresh one.
 
-A step's Engram rows are hashed and fetched once the scheduler has formed it
-(no fetch ahead, as the simulator assumes): the fetch worker hashes the
-step's tokens with the N-1 before each in its request and calls each layer's
-store, overlapping the layers before the first Engram layer, as a
-steady-state step does (real_runs/runner.StepLoop). A step's time runs from
+A step's Engram rows are hashed and fetched once the scheduler has formed it,
+as the simulator assumes: a decode step when it is formed, the prefill steps
+the scheduler forms ahead (Scheduler.ahead, prefill_first) while the step
+before them runs. The fetch worker hashes the step's tokens with the N-1
+before each in its request and calls each layer's store, overlapping the
+layers before the first Engram layer, as a steady-state step does
+(real_runs/runner.StepLoop). A step's time runs from
 the call that forms it to the read-back of its tokens.
 
 The KV blocks the scheduler counts are the simulator's (sim/serve.serving_parts):
@@ -184,10 +186,13 @@ class ServeLoop(StepLoop):
                     time.sleep(max(0.0, arrival - self.clock()))
                     continue
                 s = len(self.served)
+                # This step and the prefill steps formed ahead of it: their rows are fetched from now on.
+                for formed in [step, *sched.ahead][len(self.inputs) - s:]:
+                    self.inputs.append(step_input(self.cfg, self.requests, formed))
+                    self.logs.append(StepLog())
                 self.served.append(step)
-                self.inputs.append(step_input(self.cfg, self.requests, step))
-                self.logs.append(StepLog(start_ns=start_ns))
-                self.worker.submit_through(s)
+                self.logs[s].start_ns = start_ns
+                self.worker.submit_through(len(self.inputs) - 1)
                 self.forward(s, step)
                 self.worker.forget(s)
                 self.logs[s].end_ns = time.perf_counter_ns()

@@ -6,9 +6,11 @@ workloads.scheduler.Scheduler for the next step at the DES's clock, hashes
 that step's tokens (workloads.serving_rows) and plans it (sim.plan.plan_step);
 the step then runs exactly as a steady-state step does: the host's critical
 path, the fetch per Engram layer through the placement's path, the layers on
-the compute stream. A step's rows are fetched only once the scheduler has
-formed it: decode tokens exist only then, and a prompt's chunk is not known
-to be in the next step before the scheduler decides (no fetch ahead).
+the compute stream. A step's rows are fetched once the scheduler has formed
+it: decode tokens exist only then. Prompts are known sooner: with
+prefill_first and workload.prefill_prefetch_ahead > 0 the scheduler forms the
+next prefill steps from the prompts waiting (Scheduler.ahead), and their rows
+are fetched while the current step runs.
 
 Steps with prompt tokens run eagerly; decode-only steps run the CUDA graph of
 the next captured batch size when workload.launch = "cuda_graphs" (padded).
@@ -63,6 +65,7 @@ class ServingSimulation(Simulation):
 
     def gpu_stream(self):
         sched = self.scheduler
+        fetched = 0  # steps whose fetch has been launched
         while not sched.done:
             step = sched.schedule(self.env.now)
             if step is None:  # nothing runs and nothing waiting fits: the next request's arrival
@@ -71,13 +74,17 @@ class ServingSimulation(Simulation):
                     raise RuntimeError("serving scheduler stalled with requests unfinished (a bug)")
                 yield self.env.timeout(max(arrival - self.env.now, 0.0))
                 continue
-            self.plans.append(self.plan_for(step))
-            self.logs.append(StepLog())
-            self.served.append(step)
+            # This step, and the prefill steps the scheduler formed ahead of it (planned once, in order).
+            for formed in [step, *sched.ahead][len(self.plans) - step.index:]:
+                self.plans.append(self.plan_for(formed))
+                self.logs.append(StepLog())
+                self.served.append(formed)
             self.steps += 1
             log = self.logs[step.index]
             log.start = self.env.now
-            yield from self.host(step.index, [step.index])
+            new = list(range(fetched, len(self.plans)))  # their rows are fetched from now on
+            fetched = len(self.plans)
+            yield from self.host(step.index, new)
             yield from self.compute(step.index)
             log.end = self.env.now
             sched.finish(step, self.env.now)

@@ -226,3 +226,16 @@ def test_a_bad_serve_step_figure_names_its_field(tmp_path):
     with pytest.raises(ProfileError) as e:
         load_profile(str(bad))
     assert e.value.field.endswith("host.serve_step_fixed_us")
+
+
+def test_prefill_steps_formed_ahead_have_their_rows_fetched_while_the_step_before_runs():
+    cfg = serve_cfg(count=12, prompt=(30, 40), output=(3, 6), placement="host_dma", max_batched_tokens=80)
+    ahead = simulate_serving(cfg)
+    now = simulate_serving(cfg.with_workload(prefill_prefetch_ahead=0))
+    prefill = ahead.batches.prefill_tokens.to_numpy() > 0
+    assert prefill[:3].all()
+    starts = ahead.fetches.groupby("step").fetch_start_s.min().to_numpy()
+    assert (starts[1:3] < ahead.steps.start_s.to_numpy()[1:3]).all()   # fetched before its step began
+    starts_now = now.fetches.groupby("step").fetch_start_s.min().to_numpy()
+    assert (starts_now >= now.steps.start_s.to_numpy() - 1e-12).all()  # without: only once formed
+    assert ahead.serving["output_tokens"] == now.serving["output_tokens"]

@@ -123,6 +123,8 @@ ASSUMPTIONS: list[tuple[str, Callable]] = [
     # 25 us: the per-sequence host work that brings the predicted Dense-4B baseline to the paper's (within 3 %).
     ("engine host work 25 us per sequence per step (Dense-4B baseline as the paper's)",
      lambda c, p: _with_profile(c, p, "host", engine_step_per_seq_us=25.0)),
+    ("the next prefill step's rows fetched ahead (prefill_prefetch_ahead = 1)",
+     lambda c, p: (c.with_workload(prefill_prefetch_ahead=1), p)),
     ("decode eagerly (no CUDA graphs)", lambda c, p: (c.with_workload(launch="eager"), p)),
     ("vLLM-like chunked prefill", lambda c, p: (
         c.with_workload(scheduler=dataclasses.replace(c.workload.scheduler, policy="chunked")), p)),

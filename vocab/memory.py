@@ -102,7 +102,8 @@ def landed_bytes(cfg: RunConfig, max_unique_rows: int) -> int:
     """HBM staging for rows fetched for the current step and the steps prefetched ahead of it (every placement
     whose rows travel lands them there)."""
     w = cfg.workload
-    ahead = w.prefill_prefetch_ahead if w.phase == "prefill" else w.decode_lookahead
+    prompts_ahead = w.phase == "prefill" or (w.phase == "serve" and w.scheduler.policy == "prefill_first")
+    ahead = w.prefill_prefetch_ahead if prompts_ahead else w.decode_lookahead
     return (1 + ahead) * max_unique_rows * cfg.engram.row_bytes * len(cfg.engram.layer_ids)
 
 

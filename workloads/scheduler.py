@@ -63,6 +63,10 @@ class ServeStep:
         return bool(self.decodes.all())
 
     @property
+    def prefill_only(self) -> bool:
+        return not self.decodes.any()
+
+    @property
     def attn_context_sum(self) -> float:
         """Sum over the step's tokens of the keys each attends to (itself included)."""
         n, s = self.counts.astype(np.float64), self.starts.astype(np.float64)
@@ -103,6 +107,8 @@ class Scheduler:
         self.running: deque[int] = deque()
         self.steps = 0
         self.finished = 0
+        self.ahead: deque[ServeStep] = deque()   # prefill steps formed ahead of their turn
+        self.lookahead = cfg.workload.prefill_prefetch_ahead if s.policy == "prefill_first" else 0
         self._check_fits()
 
     def _check_fits(self) -> None:
@@ -136,12 +142,27 @@ class Scheduler:
 
     # -- forming a step -------------------------------------------------------------------------------
     def schedule(self, now: float) -> ServeStep | None:
-        """The next step at time `now`, or None when nothing can run (wait for next_arrival())."""
+        """The next step at time `now`, or None when nothing can run (wait for next_arrival()). With
+        prefill_first and workload.prefill_prefetch_ahead > 0, a prefill step also forms the prefill steps
+        after it from the prompts waiting now (`ahead`): their prompts are known, so their rows can be
+        fetched while this step runs; they are served next, in order."""
         self.admit(now)
-        waiting = len(self.waiting)
-        chunks = self._prefill_first() if self.sched.policy == "prefill_first" else self._chunked()
-        if not chunks:
-            return None
+        if self.ahead:
+            step = self.ahead.popleft()
+        else:
+            waiting = len(self.waiting)
+            chunks = self._prefill_first() if self.sched.policy == "prefill_first" else self._chunked()
+            if not chunks:
+                return None
+            step = self._step(chunks, now, waiting)
+        while step.prefill_only and len(self.ahead) < self.lookahead:
+            more = self._admit_whole(self.sched.max_batched_tokens, self.sched.max_sequences)
+            if not more:
+                break
+            self.ahead.append(self._step(more, now, len(self.waiting) + len(more)))
+        return step
+
+    def _step(self, chunks: list[tuple[int, int, int]], now: float, waiting: int) -> ServeStep:
         r, start, n = (np.array(c, dtype=np.int64) for c in zip(*chunks))
         for i in r[np.isnan(self.scheduled_s[r])]:
             self.scheduled_s[i] = now
