@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,15 @@ from vocab.errors import UserError
 from vocab.files import staged_dir
 from vocab.placements import HBM, NONE
 from vocab.records import overhead, read_record
-from vocab.tables import COMPARE_COLUMNS, EXTRA_METRICS, METRICS, OVERHEAD_BASELINES, TIMELINE_COLUMNS, summarise_errors
+from vocab.tables import (
+    COMPARE_COLUMNS,
+    EXTRA_METRICS,
+    METRICS,
+    OVERHEAD_BASELINES,
+    TIMELINE_COLUMNS,
+    summarise_errors,
+    write_parquet,
+)
 from vocab.units import GiB
 
 
@@ -313,13 +322,23 @@ def format_summary(summary: dict) -> str:
 
 # -- commands -------------------------------------------------------------------------------------
 
+def _compare_facts(df: pd.DataFrame) -> dict:
+    """What compare.parquet keeps in its metadata: the configs, the profiles and their provenance, the summary."""
+    profiles = sorted(set(df["profile"].dropna()))
+    return {"configs": sorted(set(df["config"].dropna())), "profiles": profiles,
+            "profile_provenance": {name: asdict(load_profile(name).provenance) for name in profiles},
+            "records": list(df["record"]), "summary": summarise_errors(df)}
+
+
 def write_outputs(out: Path, df: pd.DataFrame, timelines: pd.DataFrame, runs: dict) -> list[str]:
-    """compare.csv, timelines.csv and, for each run in `runs`, <record>.trace.json; all or nothing."""
+    """compare.csv, compare.parquet, timelines.csv and, for each run in `runs`, <record>.trace.json; all or
+    nothing."""
     written = []
     with staged_dir(out) as tmp:
         df.to_csv(tmp / "compare.csv", index=False)
+        write_parquet(df, tmp / "compare.parquet", _compare_facts(df))
         timelines.to_csv(tmp / "timelines.csv", index=False)
-        written += ["compare.csv", "timelines.csv"]
+        written += ["compare.csv", "compare.parquet", "timelines.csv"]
         for path, (record, predicted) in runs.items():
             name = f"{Path(path).stem}.trace.json"
             write_chrome_trace({"predicted": predicted.events, "measured": record.events}, tmp / name)
