@@ -186,3 +186,42 @@ def test_a_second_ctrl_c_exits_at_once_even_while_the_first_is_cleaning_up(tmp_p
     assert [line for line in message_lines(run.err) if not line.startswith("ready")] == ["engram-sim: interrupted"]
     assert not still_running({child})
     assert list((tmp_path / "work").iterdir()) == []  # the staging folder went too
+
+
+def group_members(pgid: int) -> set[int]:
+    """Live (not zombie) processes in process group `pgid`: Ray's own processes run in the command's group."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_ctrl_c_stops_a_ray_sweep_and_the_ray_instance_it_started(tmp_path, when):
+    out = tmp_path / "out"
+    run = Started([sys.executable, "-m", "cli.main", *LONG_SWEEP, "--executor", "ray", "--out", str(out)])
+    try:
+        run.wait_for(b"sweep:", timeout_s=60)  # the progress bar: Ray is being started
+        deadline = time.monotonic() + 60
+        # Ray's servers starting (a Ctrl-C then is held until ray.init is done), or its workers in the points.
+        while len(group_members(run.proc.pid)) < (2 if when == "starting" else 4) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.0 if when == "starting" else 2.0)
+        t0 = time.monotonic()
+        os.killpg(run.proc.pid, signal.SIGINT)
+        code = run.finish(timeout_s=30)
+        took = time.monotonic() - t0
+    finally:
+        run.kill_group()
+    print(f"Ctrl-C of a Ray sweep: exit {code} after {took:.2f} s")
+    assert code == 130 and took < EXIT_LIMIT_S
+    assert b"Traceback" not in run.err
+    assert message_lines(run.err)[-1] == "engram-sim: interrupted"
+    assert not still_running(group_members(run.proc.pid)), "a Ray process outlived the sweep"
+    assert not (out / "sweep.csv").exists()

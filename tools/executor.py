@@ -209,13 +209,47 @@ def _run_local(fn, todo, land, jobs, address) -> None:
         pool.shutdown(cancel_futures=True)
 
 
+@contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Hold a first Ctrl-C until the block ends (ray.init cut half-way leaves Ray's servers running, or crashes
+    the process); a second one goes through at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):  # ignored, default or set outside Python: nothing to hold
+        yield
+        return
+    caught = []
+
+    def hold(signum, frame):
+        if caught:  # pressed again: let it through
+            signal.signal(signal.SIGINT, previous)
+            previous(signum, frame)
+        caught.append(frame)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is hold:
+            signal.signal(signal.SIGINT, previous)
+            if caught:
+                previous(signal.SIGINT, caught[0])
+
+
 def _connect_ray(ray, address: str | None, jobs: int | None) -> None:
     options = {"num_cpus": jobs} if address is None else {"address": address}
     try:
-        ray.init(**options, include_dashboard=False, logging_level="WARNING")
+        with _sigint_held():
+            try:
+                ray.init(**options, include_dashboard=False, logging_level="WARNING")
+            except BaseException:  # what a failed start left behind
+                ray.shutdown()
+                raise
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"at {address}" if address else "locally"
-        raise ExecutorError("--address", f"cannot start or reach Ray {where} "
+        raise ExecutorError("--address" if address else "--executor", f"cannot start or reach Ray {where} "
                             f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})",
                             "check the cluster (ray status) or leave --address out") from None
 
@@ -223,9 +257,9 @@ def _connect_ray(ray, address: str | None, jobs: int | None) -> None:
 def _run_ray(fn, todo, land, jobs, address) -> None:
     ray = _import_ray()
     started = not ray.is_initialized()  # an instance the caller set up is the caller's to stop
-    if started:
-        _connect_ray(ray, address, jobs)
     try:
+        if started:
+            _connect_ray(ray, address, jobs)
         remote = ray.remote(num_cpus=1)(_shard)
         refs = {remote.remote(fn, task, True): i for i, task in todo}
         pending = list(refs)
