@@ -26,7 +26,7 @@ import numba
 import pandas as pd
 
 from vocab.errors import UserError
-from vocab.files import atomic_write
+from vocab.files import atomic_write, sigint_deferred
 from vocab.tables import parquet_bytes, read_parquet
 
 LOCAL, RAY = "local", "ray"
@@ -209,39 +209,11 @@ def _run_local(fn, todo, land, jobs, address) -> None:
         pool.shutdown(cancel_futures=True)
 
 
-@contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Hold a first Ctrl-C until the block ends (ray.init cut half-way leaves Ray's servers running, or crashes
-    the process); a second one goes through at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):  # ignored, default or set outside Python: nothing to hold
-        yield
-        return
-    caught = []
-
-    def hold(signum, frame):
-        if caught:  # pressed again: let it through
-            signal.signal(signal.SIGINT, previous)
-            previous(signum, frame)
-        caught.append(frame)
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        if signal.getsignal(signal.SIGINT) is hold:
-            signal.signal(signal.SIGINT, previous)
-            if caught:
-                previous(signal.SIGINT, caught[0])
-
-
 def _connect_ray(ray, address: str | None, jobs: int | None) -> None:
     options = {"num_cpus": jobs} if address is None else {"address": address}
     try:
-        with _sigint_held():
+        # ray.init cut half-way leaves Ray's servers running, or crashes the process: a first Ctrl-C waits.
+        with sigint_deferred(second_goes_through=True):
             try:
                 ray.init(**options, include_dashboard=False, logging_level="WARNING")
             except BaseException:  # what a failed start left behind
