@@ -167,3 +167,15 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
                    help="overhead versus HBM above which a placement is not hidden (default 0.01)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: CPU count)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_options(p)
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """Where a sweep's points run, and whether the shards of an interrupted run are reused."""
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: a process pool on this machine (default); ray: Ray tasks (pip install "
+                        "'engram-sim[ray]')")
+    p.add_argument("--address", help="with --executor ray: the cluster's address (host:port, or auto); "
+                                     "default: start a local Ray instance")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the points an interrupted or failed run of the same sweep left in OUT/shards/")

@@ -73,7 +73,7 @@ def register(sub) -> None:
     p.add_argument("records", nargs="+", metavar="RECORDS", help="measured run records (JSON from `engram-sim run`)")
     p.add_argument("--profile", help="hardware profile for every record (default: the one matching each "
                                      "record's GPU, else the config's)")
-    p.add_argument("--out", default="out/compare", help="output folder: compare.csv, timelines.csv "
+    p.add_argument("--out", default="out/compare", help="output folder: compare.csv, compare.parquet, timelines.csv "
                                                         "(default out/compare)")
     p.add_argument("--trace", action="store_true",
                    help="also write <record>.trace.json: predicted and measured timelines (Chrome trace)")

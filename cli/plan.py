@@ -12,10 +12,11 @@ from cli.args import CliError, check_estimate, choices, floats, load_run
 from profiles import load_profile
 from reports.html import write_chart
 from reports.plan_charts import frontier_chart
-from tools.plan import BASELINES, PlanResult, make_plans, plan, write_parquet
+from tools.plan import BASELINES, PlanResult, make_plans, plan
 from vocab.errors import UserError
 from vocab.files import check_writable_dir, staged_dir
 from vocab.placements import ENGRAM_PLACEMENTS, SSD
+from vocab.tables import write_parquet
 
 BASELINE_NAMES = {"none": "the backbone without Engram", "hbm": "the same table in HBM (capacity aside)"}
 

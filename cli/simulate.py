@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
@@ -16,17 +18,19 @@ from sim.analytic import estimate
 from sim.engine import plan_steps, trace_for
 from sim.predict import predict, throughput
 from tools.bench import bench_serving, bench_simulator
+from tools.executor import check_executor, remove_shards, shard_paths
 from tools.sweep import sweep
 from vocab.config import load_config, preset_names
 from vocab.files import check_distinct, check_writable_dir, check_writable_file, staged_dir, staged_files
 from vocab.placements import ENGRAM_PLACEMENTS, NONE, PLACEMENTS
 from vocab.records import overhead, write_record
-from vocab.tables import OVERHEAD_BASELINES, PHASES
+from vocab.tables import OVERHEAD_BASELINES, PHASES, write_parquet
 from vocab.units import GiB
 
 DEMO_CONFIG = "engram-27b"
 BENCH_CONFIG = "engram-27b"
 DEMO_TABLE_GIB = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+SHARDS = "shards"  # OUT/shards/: one Parquet file per finished point, kept until sweep.csv and the rest land
 
 
 def _print_summary(title: str, summary: dict) -> None:
@@ -76,10 +80,33 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-def _write_sweep_outputs(df: pd.DataFrame, out: Path, title: str, threshold: float) -> None:
+def _run_sweep(args, cfg, profile, sizes, placements, phases) -> pd.DataFrame:
+    """The sweep on --executor, its finished points kept in OUT/shards/ (and reused with --resume) until the
+    outputs land: an interrupted or failed run says how many it kept."""
+    shards = Path(args.out) / SHARDS
+    try:
+        df = sweep(cfg, sizes, placements, phases, profile=profile, steps=args.steps, threshold=args.threshold,
+                   jobs=args.jobs, progress=not args.quiet, executor=args.executor, address=args.address,
+                   shard_dir=shards, resume=args.resume)
+    except BaseException:
+        if kept := len(shard_paths(shards)):
+            print(f"kept {kept} finished point(s) in {shards}; rerun with --resume to skip them", file=sys.stderr)
+        raise
+    if df.attrs["resumed_points"]:
+        print(f"resumed {df.attrs['resumed_points']} of {df.attrs['points']} points from {shards}")
+    return df
+
+
+def _write_sweep_outputs(df: pd.DataFrame, out: Path, title: str, threshold: float, cfg, profile) -> None:
+    """sweep.csv, sweep.parquet (the run's facts in its metadata) and the report land together; then the
+    shards go."""
+    facts = {"config": cfg.name, "profile": profile.name, "profile_provenance": asdict(profile.provenance),
+             "steps": int(df["steps"].max()) if len(df) else None, "threshold": threshold, "title": title}
     with staged_dir(out) as tmp:
         df.to_csv(tmp / "sweep.csv", index=False)
+        write_parquet(df, tmp / "sweep.parquet", facts)
         write_report(tmp, title, sweep_sections(df, threshold))
+    remove_shards(out / SHARDS)
 
 
 def _verdict(df: pd.DataFrame, row) -> str:
@@ -177,31 +204,35 @@ def _drive(cfg, profile) -> tuple[str, int]:
 
 def cmd_sweep(args) -> int:
     check_writable_dir(args.out, "--out")
+    check_executor(args.executor, args.address)
     cfg, profile = load_run(args)
     sizes = floats("--table-gib", args.table_gib)
     placements = choices("--placements", args.placements, ENGRAM_PLACEMENTS) if args.placements else None
     phases = choices("--phases", args.phases, PHASES) if args.phases else None
-    df = sweep(cfg, sizes, placements, phases, profile=profile, steps=args.steps, threshold=args.threshold,
-               jobs=args.jobs, progress=not args.quiet)
+    df = _run_sweep(args, cfg, profile, sizes, placements, phases)
     _print_sweep(df, args.threshold, *_drive(cfg, profile))
-    _write_sweep_outputs(df, Path(args.out), f"engram-sim sweep: {cfg.name} on {profile.name}", args.threshold)
-    print(f"\nwrote {Path(args.out) / 'sweep.csv'} and {Path(args.out) / 'report.html'}")
+    _write_sweep_outputs(df, Path(args.out), f"engram-sim sweep: {cfg.name} on {profile.name}", args.threshold,
+                         cfg, profile)
+    out = Path(args.out)
+    print(f"\nwrote {out / 'sweep.csv'}, {out / 'sweep.parquet'} and {out / 'report.html'}")
     return 0
 
 
 def cmd_demo(args) -> int:
     args.config = DEMO_CONFIG
     check_writable_dir(args.out, "--out")
+    check_executor(args.executor, args.address)
     cfg, profile = load_run(args)
     print(f"Demo: {cfg.name} ({cfg.backbone.layers} layers, Engram at layers {cfg.engram.layer_ids}, "
           f"{cfg.engram.row_bytes} B rows), {cfg.workload.sequences} sequences, profile {profile.name} "
           f"({profile.provenance.source}; which figures are measured, seeded or assumed: engram-sim profiles "
           f"{profile.name}); tables 1 GiB .. 1 TiB, {cfg.workload.steps} steps per point.")
-    df = sweep(cfg, DEMO_TABLE_GIB, None, ["decode", "prefill"], profile=profile, steps=args.steps,
-               threshold=args.threshold, jobs=args.jobs, progress=not args.quiet)
+    df = _run_sweep(args, cfg, profile, DEMO_TABLE_GIB, None, ["decode", "prefill"])
     _print_sweep(df, args.threshold, *_drive(cfg, profile))
-    _write_sweep_outputs(df, Path(args.out), f"engram-sim demo: {cfg.name} on {profile.name}", args.threshold)
-    print(f"\nwrote {Path(args.out) / 'sweep.csv'}, {Path(args.out) / 'report.html'} and PNG charts")
+    _write_sweep_outputs(df, Path(args.out), f"engram-sim demo: {cfg.name} on {profile.name}", args.threshold,
+                         cfg, profile)
+    out = Path(args.out)
+    print(f"\nwrote {out / 'sweep.csv'}, {out / 'sweep.parquet'}, {out / 'report.html'} and PNG charts")
     return 0
 
 
@@ -254,7 +285,7 @@ def register(sub) -> None:
     p.add_argument("--table-gib", required=True, help="comma-separated total table sizes in GiB")
     p.add_argument("--placements", help="comma-separated (default: all)")
     p.add_argument("--phases", help="comma-separated (default: the config's phase)")
-    p.add_argument("--out", required=True, help="output folder (sweep.csv, report.html, PNGs)")
+    p.add_argument("--out", required=True, help="output folder (sweep.csv, sweep.parquet, report.html, PNGs)")
     add_sweep_options(p)
     p.set_defaults(func=cmd_sweep)
 

@@ -33,8 +33,8 @@ def _state(pid: int) -> str | None:
         return None
 
 
-def children(pid: int) -> set[int]:
-    """Live (not zombie) processes whose parent is `pid`."""
+def _live_processes(matches) -> set[int]:
+    """Live (not zombie) processes whose /proc stat fields (after the name: state, ppid, pgrp, ...) match."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -42,9 +42,19 @@ def children(pid: int) -> set[int]:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            if int(fields[1]) == pid and fields[0] != "Z":
+            if fields[0] != "Z" and matches(fields):
                 found.add(int(entry.name))
     return found
+
+
+def children(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is `pid`."""
+    return _live_processes(lambda fields: int(fields[1]) == pid)
+
+
+def group_members(pgid: int) -> set[int]:
+    """Live (not zombie) processes in process group `pgid`: Ray's own processes run in the command's group."""
+    return _live_processes(lambda fields: int(fields[2]) == pgid)
 
 
 def still_running(pids: set[int], wait_s: float = 2.0) -> set[int]:
@@ -98,10 +108,23 @@ class Started:
         finally:
             self._reader.join(5)
 
+    def stopped_by(self, interrupt, timeout_s: float) -> tuple[int, float]:
+        """Call interrupt(); the exit code, and the seconds from the interrupt to the exit."""
+        t0 = time.monotonic()
+        interrupt()
+        code = self.finish(timeout_s)
+        return code, time.monotonic() - t0
+
     def kill_group(self):
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+
+
+def exited_130_quietly(run: Started, code: int, took: float, what: str) -> None:
+    print(f"{what}: exit {code} after {took:.2f} s")
+    assert code == 130 and took < EXIT_LIMIT_S
+    assert b"Traceback" not in run.err
 
 
 def message_lines(err: bytes) -> list[str]:
@@ -174,15 +197,30 @@ def test_a_second_ctrl_c_exits_at_once_even_while_the_first_is_cleaning_up(tmp_p
         os.kill(run.proc.pid, signal.SIGINT)  # the parent only: the plain child here does not ignore it
         time.sleep(0.5)
         assert run.proc.poll() is None  # stuck in the slow cleanup
-        t0 = time.monotonic()
-        os.kill(run.proc.pid, signal.SIGINT)
-        code = run.finish(timeout_s=10)
-        took = time.monotonic() - t0
+        code, took = run.stopped_by(lambda: os.kill(run.proc.pid, signal.SIGINT), timeout_s=10)
     finally:
         run.kill_group()
-    print(f"second Ctrl-C during cleanup: exit {code} after {took:.2f} s")
-    assert code == 130 and took < EXIT_LIMIT_S
-    assert b"Traceback" not in run.err
+    exited_130_quietly(run, code, took, "second Ctrl-C during cleanup")
     assert [line for line in message_lines(run.err) if not line.startswith("ready")] == ["engram-sim: interrupted"]
     assert not still_running({child})
     assert list((tmp_path / "work").iterdir()) == []  # the staging folder went too
+
+
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_ctrl_c_stops_a_ray_sweep_and_the_ray_instance_it_started(tmp_path, when):
+    out = tmp_path / "out"
+    run = Started([sys.executable, "-m", "cli.main", *LONG_SWEEP, "--executor", "ray", "--out", str(out)])
+    try:
+        run.wait_for(b"sweep:", timeout_s=60)  # the progress bar: Ray is being started
+        deadline = time.monotonic() + 60
+        # Ray's servers starting (a Ctrl-C then is held until ray.init is done), or its workers in the points.
+        while len(group_members(run.proc.pid)) < (2 if when == "starting" else 4) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.0 if when == "starting" else 2.0)
+        code, took = run.stopped_by(lambda: os.killpg(run.proc.pid, signal.SIGINT), timeout_s=30)
+    finally:
+        run.kill_group()
+    exited_130_quietly(run, code, took, "Ctrl-C of a Ray sweep")
+    assert message_lines(run.err)[-1] == "engram-sim: interrupted"
+    assert not still_running(group_members(run.proc.pid)), "a Ray process outlived the sweep"
+    assert not (out / "sweep.csv").exists()

@@ -26,7 +26,7 @@ ALLOWED = {
     "cli": {"vocab", "profiles", "workloads", "sim", "real_runs", "reports", "tools"},
 }
 # Imports allowed inside functions: optional heavy dependencies, and real_runs (which needs torch) from above it.
-OPTIONAL_HEAVY = ("torch", "triton", "numba.cuda", "altair", "vl_convert", "pynvml", "cupy", "kvikio")
+OPTIONAL_HEAVY = ("torch", "triton", "numba.cuda", "altair", "vl_convert", "pynvml", "cupy", "kvikio", "ray")
 
 
 def _module_name(path: Path) -> str:

@@ -16,10 +16,10 @@ from tools.plan import (
     _Search,
     make_plans,
     plan,
-    read_parquet_metadata,
     size_grid,
 )
 from vocab.config import load_config
+from vocab.tables import read_parquet
 
 # Engram-27B at a small batch: cheap traces; HBM fills at about 32 GiB, and ssd's 1 GiB DRAM cache
 # makes the budget bind just above 1 GiB.
@@ -121,7 +121,7 @@ def test_plan_command_writes_its_outputs(tmp_path, capsys):
     csv = pd.read_csv(out / "plan.csv")
     parquet = pd.read_parquet(out / "plan.parquet")
     assert list(csv.columns) == PLAN_COLUMNS and len(parquet) == len(csv) == 2
-    meta = read_parquet_metadata(out / "plan.parquet")
+    meta = read_parquet(out / "plan.parquet").attrs
     assert meta["max_overhead"] == 0.03 and meta["profiles"]["h100-sxm"]["source"]
     assert meta["elapsed_s"] > 0
     assert (out / "frontier.png").stat().st_size > 0 and (out / "points.csv").exists()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,15 @@ from vocab.files import staged_dir
 from vocab.placements import HBM, NONE
 from vocab.records import overhead, read_record
 from vocab.serving import serving_tables
-from vocab.tables import COMPARE_COLUMNS, EXTRA_METRICS, METRICS, OVERHEAD_BASELINES, TIMELINE_COLUMNS, summarise_errors
+from vocab.tables import (
+    COMPARE_COLUMNS,
+    EXTRA_METRICS,
+    METRICS,
+    OVERHEAD_BASELINES,
+    TIMELINE_COLUMNS,
+    summarise_errors,
+    write_parquet,
+)
 from vocab.units import GiB
 
 # A serving record's figures compared (vocab.serving.serving_summary keys), and its table's columns.
@@ -377,15 +386,24 @@ def format_summary(summary: dict) -> str:
 
 # -- commands -------------------------------------------------------------------------------------
 
+def _compare_facts(df: pd.DataFrame) -> dict:
+    """What compare.parquet keeps in its metadata: the configs, the profiles and their provenance, the summary."""
+    profiles = sorted(set(df["profile"].dropna()))
+    return {"configs": sorted(set(df["config"].dropna())), "profiles": profiles,
+            "profile_provenance": {name: asdict(load_profile(name).provenance) for name in profiles},
+            "records": list(df["record"]), "summary": summarise_errors(df)}
+
+
 def write_outputs(out: Path, df: pd.DataFrame, timelines: pd.DataFrame, runs: dict,
                   serving: pd.DataFrame | None = None) -> list[str]:
-    """compare.csv, timelines.csv, serving.csv (serving records only) and, for each run in `runs`,
-    <record>.trace.json; all or nothing."""
+    """compare.csv, compare.parquet, timelines.csv, serving.csv (serving records only) and, for each run in
+    `runs`, <record>.trace.json; all or nothing."""
     written = []
     with staged_dir(out) as tmp:
         df.to_csv(tmp / "compare.csv", index=False)
+        write_parquet(df, tmp / "compare.parquet", _compare_facts(df))
         timelines.to_csv(tmp / "timelines.csv", index=False)
-        written += ["compare.csv", "timelines.csv"]
+        written += ["compare.csv", "compare.parquet", "timelines.csv"]
         if serving is not None and len(serving):
             serving.to_csv(tmp / "serving.csv", index=False)
             written.append("serving.csv")

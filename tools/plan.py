@@ -23,7 +23,6 @@ the DES it also absorbs any contention the others do not name (not separable).
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import os
@@ -34,8 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from profiles import HardwareProfile
@@ -43,11 +40,9 @@ from sim.analytic import estimate
 from sim.engine import plan_steps, simulate, trace_for
 from sim.memory import memory_budget
 from sim.placements import placement_for
+from tools.executor import init_worker, sigint_ignored_while_spawning, stop_workers
 from tools.sweep import (
     DEFAULT_CACHE_GIB,
-    _init_worker,
-    _sigint_ignored_while_spawning,
-    _stop_workers,
     default_dram_cache_gib,
     point_config,
 )
@@ -336,9 +331,9 @@ class LocalPool:
 
     def __enter__(self) -> Mapper:
         if self.jobs > 1:
-            with _sigint_ignored_while_spawning():
+            with sigint_ignored_while_spawning():
                 # spawn, not fork: Numba's parallel threading layer is not fork-safe once used.
-                self.pool = ProcessPoolExecutor(max_workers=self.jobs, initializer=_init_worker,
+                self.pool = ProcessPoolExecutor(max_workers=self.jobs, initializer=init_worker,
                                                 mp_context=multiprocessing.get_context("spawn"))
                 self.pool.submit(int).result()  # start the workers now, while SIGINT is ignored
             return self.pool.map
@@ -347,7 +342,7 @@ class LocalPool:
     def __exit__(self, kind, value, tb) -> None:
         if self.pool is not None:
             if kind is not None:
-                _stop_workers(self.pool)
+                stop_workers(self.pool)
             self.pool.shutdown(cancel_futures=True)
 
 
@@ -429,16 +424,3 @@ def plan(plans: list[PlanSpec], *, max_overhead: float, baseline: str = "none", 
             "elapsed_s": time.perf_counter() - t0}
     return PlanResult(table, points, meta)
 
-
-PARQUET_METADATA_KEY = b"engram-sim"
-
-
-def write_parquet(df: pd.DataFrame, path, meta: dict) -> None:
-    """`df` as Parquet with `meta` (JSON) in the file's metadata, under PARQUET_METADATA_KEY."""
-    table = pa.Table.from_pandas(df, preserve_index=False)
-    extra = {PARQUET_METADATA_KEY: json.dumps(meta, default=str).encode()}
-    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **extra}), path)
-
-
-def read_parquet_metadata(path) -> dict:
-    return json.loads(pq.read_schema(path).metadata[PARQUET_METADATA_KEY])

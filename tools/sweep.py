@@ -3,26 +3,21 @@
 Each (phase, table size) point builds one token trace and simulates every
 placement on it (ssd, whose caches replay their own stream, on its own), plus the same run with the table in HBM (capacity ignored),
 the baseline for `overhead_vs_hbm`, and the backbone alone (placement none),
-the baseline for `overhead_vs_none` (the paper's). Points run in worker processes.
+the baseline for `overhead_vs_none` (the paper's). Points run in worker processes
+(tools.executor: a local pool, or Ray tasks), each as one Parquet shard.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 
-import numba
 import pandas as pd
 from tqdm import tqdm
 
 from profiles import HardwareProfile, load_profile
 from sim.engine import simulate, trace_for
+from tools.executor import LOCAL, run_tasks
 from vocab.config import RunConfig
 from vocab.errors import ConfigError
 from vocab.memory import host_usable_bytes
@@ -134,55 +129,23 @@ def run_point(cfg: RunConfig, profile: HardwareProfile, table_gib: float, phase:
     return rows, sim_s
 
 
-WORKER_STOP_S = 1.0  # how long stopped workers get to exit on SIGTERM before they are killed
-
-
-def _init_worker() -> None:
-    """Worker initialiser: the workers already fill the cores; nested Numba threads would oversubscribe.
-    Ctrl-C reaches the whole process group: the parent alone decides, so workers ignore it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    numba.set_num_threads(1)
-
-
-@contextmanager
-def _sigint_ignored_while_spawning() -> Iterator[None]:
-    """Workers start with SIGINT ignored: an ignored signal stays ignored across spawn's exec, and Python then
-    leaves it so, covering the second or two in which a worker imports before _init_worker runs. (A Ctrl-C in
-    these few milliseconds of spawning is lost.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """On an interrupt or error: cancel what is queued and end the running workers now, not after their point."""
-    processes = list((pool._processes or {}).values())  # the executor has no public handle on its workers
-    pool.shutdown(wait=False, cancel_futures=True)
-    for p in processes:
-        p.terminate()
-    deadline = time.monotonic() + WORKER_STOP_S
-    for p in processes:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join(WORKER_STOP_S)
-
-
-def _run_point_args(args) -> tuple[list[dict], float]:
-    return run_point(*args)
+def _point_table(args) -> pd.DataFrame:
+    """One (table size, phase) as a table, with the seconds spent in the event simulation in its attrs."""
+    rows, sim_s = run_point(*args)
+    df = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    df.attrs["simulate_s"] = sim_s
+    return df
 
 
 def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None = None,
           phases: list[str] | None = None, *, profile: HardwareProfile | None = None, steps: int | None = None,
           threshold: float = 0.01, cache_gib: float = DEFAULT_CACHE_GIB, dram_cache_gib: float | None = None,
-          jobs: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Simulate every (table size, placement, phase); one row each (SWEEP_COLUMNS)."""
+          jobs: int | None = None, progress: bool = True, executor: str = LOCAL, address: str | None = None,
+          shard_dir: str | os.PathLike | None = None, resume: bool = False) -> pd.DataFrame:
+    """Simulate every (table size, placement, phase); one row each (SWEEP_COLUMNS).
+
+    Each (phase, table size) is one task of tools.executor.run_tasks (executor, address, jobs); with
+    shard_dir each lands there as a Parquet shard, and resume reuses the shards already there."""
     profile = profile or load_profile(cfg.profile)
     if placements is None:  # every placement the machine has: ssd only where the profile describes a drive
         placements = [k for k in ENGRAM_PLACEMENTS if k != SSD or profile.ssd is not None]
@@ -197,34 +160,23 @@ def sweep(cfg: RunConfig, table_gib: list[float], placements: list[str] | None =
     # Heaviest points first (prefill, big tables), so that workers finish together.
     order = sorted(((ph, t) for ph in phases for t in table_gib), key=lambda p: (p[0] != "prefill", -p[1]))
     tasks = [(cfg, profile, t, ph, placements, steps, threshold, cache_gib, dram_cache_gib) for ph, t in order]
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
     bar = tqdm(total=len(tasks) * len(placements), desc="sweep", unit="run", disable=not progress)
-    results: list[dict] = []
-    simulate_s = 0.0
-    pool = None
-    if jobs == 1:
-        outcomes = map(_run_point_args, tasks)
-    else:
-        with _sigint_ignored_while_spawning():  # map submits every task, which starts every worker
-            # spawn, not fork: Numba's parallel threading layer is not fork-safe once used.
-            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker)
-            outcomes = pool.map(_run_point_args, tasks)
+    resumed = []
+
+    def arrived(index: int, table: pd.DataFrame, from_shard: bool) -> None:
+        bar.update(len(table))
+        if from_shard:
+            resumed.append(index)
+
     try:
-        for rows, sim_s in outcomes:
-            results.extend(rows)
-            simulate_s += sim_s
-            bar.update(len(rows))
-    except BaseException:  # Ctrl-C (KeyboardInterrupt) or a failed point: no worker outlives the sweep
-        if pool is not None:
-            _stop_workers(pool)
-        raise
+        tables = run_tasks(_point_table, tasks, executor=executor, address=address, jobs=jobs,
+                           shard_dir=shard_dir, resume=resume, on_result=arrived)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
         bar.close()
-    df = pd.DataFrame(results, columns=SWEEP_COLUMNS)
+    df = pd.concat(tables, ignore_index=True)[SWEEP_COLUMNS]
+    simulate_s = sum(t.attrs.get("simulate_s", 0.0) for t in tables)
     df = df.sort_values(["phase", "placement", "table_bytes"], kind="stable").reset_index(drop=True)
-    # CPU seconds inside the event simulation; kept out of the table since timings vary run to run.
-    df.attrs["simulate_s"] = simulate_s
+    # CPU seconds inside the event simulation (kept out of the table since timings vary run to run), and how
+    # many of the (phase, table size) points were read back from shard_dir rather than simulated.
+    df.attrs = {"simulate_s": simulate_s, "points": len(tasks), "resumed_points": len(resumed)}
     return df

@@ -63,8 +63,9 @@ def _new_file_mode(path: Path) -> int:
 
 
 @contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block ends: moving several outputs into place is not cut in the middle."""
+def sigint_deferred(second_goes_through: bool = False) -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends: moving several outputs into place is not cut in the middle.
+    With second_goes_through, a second Ctrl-C in the block is handled at once (for a block that takes seconds)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -73,13 +74,21 @@ def _sigint_deferred() -> Iterator[None]:
         yield
         return
     caught = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+
+    def hold(signum, frame):
+        if caught and second_goes_through:
+            signal.signal(signal.SIGINT, previous)
+            previous(signum, frame)
+        caught.append(frame)
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            previous(signal.SIGINT, caught[0])
+        if signal.getsignal(signal.SIGINT) is hold:  # not already restored by a second Ctrl-C
+            signal.signal(signal.SIGINT, previous)
+            if caught:
+                previous(signal.SIGINT, caught[0])
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], *, binary: bool = False,
@@ -184,7 +193,7 @@ def staged_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
             _temporaries.add(tmps[-1])
             os.chmod(name, _new_file_mode(target))
         yield list(tmps)
-        with _sigint_deferred():
+        with sigint_deferred():
             for tmp, target in zip(tmps, targets):
                 os.replace(tmp, target)
     finally:
@@ -205,7 +214,7 @@ def staged_dir(out: str | os.PathLike, field: str = "--out", last: str | None = 
     _temporaries.add(tmp)
     try:
         yield tmp
-        with _sigint_deferred():
+        with sigint_deferred():
             out.mkdir(exist_ok=True)
             names = sorted(f.name for f in tmp.iterdir())
             if last in names:

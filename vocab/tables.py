@@ -8,7 +8,14 @@ them, and the tests all read these lists.
 
 from __future__ import annotations
 
+import io
+import json
+import os
+from importlib import metadata as package_metadata
+
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from vocab.placements import HBM, NONE
 
@@ -74,3 +81,45 @@ def summarise_errors(df: pd.DataFrame) -> dict:
         "overhead_pairs": int(len(pp)),
         "all_profiles_matched": bool(df["profile_matched"].all()) if len(df) else False,
     }
+
+
+# -- Parquet ------------------------------------------------------------------------------------
+
+# The key, in a Parquet file's key-value metadata, under which a table's own facts (df.attrs) are kept as JSON.
+PARQUET_METADATA_KEY = b"engram_sim"
+
+
+def engram_sim_version() -> str:
+    """The installed package's version ("unknown" when run from a checkout that is not installed)."""
+    try:
+        return package_metadata.version("engram-sim")
+    except package_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _arrow_table(df: pd.DataFrame, metadata: dict | None) -> pa.Table:
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    facts = {**df.attrs, **(metadata or {}), "engram_sim_version": engram_sim_version()}
+    return table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                         PARQUET_METADATA_KEY: json.dumps(facts, default=str).encode()})
+
+
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """A table as Parquet, df.attrs and `metadata` (JSON-able) and the engram-sim version kept in its
+    key-value metadata. Not atomic by itself: write into a staged folder (vocab.files.staged_dir)."""
+    pq.write_table(_arrow_table(df, metadata), path)
+
+
+def parquet_bytes(df: pd.DataFrame, metadata: dict | None = None) -> bytes:
+    """write_parquet's file as bytes: for a worker that hands its table to the process that writes it."""
+    buf = io.BytesIO()
+    pq.write_table(_arrow_table(df, metadata), buf)
+    return buf.getvalue()
+
+
+def read_parquet(source: str | os.PathLike | bytes) -> pd.DataFrame:
+    """A table written by write_parquet (a path, or parquet_bytes' bytes), its metadata back in df.attrs."""
+    table = pq.read_table(pa.BufferReader(source) if isinstance(source, bytes) else source)
+    df = table.to_pandas()
+    df.attrs = json.loads((table.schema.metadata or {}).get(PARQUET_METADATA_KEY, b"{}"))
+    return df
