@@ -170,12 +170,14 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
     add_executor_options(p)
 
 
-def add_executor_options(p: argparse.ArgumentParser) -> None:
-    """Where a sweep's points run, and whether the shards of an interrupted run are reused."""
+def add_executor_options(p: argparse.ArgumentParser, resume: bool = True) -> None:
+    """Where a sweep's (or a plan's) points run, and whether the shards of an interrupted run are reused."""
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: a process pool on this machine (default); ray: Ray tasks (pip install "
                         "'engram-sim[ray]')")
     p.add_argument("--address", help="with --executor ray: the cluster's address (host:port, or auto); "
                                      "default: start a local Ray instance")
+    if not resume:
+        return
     p.add_argument("--resume", action="store_true",
                    help="reuse the points an interrupted or failed run of the same sweep left in OUT/shards/")

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from cli.args import CliError, check_estimate, choices, floats, load_run
+from cli.args import CliError, add_executor_options, check_estimate, choices, floats, load_run
 from profiles import load_profile
 from reports.html import write_chart
 from reports.plan_charts import frontier_chart
+from tools.executor import check_executor
 from tools.plan import BASELINES, PlanResult, make_plans, plan
 from vocab.errors import UserError
 from vocab.files import check_writable_dir, staged_dir
@@ -186,6 +187,7 @@ def format_plan(result: PlanResult) -> str:
 
 def cmd_plan(args) -> int:
     check_writable_dir(args.out, "--out")
+    check_executor(args.executor, args.address)
     cfg, _ = load_run(args)
     if cfg.workload.phase == "serve":
         raise CliError("workload.phase", "the planner steps a steady batch; a serving run is simulated one "
@@ -196,7 +198,7 @@ def cmd_plan(args) -> int:
                        floats("--cache-gib", args.cache_gib),
                        floats("--dram-cache-gib", args.dram_cache_gib) if args.dram_cache_gib else None)
     result = plan(plans, max_overhead=args.max_overhead, baseline=args.baseline, steps=args.steps,
-                  jobs=args.jobs or 1, progress=not args.quiet)
+                  jobs=args.jobs or 1, progress=not args.quiet, executor=args.executor, address=args.address)
     print(format_plan(result))
     out = Path(args.out)
     with staged_dir(out) as tmp:
@@ -228,6 +230,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, help="DES steps per point (default: the config's)")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_options(p, resume=False)
     p.add_argument("--out", default="out/plan", help="output folder (plan.csv, plan.parquet, points.csv, "
                    "frontier.png)")
     p.set_defaults(func=cmd_plan)

@@ -194,3 +194,17 @@ def test_compare_writes_compare_parquet_with_its_facts(tmp_path, capsys):
     assert facts["records"] == [r.name for r in records] and "tiny" in facts["configs"]
     assert set(facts["profile_provenance"]) == set(facts["profiles"]) == set(table["profile"])
     assert facts["summary"]["compared"] == len(records) and facts["engram_sim_version"]
+
+
+def test_a_plan_on_ray_gives_the_local_plan(ray_instance):
+    from profiles import load_profile
+    from tools.plan import make_plans, plan
+    from vocab.config import load_config
+
+    cfg = load_config("engram-27b").with_steps(10)
+    plans = make_plans(cfg, [("h100-sxm", load_profile("h100-sxm"))], ["hbm", "host_uva"], [[1]], [64], [1.0], [1.0])
+    kw = dict(max_overhead=0.01, baseline="hbm", steps=10, progress=False, top_gib=64)
+    local, on_ray = plan(plans, **kw), plan(plans, executor="ray", **kw)
+    pd.testing.assert_frame_equal(on_ray.plans, local.plans, check_dtype=False)
+    pd.testing.assert_frame_equal(on_ray.points, local.points, check_dtype=False)
+    assert ray_instance.is_initialized()  # the caller's instance stays up

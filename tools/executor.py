@@ -226,6 +226,20 @@ def _connect_ray(ray, address: str | None, jobs: int | None) -> None:
                             "check the cluster (ray status) or leave --address out") from None
 
 
+def start_ray(address: str | None = None, jobs: int | None = None) -> bool:
+    """Ray initialised for several run_tasks calls (a plan's rounds): True if this call started it, and the
+    caller then stops it (stop_ray)."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    _connect_ray(ray, address, jobs)
+    return True
+
+
+def stop_ray() -> None:
+    _import_ray().shutdown()
+
+
 def _run_ray(fn, todo, land, jobs, address) -> None:
     ray = _import_ray()
     started = not ray.is_initialized()  # an instance the caller set up is the caller's to stop

@@ -23,6 +23,7 @@ the DES it also absorbs any contention the others do not name (not separable).
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import os
@@ -40,7 +41,16 @@ from sim.analytic import estimate
 from sim.engine import plan_steps, simulate, trace_for
 from sim.memory import memory_budget
 from sim.placements import placement_for
-from tools.executor import init_worker, sigint_ignored_while_spawning, stop_workers
+from tools.executor import (
+    LOCAL,
+    RAY,
+    init_worker,
+    run_tasks,
+    sigint_ignored_while_spawning,
+    start_ray,
+    stop_ray,
+    stop_workers,
+)
 from tools.sweep import (
     DEFAULT_CACHE_GIB,
     default_dram_cache_gib,
@@ -346,6 +356,30 @@ class LocalPool:
             self.pool.shutdown(cancel_futures=True)
 
 
+def _as_table(fn: Callable, item) -> pd.DataFrame:
+    return pd.DataFrame(fn(item), columns=POINT_COLUMNS)
+
+
+class RayPool:
+    """Maps each round's batches as Ray tasks (tools/executor.run_tasks) on one Ray instance kept for the whole
+    plan: at `address`, or a local one started (and stopped) here."""
+
+    def __init__(self, address: str | None, jobs: int | None):
+        self.address, self.jobs, self.started = address, jobs, False
+
+    def __enter__(self) -> Mapper:
+        self.started = start_ray(self.address, self.jobs)
+        return self.map
+
+    def map(self, fn: Callable, items: list) -> list[list[dict]]:
+        tables = run_tasks(functools.partial(_as_table, fn), items, executor=RAY, address=self.address)
+        return [t.to_dict("records") for t in tables]
+
+    def __exit__(self, kind, value, tb) -> None:
+        if self.started:
+            stop_ray()
+
+
 @dataclass
 class PlanResult:
     plans: pd.DataFrame   # PLAN_COLUMNS, one row per plan
@@ -402,14 +436,17 @@ def _plan_row(k: int, search: _Search, points: pd.DataFrame, grid: list[float]) 
 
 
 def plan(plans: list[PlanSpec], *, max_overhead: float, baseline: str = "none", steps: int | None = None,
-         jobs: int = 1, progress: bool = True, top_gib: float = MAX_TABLE_GIB) -> PlanResult:
-    """Answer every plan: the largest grid size within max_overhead (a fraction) against `baseline`."""
+         jobs: int = 1, progress: bool = True, top_gib: float = MAX_TABLE_GIB, executor: str = LOCAL,
+         address: str | None = None) -> PlanResult:
+    """Answer every plan: the largest grid size within max_overhead (a fraction) against `baseline`; each
+    round's points on this machine (jobs processes) or as Ray tasks (executor "ray", at `address`)."""
     t0 = time.perf_counter()
     grid = size_grid(top_gib)
     searches = [_Search(capacity_top(p, grid), len(grid)) for p in plans]
     steps = steps or plans[0].config.workload.steps
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(plans)))
-    with tqdm(total=0, desc="plan", unit="point", disable=None if progress else True) as bar, LocalPool(jobs) as mapper:
+    pool = RayPool(address, jobs if jobs > 1 else None) if executor == RAY else LocalPool(jobs)
+    with tqdm(total=0, desc="plan", unit="point", disable=None if progress else True) as bar, pool as mapper:
         rows = _rounds(plans, searches, grid, mapper, bar, max_overhead=max_overhead, baseline=baseline,
                        steps=steps)
     points = pd.DataFrame(rows, columns=POINT_COLUMNS)
