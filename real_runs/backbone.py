@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from real_runs.engram import ConvState, EngramModule, engram_from_config, rms_norm
+from real_runs.engram import CONV_NORM_EPS, ConvState, EngramModule, engram_from_config, rms_norm
 
 NORM_EPS = 1e-6
 Hook = Callable[[int, str], None]
@@ -148,6 +148,7 @@ class Packed:
     single_slot: torch.Tensor  # [S]
     single_len: int            # positions the one-token chunks attend to (the longest + 1)
     runs: list                 # (first token, end token, slot, start position) of the longer chunks
+    run_tok: torch.Tensor      # the longer chunks' tokens, in order
 
     @classmethod
     def build(cls, cache: KVCache, states: dict, slots, starts, counts, device) -> "Packed":
@@ -158,8 +159,9 @@ class Packed:
         one = torch.nonzero(counts == 1).flatten()
         runs = [(int(first[i]), int(first[i] + counts[i]), int(slots[i]), int(starts[i]))
                 for i in torch.nonzero(counts > 1).flatten().tolist()]
+        run_tok = torch.cat([torch.arange(a, b) for a, b, _, _ in runs]) if runs else torch.zeros(0, dtype=torch.int64)
         return cls(cache, states, slots[chunk].to(device), pos.to(device), first[one].to(device),
-                   slots[one].to(device), int(starts[one].max()) + 1 if one.numel() else 0, runs)
+                   slots[one].to(device), int(starts[one].max()) + 1 if one.numel() else 0, runs, run_tok.to(device))
 
 
 class Attention(nn.Module):
@@ -266,28 +268,39 @@ class DecoderLayer(nn.Module):
 
     def _packed_engram(self, x: torch.Tensor, rows: torch.Tensor, p: Packed) -> torch.Tensor:
         """The Engram module of a packed step: gating and values for all its tokens at once, then the causal
-        convolution per request (the one-token chunks as one batch, each longer chunk alone), each with its
-        slot's history."""
+        convolution, each request with its slot's history: the one-token chunks as one batch, the longer
+        chunks as another (right-padded to the longest: a causal convolution never reads the padding)."""
         rows = rows.reshape(x.shape[1], -1)
         history = p.states[self.index].buffer
         values = self.engram.values(x, rows.unsqueeze(0))[0]     # [T, M, D]
         y = torch.empty((x.shape[1], *x.shape[2:]), device=x.device, dtype=x.dtype)
-        groups = []
         if p.single_tok.numel():
             history[p.single_slot[p.token_pos[p.single_tok] == 0]] = 0   # one-token prompts start afresh too
-            groups.append((p.single_tok, p.single_slot))
-        for a, b, slot, start in p.runs:
-            if not start:   # a request's first chunk: no history (the slot may hold an earlier request's)
-                history[slot].zero_()
-            groups.append((slice(a, b), slice(slot, slot + 1)))
-        for tok, slots in groups:
-            v = values[tok]
-            v = v.unsqueeze(1) if isinstance(tok, torch.Tensor) else v.unsqueeze(0)   # [B, T, M, D]
-            state = ConvState(history[slots])
-            out = v + self.engram.short_conv(v, state)
-            y[tok] = out.reshape(*out.shape[:2], *x.shape[2:]).flatten(0, 1)
-            history[slots] = state.buffer
+            v = values[p.single_tok].unsqueeze(1)                       # [S, 1, M, D]
+            state = ConvState(history[p.single_slot])
+            y[p.single_tok] = (v + self.engram.short_conv(v, state)).reshape(-1, *x.shape[2:])
+            history[p.single_slot] = state.buffer
+        if p.runs:
+            y[p.run_tok] = self._runs_conv(values, history, p).reshape(-1, *x.shape[2:])
         return x + y.unsqueeze(0)
+
+    def _runs_conv(self, values: torch.Tensor, history: torch.Tensor, p: Packed) -> torch.Tensor:
+        """v + SiLU(conv(norm(v))) of the longer chunks, batched; each slot's history moves to its chunk's end."""
+        e = self.engram
+        lengths = torch.tensor([b - a for a, b, _, _ in p.runs], device=values.device)
+        slots = torch.tensor([slot for _, _, slot, _ in p.runs], device=values.device)
+        valid = torch.arange(int(lengths.max()), device=values.device)[None, :] < lengths[:, None]   # [R, L]
+        v = values.new_zeros((len(p.runs), valid.shape[1], *values.shape[1:]))
+        v[valid] = values[p.run_tok]
+        fresh = torch.tensor([not start for _, _, _, start in p.runs], device=values.device)
+        past = torch.where(fresh[:, None, None], torch.zeros_like(history[slots]), history[slots])
+        out = v + e.short_conv(v, ConvState(past))
+        if e.history:  # the last `history` normed values before each chunk's end: its slot's new history
+            normed = rms_norm(v, e.conv_norm, CONV_NORM_EPS).reshape(*v.shape[:2], -1).to(past.dtype)
+            full = torch.cat([past, normed], dim=1)                                   # [R, hist + L, C]
+            at = lengths[:, None] + torch.arange(e.history, device=values.device)[None, :]
+            history[slots] = torch.gather(full, 1, at[:, :, None].expand(-1, -1, full.shape[2]))
+        return out[valid]
 
 
 class Backbone(nn.Module):
