@@ -46,6 +46,8 @@ except ImportError as exc:
 import dataclasses
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -369,20 +371,27 @@ def run(cfg: RunConfig, placement: str | None = None, steps: int | None = None, 
     context, inputs = workload_inputs(cfg, warmup + steps, np.random.default_rng(cfg.workload.seed))
     timeline = Timeline(cuda=torch.device(device).type == "cuda", device=device)
     model = build_model(cfg, device, context, warmup + steps)
+    with engram_tables(cfg, device, timeline) as engram:
+        logs, nvml = measure(StepLoop(cfg, device, model, inputs, engram, timeline), nvml_interval_s, progress)
+        record = collect(cfg, timeline, logs, inputs, timeline.resolve(), warmup, engram.layers)
+        describe(record, cfg, device, warmup=warmup, nvml=nvml, engram=engram, backbone=model.backbone)
+    if out is not None:
+        write_record(record, out)
+    return record
+
+
+@contextmanager
+def engram_tables(cfg: RunConfig, device: str, timeline: Timeline) -> Iterator[EngramTables]:
+    """cfg's Engram tables and stores for one run (none: no layers), released when it ends, failed or not."""
     engram = EngramTables([] if cfg.placement.kind == NONE else sorted(cfg.engram.layer_ids))
     try:
         if engram.layers:
             build_tables(cfg, device, timeline, engram)
-        logs, nvml = measure(StepLoop(cfg, device, model, inputs, engram, timeline), nvml_interval_s, progress)
-        record = collect(cfg, timeline, logs, inputs, timeline.resolve(), warmup, engram.layers)
-        describe(record, cfg, device, warmup=warmup, nvml=nvml, engram=engram, backbone=model.backbone)
+        yield engram
     except BaseException:
         release(device, engram, failed=True)
         raise
     release(device, engram)
-    if out is not None:
-        write_record(record, out)
-    return record
 
 
 def describe(record: RunRecord, cfg: RunConfig, device: str, *, warmup: int, nvml: dict, engram: EngramTables,

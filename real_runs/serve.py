@@ -54,11 +54,10 @@ from real_runs.runner import (
     Model,
     StepLoop,
     build_model,
-    build_tables,
     check_placement,
     describe,
+    engram_tables,
     measure,
-    release,
     resolve_device,
 )
 from real_runs.stores import TORCH_DTYPES
@@ -245,20 +244,13 @@ def run_serving(cfg: RunConfig, device: str | None = None, out: Path | None = No
     kv_blocks = kv_blocks_for(cfg, load_profile(cfg.profile))
     timeline = Timeline(cuda=torch.device(device).type == "cuda", device=device)
     model = build_model(cfg, device, None, 0)
-    engram = EngramTables([] if cfg.placement.kind == NONE else sorted(cfg.engram.layer_ids))
-    try:
-        if engram.layers:
-            build_tables(cfg, device, timeline, engram)
+    with engram_tables(cfg, device, timeline) as engram:
         loop = ServeLoop(cfg, device, model.backbone, requests, kv_blocks, engram, timeline)
         logs, nvml = measure(loop, nvml_interval_s, progress)
         record = serving_record(cfg, loop, logs, timeline)
         extra = record.extra
         describe(record, cfg, device, warmup=0, nvml=nvml, engram=engram, backbone=model.backbone)
         record.extra = {**record.extra, **extra}
-    except BaseException:
-        release(device, engram, failed=True)
-        raise
-    release(device, engram)
     if out is not None:
         write_record(record, out)
     return record

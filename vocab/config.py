@@ -305,6 +305,7 @@ class TokenSourceConfig:
         require(self.source != "npy" or self.path, ConfigError, f"{path}.path",
                 "source 'npy' needs a path", "set path to a .npy of token ids")
 
+
 @dataclass
 class RequestsConfig:
     """A serving workload's requests (workload.phase = "serve")."""

@@ -156,7 +156,7 @@ class Scheduler:
                 return None
             step = self._step(chunks, now, waiting)
         while step.prefill_only and len(self.ahead) < self.lookahead:
-            more = self._admit_whole(self.sched.max_batched_tokens, self.sched.max_sequences)
+            more = self._admit(self.sched.max_batched_tokens, self.sched.max_sequences, whole=True)
             if not more:
                 break
             self.ahead.append(self._step(more, now, len(self.waiting) + len(more)))
@@ -171,11 +171,13 @@ class Scheduler:
         self.steps += 1
         return step
 
-    def _admit_whole(self, budget: int, seqs: int) -> list[tuple[int, int, int]]:
+    def _admit(self, budget: int, room: int, whole: bool) -> list[tuple[int, int, int]]:
+        """Waiting requests, in order, while they fit `room` more sequences, `budget` tokens and the free KV
+        blocks: whole known sequences (prefill_first), or as much of each as the budget takes (chunked)."""
         chunks = []
-        while self.waiting and len(chunks) < seqs:
+        while self.waiting and len(chunks) < room and budget > 0:
             r = self.waiting[0]
-            n = self.known(r)
+            n = self.known(r) if whole else min(self.known(r), budget)
             if n > budget or not self.kv.can_grow(r, n):
                 break
             self.waiting.popleft()
@@ -186,7 +188,7 @@ class Scheduler:
         return chunks
 
     def _prefill_first(self) -> list[tuple[int, int, int]]:
-        chunks = self._admit_whole(self.sched.max_batched_tokens, self.sched.max_sequences)
+        chunks = self._admit(self.sched.max_batched_tokens, self.sched.max_sequences, whole=True)
         if chunks:
             return chunks
         scheduled: list[int] = []
@@ -209,17 +211,7 @@ class Scheduler:
                 chunks.append((r, start, n))
                 budget -= n
         self.running.extendleft(reversed(scheduled))
-        while self.waiting and len(chunks) < cap and budget > 0:
-            r = self.waiting[0]
-            n = min(self.known(r), budget)
-            if not self.kv.can_grow(r, n):
-                break
-            self.waiting.popleft()
-            self.kv.grow(r, n)
-            self.running.append(r)
-            chunks.append((r, 0, n))
-            budget -= n
-        return chunks
+        return chunks + self._admit(budget, cap - len(chunks), whole=False)
 
     def _make_room(self, r: int, tokens: int) -> bool:
         """Blocks for request r to cache `tokens`, preempting the most recently admitted running requests
