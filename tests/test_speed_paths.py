@@ -1,0 +1,35 @@
+"""The fast paths give what the general ones give: same hits, same hit flags, same fill step."""
+
+import numpy as np
+import pytest
+
+from workloads import cache
+
+
+def random_steps(rng, repeats: bool):
+    n_rows = int(rng.integers(1, 60))
+    counts = np.minimum(rng.integers(0, 12, int(rng.integers(1, 20))), n_rows)
+    dense = [rng.choice(n_rows, size=c, replace=repeats) for c in counts]
+    return np.concatenate(dense).astype(np.int64), counts.astype(np.int64), n_rows
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
+@pytest.mark.parametrize("repeats", [False, True])
+def test_fast_replays_match_the_linked_lists(policy, repeats):
+    """The touch-log LRU and the no-eviction pass against the linked-list replay, flags and fill step too."""
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        dense, counts, n_rows = random_steps(rng, repeats)
+        bounds = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        capacity = int(rng.integers(1, n_rows + 3))
+        max_count = int(np.bincount(dense).max()) if dense.size else 0
+        want = cache._replay_lists(dense, bounds, n_rows, capacity, max_count, policy == "lfu")
+        got = cache.replay_flags(dense, counts, n_rows, capacity, policy)
+        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1]) and want[2] == got[2]
+
+
+def test_the_no_eviction_pass_gives_up_at_the_first_eviction():
+    dense, bounds = np.array([0, 1, 2, 0], dtype=np.int64), np.array([0, 2, 4], dtype=np.int64)
+    assert not cache._replay_unevicted(dense, bounds, 3, 2)[3]
+    hits, is_hit, filled, ok = cache._replay_unevicted(dense, bounds, 3, 3)
+    assert ok and hits.tolist() == [0, 1] and is_hit.tolist() == [False, False, False, True] and filled == 1
