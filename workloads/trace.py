@@ -20,8 +20,11 @@ cache has filled and seen three times its capacity, within
 workload.cache_replay_rows accesses per layer. The trace's steps then take the
 steady state's hit rates; the warm-up is reported apart (Trace.tiers).
 
-Distinct rows are counted with two bitmaps over the layer's rows: building a
-trace briefly needs n_rows / 4 bytes per Engram layer (a 1.25 G-row layer: 312 MB).
+Distinct rows are counted with two bitmaps over the layer's rows (small tables,
+or steps dense in them) or with a hash table holding one step (use_bitmaps picks
+the cheaper; the counts are the same): bitmaps briefly need n_rows / 4 bytes per
+Engram layer (at most BITMAP_MAX_ROWS rows: 64 MB). The token streams are hashed
+once for all the traces built from them (_hashed).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import asdict, dataclass
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from vocab.config import RunConfig
 from vocab.geometry import table_offsets
@@ -128,21 +131,54 @@ def _hash_steps(cfg: RunConfig, n_steps: int, rng: np.random.Generator, list_ids
     distinct = np.zeros((n_steps, len(sizes)), dtype=np.int64)
     reused = np.zeros_like(distinct)
     n_rows = np.array([eng.layer_rows(layer) for layer in eng.layer_ids], dtype=np.int64)
-    bitmap = n_rows <= BITMAP_MAX_ROWS
-    ids = None
-    if not list_ids:
-        _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused)
+    bitmap = use_bitmaps(n_rows, int(np.diff(bounds).max(initial=0)) * eng.tables_per_layer)
+    # One pass counts (and, for the replay, lists) the distinct rows; lookups bound how many there can be.
+    ids = np.empty((len(sizes), int(bounds[-1]) * eng.tables_per_layer if list_ids else 0), dtype=np.int64)
+
+    def hash_layer(col: int) -> None:
+        d, r = np.zeros(n_steps, dtype=np.int64), np.zeros(n_steps, dtype=np.int64)
+        _layer_rows(ctx, bounds, multipliers[col], primes[col], offsets[col], n_rows[col], bitmap[col], d, r, ids[col])
+        distinct[:, col], reused[:, col] = d, r
+
+    # The kernel releases the GIL: layers hash side by side on threads (a Numba parallel region costs more
+    # to start than a small trace takes).
+    threads = min(numba.get_num_threads(), len(sizes))
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(hash_layer, range(len(sizes))))
     else:
-        # One pass counts and lists the distinct rows; lookups bound how many there can be.
-        ids = np.empty((len(sizes), int(bounds[-1]) * eng.tables_per_layer), dtype=np.int64)
-        _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused, ids)
+        for col in range(len(sizes)):
+            hash_layer(col)
+    ids = ids if list_ids else None
     return _Hashed(bounds, step, distinct, reused, ids)
+
+
+_HASHED: OrderedDict[str, _Hashed] = OrderedDict()
+# A sweep point builds traces for several placements from the same token streams (an HBM cache, ssd's
+# caches): each stream is hashed once. Two entries: the trace's stream and the replay's.
+_HASHED_SIZE = 2
+
+
+def _hashed(cfg: RunConfig, n_steps: int, replay: bool) -> _Hashed:
+    """The trace's token stream (replay False: counts only) or the cache replay's (its own draw, rows listed),
+    hashed; memoised, as only cfg.engram and cfg.workload matter."""
+    key = json.dumps([asdict(cfg.engram), asdict(cfg.workload), n_steps, replay,  # and how rows are counted
+                      BITMAP_MAX_ROWS, BITMAP_CACHED_ROWS, BITMAP_ROWS_PER_LOOKUP], sort_keys=True)
+    if key in _HASHED:
+        _HASHED.move_to_end(key)
+        return _HASHED[key]
+    seed = cfg.workload.seed
+    rng = np.random.default_rng([seed, 0x5EED] if replay else seed)  # the replay's draw: its own, repeatable
+    _HASHED[key] = hashed = _hash_steps(cfg, n_steps, rng, list_ids=replay)
+    if len(_HASHED) > _HASHED_SIZE:
+        _HASHED.popitem(last=False)
+    return hashed
 
 
 def _build(cfg: RunConfig, cache_rows: int | None, dram_rows: int | None) -> Trace:
     eng, work = cfg.engram, cfg.workload
     n_steps = min(work.steps, work.tokens.trace_steps)
-    hashed = _hash_steps(cfg, n_steps, np.random.default_rng(work.seed), list_ids=False)
+    hashed = _hashed(cfg, n_steps, replay=False)
     distinct = hashed.distinct
     hits, dram = np.zeros_like(distinct), np.zeros_like(distinct)
     tiers = None
@@ -179,8 +215,7 @@ def replay_caches(cfg: RunConfig, cache_rows: int, dram_rows: int, distinct_per_
     # A cache that holds the whole table needs no long replay: only its warm-up is seen.
     fillable = [c for c in (cache_rows, dram_rows) if 0 < c < min(table_rows)]
     steps = replay_steps(cfg, max(fillable, default=0), distinct_per_step)
-    rng = np.random.default_rng([cfg.workload.seed, 0x5EED])  # a draw of its own, repeatable
-    hashed = _hash_steps(cfg, steps, rng, list_ids=True)
+    hashed = _hashed(cfg, steps, replay=True)
 
     def replay_layer(col: int) -> TierRates:
         counts = hashed.distinct[:, col]
@@ -217,20 +252,32 @@ def _prefill_tokens(cfg: RunConfig, n_steps: int, source, rng):
     return steps.contexts(), steps.bounds, step
 
 
-# Above this many rows a layer's two bitmaps (n_rows / 4 bytes) cost more in page faults
-# than they save; per-step hash sets are used instead.
+# Which sets count a layer's distinct rows: both give the same counts; they differ in cost. A bitmap
+# costs about its size (n_rows / 4 bytes, page faults and cache misses included), the hash table about
+# each lookup (it holds one step). Measured here: bitmaps win while they fit in the CPU's caches
+# (BITMAP_CACHED_ROWS), or while a step's lookups are dense enough in the table
+# (BITMAP_ROWS_PER_LOOKUP table rows per lookup or fewer: prefill-size steps), and never above
+# BITMAP_MAX_ROWS (memory).
 BITMAP_MAX_ROWS = 1 << 28
+BITMAP_CACHED_ROWS = 1 << 25
+BITMAP_ROWS_PER_LOOKUP = 256
 
 
-@njit(cache=True)
+def use_bitmaps(n_rows: np.ndarray, lookups_per_step: int) -> np.ndarray:
+    """Per layer: count with bitmaps (True) or a hash table (False), whichever is cheaper."""
+    dense_enough = max(BITMAP_CACHED_ROWS, BITMAP_ROWS_PER_LOOKUP * lookups_per_step)
+    return n_rows <= min(BITMAP_MAX_ROWS, dense_enough)
+
+
+@njit(cache=True, nogil=True)
 def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, distinct, reused, ids_out):
     """Hash every token's N-grams into global rows; count distinct rows per step and those also in the
     previous step. If ids_out is not empty, write each step's distinct rows into it, in step order.
 
-    Two sets (this step, previous step) alternate. For tables up to BITMAP_MAX_ROWS rows they are
-    bitmaps: 2 bits per table row, mostly cache-resident, several times faster than a hash set; a
-    bitmap is cleared by unsetting only the rows its step set. Larger tables use open-addressing
-    hash sets whose slots are stamped with their step, so nothing needs clearing.
+    Two sets (this step, previous step) alternate. With use_bitmap they are bitmaps: 2 bits per table
+    row; a bitmap is cleared by unsetting only the rows its step set. Otherwise they are one
+    open-addressing hash table whose slot holds an entry of each set side by side (one cache line
+    serves both probes); an entry packs its step's stamp above the row, so nothing needs clearing.
     """
     n_steps = bounds.size - 1
     n_orders, n_heads = primes.shape
@@ -245,8 +292,11 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
     while not use_bitmap and slots < 2 * per_step:
         slots *= 2
         bits_log2 += 1
-    keys = np.empty((2, slots if not use_bitmap else 1), dtype=np.int64)
-    stamp = np.full((2, slots if not use_bitmap else 1), -2, dtype=np.int64)
+    # Entry (stamp << row_bits) | row, stamp = step + 2: 0 is an empty slot, and step -1 (stamp 1) has none.
+    row_bits = 1
+    while (np.int64(1) << row_bits) < n_rows:
+        row_bits += 1
+    table = np.zeros((slots if not use_bitmap else 1, 2), dtype=np.int64)
     mask = slots - 1
     shift = np.uint64(64 - bits_log2)
     n_out = 0
@@ -254,6 +304,7 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
     for s in range(n_steps):
         cur = s & 1
         prev = cur ^ 1
+        cur_stamp, prev_stamp = np.int64(s + 2), np.int64(s + 1)
         if use_bitmap:
             for k in range(n_seen[cur]):  # forget step s - 2
                 bits[cur, seen[cur, k] >> 6] = 0
@@ -275,17 +326,18 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
                         in_prev = (bits[prev, word] & bit) != 0
                     else:
                         start = np.int64((np.uint64(row) * np.uint64(11400714819323198485)) >> shift)
+                        entry = (cur_stamp << row_bits) | row
                         h = start
-                        while stamp[cur, h] == s and keys[cur, h] != row:
+                        while table[h, cur] != entry and (table[h, cur] >> row_bits) == cur_stamp:
                             h = (h + 1) & mask
-                        if stamp[cur, h] == s:
+                        if table[h, cur] == entry:
                             continue  # already seen this step
-                        stamp[cur, h] = s
-                        keys[cur, h] = row
+                        table[h, cur] = entry
+                        entry = (prev_stamp << row_bits) | row
                         h = start
                         in_prev = False
-                        while stamp[prev, h] == s - 1:
-                            if keys[prev, h] == row:
+                        while (table[h, prev] >> row_bits) == prev_stamp:
+                            if table[h, prev] == entry:
                                 in_prev = True
                                 break
                             h = (h + 1) & mask
@@ -295,27 +347,3 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
                     if ids_out.size:
                         ids_out[n_out] = row
                         n_out += 1
-
-
-@njit(parallel=True, cache=True)
-def _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused):
-    """_layer_rows for every layer, one layer per thread."""
-    for layer in prange(primes.shape[0]):
-        d = np.zeros(distinct.shape[0], dtype=np.int64)
-        r = np.zeros(distinct.shape[0], dtype=np.int64)
-        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer], bitmap[layer], d, r,
-                    np.empty(0, np.int64))
-        distinct[:, layer] = d
-        reused[:, layer] = r
-
-
-@njit(parallel=True, cache=True)
-def _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused, ids):
-    """_count_all_layers, also listing each layer's distinct rows per step, in step order, in ids[layer]."""
-    for layer in prange(primes.shape[0]):
-        d = np.zeros(distinct.shape[0], dtype=np.int64)
-        r = np.zeros(distinct.shape[0], dtype=np.int64)
-        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer], bitmap[layer],
-                    d, r, ids[layer])
-        distinct[:, layer] = d
-        reused[:, layer] = r
