@@ -33,3 +33,26 @@ def test_the_no_eviction_pass_gives_up_at_the_first_eviction():
     assert not cache._replay_unevicted(dense, bounds, 3, 2)[3]
     hits, is_hit, filled, ok = cache._replay_unevicted(dense, bounds, 3, 3)
     assert ok and hits.tolist() == [0, 1] and is_hit.tolist() == [False, False, False, True] and filled == 1
+
+
+def test_bitmaps_and_hash_table_count_the_same_rows(monkeypatch):
+    """Whichever sets use_bitmaps picks, a trace's counts are the same (here: all bitmaps, then none)."""
+    from vocab.config import load_config
+    from workloads import trace as trace_mod
+
+    cfg = load_config("engram-27b").with_table_gib(1).with_phase("decode").with_steps(4)
+    counts = []
+    for limit in (1 << 28, 0):
+        monkeypatch.setattr(trace_mod, "BITMAP_MAX_ROWS", limit)
+        hashed = trace_mod._hash_steps(cfg, 4, np.random.default_rng(0), list_ids=True)
+        listed = [hashed.ids[col, : hashed.distinct[:, col].sum()] for col in range(hashed.distinct.shape[1])]
+        counts.append((hashed.distinct, hashed.reused, *listed))  # (past the listed rows: unwritten)
+    for a, b in zip(*counts):
+        assert np.array_equal(a, b)
+
+
+def test_bench_yardsticks():
+    from tools.bench import bare_simpy_events_per_s, spread
+
+    assert bare_simpy_events_per_s(1000) > 0
+    assert spread([3.0, 1.0, 2.0]) == (1.0, 2.0, 3.0)
