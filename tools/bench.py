@@ -107,8 +107,9 @@ def bench_simulator(steps: int = 1000, jobs: int | None = None, config: str = "e
     print(f"  sweep {fmt(walls)} wall  (target: <= 5 s); the event simulation took {fmt(sims)} of CPU "
           f"(token traces, hashed and cache-replayed per point, the rest; the benchmark's traces alone: "
           f"{trace_s:.2f} s)")
+    vs_bare = out["events_per_s"] / out["bare_simpy_events_per_s"]
     print(f"  {events:,} simulated events, {fmt(rates, 'events/s', 0)} of simulation; bare SimPy in the same "
-          f"runs: {fmt(bare, 'events/s', 0)} (DES / bare SimPy: {out['events_per_s'] / out['bare_simpy_events_per_s']:.2f})")
+          f"runs: {fmt(bare, 'events/s', 0)} (DES / bare SimPy: {vs_bare:.2f})")
     print(f"  the closed form for the same {out['points']} points: {closed:.3f} s (sweep wall / closed form: "
           f"{out['wall_s'] / max(closed, 1e-9):,.0f}x; event simulation CPU / closed form: "
           f"{out['simulate_cpu_s'] / max(closed, 1e-9):,.0f}x)")

@@ -242,29 +242,28 @@ def dense_ids(row_ids: np.ndarray) -> tuple[np.ndarray, int]:
 
 @njit(cache=True, nogil=True)
 def _hashed_first_seen_ids(row_ids):
-    """First-seen relabelling through an open-addressing hash table (sparse ids, O(n))."""
+    """First-seen relabelling through an open-addressing hash table (sparse ids, O(n)); a slot holds its
+    key and label side by side (one cache line per probe), at most 2/3 full."""
     slots, bits = 2, 1
-    while slots < 2 * row_ids.size:
+    while 2 * slots < 3 * row_ids.size:
         slots *= 2
         bits += 1
     mask = slots - 1
     shift = np.uint64(64 - bits)
-    keys = np.empty(slots, dtype=np.int64)
-    labels = np.full(slots, -1, dtype=np.int64)
+    table = np.full((slots, 2), -1, dtype=np.int64)  # [key, label]; label -1: empty
     dense = np.empty(row_ids.size, dtype=np.int64)
     n = 0
     for i in range(row_ids.size):
         key = row_ids[i]
         # Fibonacci hashing spreads consecutive ids over the table.
-        h = (np.uint64(key) * np.uint64(11400714819323198485)) >> shift
-        j = np.int64(h) & mask
-        while labels[j] >= 0 and keys[j] != key:
+        j = np.int64((np.uint64(key) * np.uint64(11400714819323198485)) >> shift)
+        while table[j, 1] >= 0 and table[j, 0] != key:
             j = (j + 1) & mask
-        if labels[j] < 0:
-            keys[j] = key
-            labels[j] = n
+        if table[j, 1] < 0:
+            table[j, 0] = key
+            table[j, 1] = n
             n += 1
-        dense[i] = labels[j]
+        dense[i] = table[j, 1]
     return dense, n
 
 
@@ -324,12 +323,13 @@ class TierRates:
 
 
 def replay_tiers(row_ids: np.ndarray, counts: np.ndarray, table_rows: int, hbm_rows: int, hbm_policy: str,
-                 dram_rows: int = 0, dram_policy: str = "lru") -> TierRates:
+                 dram_rows: int = 0, dram_policy: str = "lru",
+                 dense: tuple[np.ndarray, int] | None = None) -> TierRates:
     """Replay steps of unique row ids (flat, with each step's length) through an HBM cache of hbm_rows rows,
     then its misses through a DRAM cache of dram_rows rows. A cache of at least table_rows rows holds the
-    whole table: after its warm-up it never misses."""
+    whole table: after its warm-up it never misses. `dense`: dense_ids(row_ids), if already computed."""
     counts = np.asarray(counts, dtype=np.int64)
-    dense, n = dense_ids(row_ids)
+    dense, n = dense if dense is not None else dense_ids(row_ids)
     n_steps = counts.size
     full_hbm, full_dram = hbm_rows >= table_rows, dram_rows >= table_rows
     h1, flags, fill1 = replay_flags(dense, counts, n, 0 if full_hbm else hbm_rows, hbm_policy)

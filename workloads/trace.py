@@ -33,7 +33,7 @@ import json
 import math
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numba
 import numpy as np
@@ -41,7 +41,7 @@ from numba import njit
 
 from vocab.config import RunConfig
 from vocab.geometry import table_offsets
-from workloads.cache import TierRates, replay_tiers
+from workloads.cache import TierRates, dense_ids, replay_tiers
 from workloads.fastmod import mod_prime
 from workloads.hashing import layer_multipliers
 from workloads.steps import decode_steps, prefill_steps
@@ -114,6 +114,7 @@ class _Hashed:
     distinct: np.ndarray
     reused: np.ndarray
     ids: np.ndarray | None
+    dense: dict = field(default_factory=dict)  # per layer column: dense_ids of its listed rows, once needed
 
 
 def _hash_steps(cfg: RunConfig, n_steps: int, rng: np.random.Generator, list_ids: bool) -> _Hashed:
@@ -219,8 +220,11 @@ def replay_caches(cfg: RunConfig, cache_rows: int, dram_rows: int, distinct_per_
 
     def replay_layer(col: int) -> TierRates:
         counts = hashed.distinct[:, col]
-        return replay_tiers(hashed.ids[col, : counts.sum()], counts, table_rows[col], cache_rows, p.cache_policy,
-                            dram_rows, p.dram_cache_policy)
+        rows = hashed.ids[col, : counts.sum()]
+        if col not in hashed.dense:  # the relabelling is most of a replay: kept for the stream's other traces
+            hashed.dense[col] = dense_ids(rows)
+        return replay_tiers(rows, counts, table_rows[col], cache_rows, p.cache_policy, dram_rows,
+                            p.dram_cache_policy, dense=hashed.dense[col])
 
     # The replay loops release the GIL, so layers replay side by side.
     with ThreadPoolExecutor(max_workers=numba.get_num_threads()) as pool:
