@@ -56,3 +56,19 @@ def test_bench_yardsticks():
 
     assert bare_simpy_events_per_s(1000) > 0
     assert spread([3.0, 1.0, 2.0]) == (1.0, 2.0, 3.0)
+
+
+def test_hash_tables_of_tables_past_4g_rows_count_the_same(monkeypatch):
+    """The int64 hash table (tables of 4 G rows or more) counts as the uint32 one does."""
+    from vocab.config import load_config
+    from workloads import trace as trace_mod
+
+    cfg = load_config("engram-27b").with_table_gib(1).with_phase("prefill").with_steps(3)
+    monkeypatch.setattr(trace_mod, "BITMAP_MAX_ROWS", 0)
+    narrow = trace_mod._hash_steps(cfg, 3, np.random.default_rng(0), list_ids=False)
+    table = trace_mod._hash_table
+    assert table(5, 100).dtype == np.uint32 and table(5, 1 << 33).dtype == np.int64 and table(5, 100).shape == (8, 2)
+    monkeypatch.setattr(trace_mod, "_hash_table", lambda entries, n_rows: table(entries, 1 << 40))
+    wide = trace_mod._hash_steps(cfg, 3, np.random.default_rng(0), list_ids=False)
+    assert narrow.distinct.sum() > 0
+    assert np.array_equal(narrow.distinct, wide.distinct) and np.array_equal(narrow.reused, wide.reused)

@@ -132,13 +132,15 @@ def _hash_steps(cfg: RunConfig, n_steps: int, rng: np.random.Generator, list_ids
     distinct = np.zeros((n_steps, len(sizes)), dtype=np.int64)
     reused = np.zeros_like(distinct)
     n_rows = np.array([eng.layer_rows(layer) for layer in eng.layer_ids], dtype=np.int64)
-    bitmap = use_bitmaps(n_rows, int(np.diff(bounds).max(initial=0)) * eng.tables_per_layer)
+    lookups = max(1, int(np.diff(bounds).max(initial=0)) * eng.tables_per_layer)  # in the widest step
+    bitmap = use_bitmaps(n_rows, lookups)
     # One pass counts (and, for the replay, lists) the distinct rows; lookups bound how many there can be.
     ids = np.empty((len(sizes), int(bounds[-1]) * eng.tables_per_layer if list_ids else 0), dtype=np.int64)
 
     def hash_layer(col: int) -> None:
         d, r = np.zeros(n_steps, dtype=np.int64), np.zeros(n_steps, dtype=np.int64)
-        _layer_rows(ctx, bounds, multipliers[col], primes[col], offsets[col], n_rows[col], bitmap[col], d, r, ids[col])
+        _layer_rows(ctx, bounds, multipliers[col], primes[col], offsets[col], n_rows[col], bitmap[col], d, r, ids[col],
+                    _hash_table(1 if bitmap[col] else 2 * lookups, int(n_rows[col])))
         distinct[:, col], reused[:, col] = d, r
 
     # The kernel releases the GIL: layers hash side by side on threads (a Numba parallel region costs more
@@ -267,6 +269,16 @@ BITMAP_CACHED_ROWS = 1 << 25
 BITMAP_ROWS_PER_LOOKUP = 256
 
 
+def _hash_table(entries: int, n_rows: int) -> np.ndarray:
+    """_layer_rows' hash table: [slots, 2] all ones (never a row: an empty slot), slots the power of two
+    >= entries, rows in uint32 if they fit, else int64 (all ones: -1; int64, as Numba compares uint64 with
+    int64 through floats)."""
+    slots = 1 << max(1, (entries - 1).bit_length())
+    if n_rows < (1 << 32) - 1:
+        return np.full((slots, 2), (1 << 32) - 1, dtype=np.uint32)
+    return np.full((slots, 2), -1, dtype=np.int64)
+
+
 def use_bitmaps(n_rows: np.ndarray, lookups_per_step: int) -> np.ndarray:
     """Per layer: count with bitmaps (True) or a hash table (False), whichever is cheaper."""
     dense_enough = max(BITMAP_CACHED_ROWS, BITMAP_ROWS_PER_LOOKUP * lookups_per_step)
@@ -274,14 +286,16 @@ def use_bitmaps(n_rows: np.ndarray, lookups_per_step: int) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, distinct, reused, ids_out):
+def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, distinct, reused, ids_out, table):
     """Hash every token's N-grams into global rows; count distinct rows per step and those also in the
     previous step. If ids_out is not empty, write each step's distinct rows into it, in step order.
 
     Two sets (this step, previous step) alternate. With use_bitmap they are bitmaps: 2 bits per table
-    row; a bitmap is cleared by unsetting only the rows its step set. Otherwise they are one
-    open-addressing hash table whose slot holds an entry of each set side by side (one cache line
-    serves both probes); an entry packs its step's stamp above the row, so nothing needs clearing.
+    row; a bitmap is cleared by unsetting only the rows its step set. Otherwise they are `table`, one
+    open-addressing hash table ([slots, 2], slots a power of two >= 2 lookups of the widest step) whose
+    slot holds an entry of each set side by side (one cache line serves both probes), its rows stored
+    in uint32 for tables below 4 G rows (half the cache traffic of int64); a set is emptied (all ones)
+    as its step begins.
     """
     n_steps = bounds.size - 1
     n_orders, n_heads = primes.shape
@@ -292,15 +306,10 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
     bits = np.zeros((2, (n_rows + 63) // 64 if use_bitmap else 1), dtype=np.uint64)
     seen = np.empty((2, per_step if use_bitmap else 1), dtype=np.int64)  # rows set in each bitmap
     n_seen = np.zeros(2, dtype=np.int64)
-    slots, bits_log2 = 2, 1
-    while not use_bitmap and slots < 2 * per_step:
-        slots *= 2
+    slots, bits_log2 = table.shape[0], 0
+    while (1 << bits_log2) < slots:
         bits_log2 += 1
-    # Entry (stamp << row_bits) | row, stamp = step + 2: 0 is an empty slot, and step -1 (stamp 1) has none.
-    row_bits = 1
-    while (np.int64(1) << row_bits) < n_rows:
-        row_bits += 1
-    table = np.zeros((slots if not use_bitmap else 1, 2), dtype=np.int64)
+    empty = table[0, 0]  # handed over all ones: an empty slot
     mask = slots - 1
     shift = np.uint64(64 - bits_log2)
     n_out = 0
@@ -308,7 +317,9 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
     for s in range(n_steps):
         cur = s & 1
         prev = cur ^ 1
-        cur_stamp, prev_stamp = np.int64(s + 2), np.int64(s + 1)
+        if not use_bitmap:  # forget step s - 2
+            for h in range(slots):
+                table[h, cur] = empty
         if use_bitmap:
             for k in range(n_seen[cur]):  # forget step s - 2
                 bits[cur, seen[cur, k] >> 6] = 0
@@ -330,18 +341,16 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
                         in_prev = (bits[prev, word] & bit) != 0
                     else:
                         start = np.int64((np.uint64(row) * np.uint64(11400714819323198485)) >> shift)
-                        entry = (cur_stamp << row_bits) | row
                         h = start
-                        while table[h, cur] != entry and (table[h, cur] >> row_bits) == cur_stamp:
+                        while table[h, cur] != row and table[h, cur] != empty:
                             h = (h + 1) & mask
-                        if table[h, cur] == entry:
+                        if table[h, cur] == row:
                             continue  # already seen this step
-                        table[h, cur] = entry
-                        entry = (prev_stamp << row_bits) | row
+                        table[h, cur] = row
                         h = start
                         in_prev = False
-                        while (table[h, prev] >> row_bits) == prev_stamp:
-                            if table[h, prev] == entry:
+                        while table[h, prev] != empty:
+                            if table[h, prev] == row:
                                 in_prev = True
                                 break
                             h = (h + 1) & mask
