@@ -8,6 +8,7 @@ chart is also rendered to ``<name>.png`` at scale 2 with vl-convert.
 from __future__ import annotations
 
 import functools
+import hashlib
 import html
 import json
 import os
@@ -19,7 +20,7 @@ import altair as alt
 import pandas as pd
 import vl_convert as vlc
 
-from vocab.files import atomic_write, staged_dir
+from vocab.files import atomic_write, atomic_write_text, staged_dir
 
 Section = Union[alt.TopLevelMixin, pd.DataFrame, str]
 
@@ -50,12 +51,35 @@ def vegalite_version() -> str | None:
     return major_minor if major_minor in vlc.get_vegalite_versions() else None
 
 
-@functools.lru_cache(maxsize=1)
-def javascript_bundle() -> str:
-    """vega + vega-lite + vega-embed as one inline-safe script (~1 MB, ~2 s the first time)."""
+def cache_dir() -> Path:
+    """Where built assets are kept between runs (as workloads.compression.cache_dir, which this layer may not
+    import): $ENGRAM_SIM_CACHE, else ~/.cache/engram-sim."""
+    return Path(os.environ.get("ENGRAM_SIM_CACHE") or Path.home() / ".cache" / "engram-sim")
+
+
+def _build_bundle() -> str:
     bundle = vlc.javascript_bundle(vl_version=vegalite_version())
     # "</script" would end the inline <script>; "<\/script" means the same to JS.
     return re.sub(r"</(script)", r"<\\/\1", bundle, flags=re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=1)
+def javascript_bundle() -> str:
+    """vega + vega-lite + vega-embed as one inline-safe script (~1 MB, ~1.5 s to build). Built once per
+    vl-convert and Vega-Lite version and kept in cache_dir() under a name hashing those inputs; an
+    unreadable or unwritable cache only means building it again."""
+    inputs = json.dumps({"vl_convert": vlc.__version__, "vega_lite": vegalite_version(), "escape": "script-v1"})
+    path = cache_dir() / f"vega-bundle-{hashlib.sha256(inputs.encode()).hexdigest()[:16]}.js"
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        pass
+    bundle = _build_bundle()
+    try:
+        atomic_write_text(path, bundle)
+    except OSError:
+        pass  # no cache: the next run builds it again
+    return bundle
 
 
 def _json_for_script(obj) -> str:

@@ -65,6 +65,11 @@ class SharedBandwidth:
 
     def _assign_rates(self) -> None:
         """Progressive filling: raise all unfrozen rates together until a pipe or a cap binds."""
+        if len(self.active) == 1:  # most calls: one transfer takes its cap or its narrowest pipe
+            t = self.active[0]
+            # The same float operations as one round of the general loop (0.0 + level is level).
+            t.rate = max(min([self.capacities[n] / w for n, w in t.uses.items()] + [t.cap]), 0.0)
+            return
         free = dict(self.capacities)
         unfrozen = list(self.active)
         for t in unfrozen:

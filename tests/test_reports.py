@@ -386,3 +386,15 @@ def test_sizes_that_do_not_fit_are_never_hidden_and_the_summary_says_where_fitti
     assert all_fit["fits"].all()
     assert len(_spec(reports.overhead_chart(all_fit, 0.01))["spec"]["layer"]) >= 1
     assert "crosses" not in " ".join(_spec(reports.throughput_chart(all_fit))["title"]["subtitle"])
+
+
+def test_javascript_bundle_is_built_once_and_kept(tmp_path, monkeypatch):
+    report_html = rhtml
+    monkeypatch.setenv("ENGRAM_SIM_CACHE", str(tmp_path))
+    report_html.javascript_bundle.cache_clear()
+    built = report_html.javascript_bundle()
+    assert [p.name.startswith("vega-bundle-") for p in tmp_path.iterdir()] == [True]
+    report_html.javascript_bundle.cache_clear()
+    monkeypatch.setattr(report_html, "_build_bundle", lambda: pytest.fail("rebuilt an identical bundle"))
+    assert report_html.javascript_bundle() == built
+    report_html.javascript_bundle.cache_clear()

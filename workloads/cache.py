@@ -17,8 +17,10 @@ Policies:
     frequency-based cache could achieve, first touches included.
 
 Row ids are first mapped to dense ints (by first access), then one Numba loop runs
-the policy with doubly linked lists in arrays, O(1) per access: LRU one list
-in recency order, LFU one such list per access count.
+the policy, O(1) per access. While the rows seen fit the cache nothing is evicted,
+and LRU and LFU are the same linear pass (a row is a hit iff an earlier step had it).
+Past that, LRU keeps a log of touches (the least recent row is the oldest entry still
+current); LFU keeps doubly linked lists in arrays, one per access count.
 """
 
 from __future__ import annotations
@@ -121,6 +123,72 @@ def _replay_lists(dense, bounds, n_rows, capacity, max_count, lfu):
     return hits, is_hit, filled_at
 
 
+@njit(cache=True, nogil=True)
+def _replay_lru(dense, bounds, last, queue, capacity):
+    """LRU over dense row ids as a log of touches: queue[t] is the row touched t-th, last[row] the time of its
+    latest touch (-1: not cached). The least recent cached row is the first entry of the log still its row's
+    latest; stale entries before it are skipped once. Sequential but for one look-up per access (and per
+    skipped entry): several times faster than linked lists, same hits."""
+    hits, is_hit = _no_hits(dense, bounds)
+    filled_at = -1
+    t = 0
+    head = 0
+    size = 0
+    for s in range(bounds.size - 1):
+        for i in range(bounds[s], bounds[s + 1]):  # mark and touch the hits, in step order
+            row = dense[i]
+            if last[row] >= 0:
+                is_hit[i] = True
+                hits[s] += 1
+                queue[t] = row
+                last[row] = t
+                t += 1
+        for i in range(bounds[s], bounds[s + 1]):  # insert the misses, evicting when full
+            row = dense[i]
+            if is_hit[i] or last[row] >= 0:  # (the second test only guards against repeated ids)
+                continue
+            if size == capacity:
+                while last[queue[head]] != head:
+                    head += 1
+                last[queue[head]] = -1
+                head += 1
+            else:
+                size += 1
+            queue[t] = row
+            last[row] = t
+            t += 1
+        if filled_at < 0 and size == capacity:
+            filled_at = s
+    return hits, is_hit, filled_at
+
+
+@njit(cache=True, nogil=True)
+def _replay_unevicted(dense, bounds, n_rows, capacity):
+    """LRU and LFU while nothing is evicted: a row is a hit iff an earlier step accessed it. One linear pass.
+
+    Returns (hits, is_hit, filled_at, ok); ok is False (and the rest unfinished) as soon as more distinct
+    rows arrive than the cache holds: then the first eviction makes the policy matter, and the lists must run.
+    """
+    hits, is_hit = _no_hits(dense, bounds)
+    first_step = np.full(n_rows, -1, dtype=np.int32)
+    filled_at = -1
+    size = 0
+    for s in range(bounds.size - 1):
+        for i in range(bounds[s], bounds[s + 1]):
+            seen = first_step[dense[i]]
+            if seen < 0:
+                if size == capacity:
+                    return hits, is_hit, filled_at, False
+                first_step[dense[i]] = s
+                size += 1
+            elif seen < s:
+                is_hit[i] = True
+                hits[s] += 1
+        if filled_at < 0 and size == capacity:
+            filled_at = s
+    return hits, is_hit, filled_at, True
+
+
 def _static_topk(dense, bounds, n_rows, capacity):
     """The oracle: the `capacity` most accessed rows (ties: first accessed first) are always cached.
     Returns (hits per step, a hit flag per access)."""
@@ -174,29 +242,28 @@ def dense_ids(row_ids: np.ndarray) -> tuple[np.ndarray, int]:
 
 @njit(cache=True, nogil=True)
 def _hashed_first_seen_ids(row_ids):
-    """First-seen relabelling through an open-addressing hash table (sparse ids, O(n))."""
+    """First-seen relabelling through an open-addressing hash table (sparse ids, O(n)); a slot holds its
+    key and label side by side (one cache line per probe), at most 2/3 full."""
     slots, bits = 2, 1
-    while slots < 2 * row_ids.size:
+    while 2 * slots < 3 * row_ids.size:
         slots *= 2
         bits += 1
     mask = slots - 1
     shift = np.uint64(64 - bits)
-    keys = np.empty(slots, dtype=np.int64)
-    labels = np.full(slots, -1, dtype=np.int64)
+    table = np.full((slots, 2), -1, dtype=np.int64)  # [key, label]; label -1: empty
     dense = np.empty(row_ids.size, dtype=np.int64)
     n = 0
     for i in range(row_ids.size):
         key = row_ids[i]
         # Fibonacci hashing spreads consecutive ids over the table.
-        h = (np.uint64(key) * np.uint64(11400714819323198485)) >> shift
-        j = np.int64(h) & mask
-        while labels[j] >= 0 and keys[j] != key:
+        j = np.int64((np.uint64(key) * np.uint64(11400714819323198485)) >> shift)
+        while table[j, 1] >= 0 and table[j, 0] != key:
             j = (j + 1) & mask
-        if labels[j] < 0:
-            keys[j] = key
-            labels[j] = n
+        if table[j, 1] < 0:
+            table[j, 0] = key
+            table[j, 1] = n
             n += 1
-        dense[i] = labels[j]
+        dense[i] = table[j, 1]
     return dense, n
 
 
@@ -219,11 +286,17 @@ def replay_flags(dense: np.ndarray, counts: np.ndarray, n_rows: int, capacity: i
         return np.zeros(bounds.size - 1, dtype=np.int64), np.zeros(dense.size, dtype=bool), 0
     if policy == "static_topk":
         return (*_static_topk(dense, bounds, n_rows, capacity), 0)
+    hits, is_hit, filled, unevicted = _replay_unevicted(dense, bounds, n_rows, int(capacity))
+    if unevicted:  # LRU and LFU agree until the first eviction
+        return hits, is_hit, int(filled)
     if policy == "lfu":
         max_count = int(np.bincount(dense).max()) if dense.size else 0
         hits, is_hit, filled = _replay_lists(dense, bounds, n_rows, int(capacity), max_count, True)
     else:
-        hits, is_hit, filled = _replay_lists(dense, bounds, n_rows, int(capacity), 0, False)
+        # Times count touches (at most two per access): int32 while they fit, half the memory traffic.
+        index = np.int32 if 2 * dense.size < np.iinfo(np.int32).max else np.int64
+        last, queue = np.full(n_rows, -1, dtype=index), np.empty(2 * dense.size, dtype=index)
+        hits, is_hit, filled = _replay_lru(dense, bounds, last, queue, int(capacity))
     return hits, is_hit, int(filled)
 
 
@@ -250,12 +323,13 @@ class TierRates:
 
 
 def replay_tiers(row_ids: np.ndarray, counts: np.ndarray, table_rows: int, hbm_rows: int, hbm_policy: str,
-                 dram_rows: int = 0, dram_policy: str = "lru") -> TierRates:
+                 dram_rows: int = 0, dram_policy: str = "lru",
+                 dense: tuple[np.ndarray, int] | None = None) -> TierRates:
     """Replay steps of unique row ids (flat, with each step's length) through an HBM cache of hbm_rows rows,
     then its misses through a DRAM cache of dram_rows rows. A cache of at least table_rows rows holds the
-    whole table: after its warm-up it never misses."""
+    whole table: after its warm-up it never misses. `dense`: dense_ids(row_ids), if already computed."""
     counts = np.asarray(counts, dtype=np.int64)
-    dense, n = dense_ids(row_ids)
+    dense, n = dense if dense is not None else dense_ids(row_ids)
     n_steps = counts.size
     full_hbm, full_dram = hbm_rows >= table_rows, dram_rows >= table_rows
     h1, flags, fill1 = replay_flags(dense, counts, n, 0 if full_hbm else hbm_rows, hbm_policy)

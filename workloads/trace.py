@@ -20,8 +20,11 @@ cache has filled and seen three times its capacity, within
 workload.cache_replay_rows accesses per layer. The trace's steps then take the
 steady state's hit rates; the warm-up is reported apart (Trace.tiers).
 
-Distinct rows are counted with two bitmaps over the layer's rows: building a
-trace briefly needs n_rows / 4 bytes per Engram layer (a 1.25 G-row layer: 312 MB).
+Distinct rows are counted with two bitmaps over the layer's rows (small tables,
+or steps dense in them) or with a hash table holding one step (use_bitmaps picks
+the cheaper; the counts are the same): bitmaps briefly need n_rows / 4 bytes per
+Engram layer (at most BITMAP_MAX_ROWS rows: 64 MB). The token streams are hashed
+once for all the traces built from them (_hashed).
 """
 
 from __future__ import annotations
@@ -30,15 +33,15 @@ import json
 import math
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from vocab.config import RunConfig
 from vocab.geometry import table_offsets
-from workloads.cache import TierRates, replay_tiers
+from workloads.cache import TierRates, dense_ids, replay_tiers
 from workloads.fastmod import mod_prime
 from workloads.hashing import layer_multipliers
 from workloads.steps import decode_steps, prefill_steps
@@ -111,6 +114,7 @@ class _Hashed:
     distinct: np.ndarray
     reused: np.ndarray
     ids: np.ndarray | None
+    dense: dict = field(default_factory=dict)  # per layer column: dense_ids of its listed rows, once needed
 
 
 def _hash_steps(cfg: RunConfig, n_steps: int, rng: np.random.Generator, list_ids: bool) -> _Hashed:
@@ -128,21 +132,56 @@ def _hash_steps(cfg: RunConfig, n_steps: int, rng: np.random.Generator, list_ids
     distinct = np.zeros((n_steps, len(sizes)), dtype=np.int64)
     reused = np.zeros_like(distinct)
     n_rows = np.array([eng.layer_rows(layer) for layer in eng.layer_ids], dtype=np.int64)
-    bitmap = n_rows <= BITMAP_MAX_ROWS
-    ids = None
-    if not list_ids:
-        _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused)
+    lookups = max(1, int(np.diff(bounds).max(initial=0)) * eng.tables_per_layer)  # in the widest step
+    bitmap = use_bitmaps(n_rows, lookups)
+    # One pass counts (and, for the replay, lists) the distinct rows; lookups bound how many there can be.
+    ids = np.empty((len(sizes), int(bounds[-1]) * eng.tables_per_layer if list_ids else 0), dtype=np.int64)
+
+    def hash_layer(col: int) -> None:
+        d, r = np.zeros(n_steps, dtype=np.int64), np.zeros(n_steps, dtype=np.int64)
+        _layer_rows(ctx, bounds, multipliers[col], primes[col], offsets[col], n_rows[col], bitmap[col], d, r, ids[col],
+                    _hash_table(1 if bitmap[col] else 2 * lookups, int(n_rows[col])))
+        distinct[:, col], reused[:, col] = d, r
+
+    # The kernel releases the GIL: layers hash side by side on threads (a Numba parallel region costs more
+    # to start than a small trace takes).
+    threads = min(numba.get_num_threads(), len(sizes))
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(hash_layer, range(len(sizes))))
     else:
-        # One pass counts and lists the distinct rows; lookups bound how many there can be.
-        ids = np.empty((len(sizes), int(bounds[-1]) * eng.tables_per_layer), dtype=np.int64)
-        _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused, ids)
+        for col in range(len(sizes)):
+            hash_layer(col)
+    ids = ids if list_ids else None
     return _Hashed(bounds, step, distinct, reused, ids)
+
+
+_HASHED: OrderedDict[str, _Hashed] = OrderedDict()
+# A sweep point builds traces for several placements from the same token streams (an HBM cache, ssd's
+# caches): each stream is hashed once. Two entries: the trace's stream and the replay's.
+_HASHED_SIZE = 2
+
+
+def _hashed(cfg: RunConfig, n_steps: int, replay: bool) -> _Hashed:
+    """The trace's token stream (replay False: counts only) or the cache replay's (its own draw, rows listed),
+    hashed; memoised, as only cfg.engram and cfg.workload matter."""
+    key = json.dumps([asdict(cfg.engram), asdict(cfg.workload), n_steps, replay,  # and how rows are counted
+                      BITMAP_MAX_ROWS, BITMAP_CACHED_ROWS, BITMAP_ROWS_PER_LOOKUP], sort_keys=True)
+    if key in _HASHED:
+        _HASHED.move_to_end(key)
+        return _HASHED[key]
+    seed = cfg.workload.seed
+    rng = np.random.default_rng([seed, 0x5EED] if replay else seed)  # the replay's draw: its own, repeatable
+    _HASHED[key] = hashed = _hash_steps(cfg, n_steps, rng, list_ids=replay)
+    if len(_HASHED) > _HASHED_SIZE:
+        _HASHED.popitem(last=False)
+    return hashed
 
 
 def _build(cfg: RunConfig, cache_rows: int | None, dram_rows: int | None) -> Trace:
     eng, work = cfg.engram, cfg.workload
     n_steps = min(work.steps, work.tokens.trace_steps)
-    hashed = _hash_steps(cfg, n_steps, np.random.default_rng(work.seed), list_ids=False)
+    hashed = _hashed(cfg, n_steps, replay=False)
     distinct = hashed.distinct
     hits, dram = np.zeros_like(distinct), np.zeros_like(distinct)
     tiers = None
@@ -179,13 +218,15 @@ def replay_caches(cfg: RunConfig, cache_rows: int, dram_rows: int, distinct_per_
     # A cache that holds the whole table needs no long replay: only its warm-up is seen.
     fillable = [c for c in (cache_rows, dram_rows) if 0 < c < min(table_rows)]
     steps = replay_steps(cfg, max(fillable, default=0), distinct_per_step)
-    rng = np.random.default_rng([cfg.workload.seed, 0x5EED])  # a draw of its own, repeatable
-    hashed = _hash_steps(cfg, steps, rng, list_ids=True)
+    hashed = _hashed(cfg, steps, replay=True)
 
     def replay_layer(col: int) -> TierRates:
         counts = hashed.distinct[:, col]
-        return replay_tiers(hashed.ids[col, : counts.sum()], counts, table_rows[col], cache_rows, p.cache_policy,
-                            dram_rows, p.dram_cache_policy)
+        rows = hashed.ids[col, : counts.sum()]
+        if col not in hashed.dense:  # the relabelling is most of a replay: kept for the stream's other traces
+            hashed.dense[col] = dense_ids(rows)
+        return replay_tiers(rows, counts, table_rows[col], cache_rows, p.cache_policy, dram_rows,
+                            p.dram_cache_policy, dense=hashed.dense[col])
 
     # The replay loops release the GIL, so layers replay side by side.
     with ThreadPoolExecutor(max_workers=numba.get_num_threads()) as pool:
@@ -217,20 +258,44 @@ def _prefill_tokens(cfg: RunConfig, n_steps: int, source, rng):
     return steps.contexts(), steps.bounds, step
 
 
-# Above this many rows a layer's two bitmaps (n_rows / 4 bytes) cost more in page faults
-# than they save; per-step hash sets are used instead.
+# Which sets count a layer's distinct rows: both give the same counts; they differ in cost. A bitmap
+# costs about its size (n_rows / 4 bytes, page faults and cache misses included), the hash table about
+# each lookup (it holds one step). Measured here: bitmaps win while they fit in the CPU's caches
+# (BITMAP_CACHED_ROWS), or while a step's lookups are dense enough in the table
+# (BITMAP_ROWS_PER_LOOKUP table rows per lookup or fewer: prefill-size steps), and never above
+# BITMAP_MAX_ROWS (memory).
 BITMAP_MAX_ROWS = 1 << 28
+BITMAP_CACHED_ROWS = 1 << 25
+BITMAP_ROWS_PER_LOOKUP = 256
 
 
-@njit(cache=True)
-def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, distinct, reused, ids_out):
+def _hash_table(entries: int, n_rows: int) -> np.ndarray:
+    """_layer_rows' hash table: [slots, 2] all ones (never a row: an empty slot), slots the power of two
+    >= entries, rows in uint32 if they fit, else int64 (all ones: -1; int64, as Numba compares uint64 with
+    int64 through floats)."""
+    slots = 1 << max(1, (entries - 1).bit_length())
+    if n_rows < (1 << 32) - 1:
+        return np.full((slots, 2), (1 << 32) - 1, dtype=np.uint32)
+    return np.full((slots, 2), -1, dtype=np.int64)
+
+
+def use_bitmaps(n_rows: np.ndarray, lookups_per_step: int) -> np.ndarray:
+    """Per layer: count with bitmaps (True) or a hash table (False), whichever is cheaper."""
+    dense_enough = max(BITMAP_CACHED_ROWS, BITMAP_ROWS_PER_LOOKUP * lookups_per_step)
+    return n_rows <= min(BITMAP_MAX_ROWS, dense_enough)
+
+
+@njit(cache=True, nogil=True)
+def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, distinct, reused, ids_out, table):
     """Hash every token's N-grams into global rows; count distinct rows per step and those also in the
     previous step. If ids_out is not empty, write each step's distinct rows into it, in step order.
 
-    Two sets (this step, previous step) alternate. For tables up to BITMAP_MAX_ROWS rows they are
-    bitmaps: 2 bits per table row, mostly cache-resident, several times faster than a hash set; a
-    bitmap is cleared by unsetting only the rows its step set. Larger tables use open-addressing
-    hash sets whose slots are stamped with their step, so nothing needs clearing.
+    Two sets (this step, previous step) alternate. With use_bitmap they are bitmaps: 2 bits per table
+    row; a bitmap is cleared by unsetting only the rows its step set. Otherwise they are `table`, one
+    open-addressing hash table ([slots, 2], slots a power of two >= 2 lookups of the widest step) whose
+    slot holds an entry of each set side by side (one cache line serves both probes), its rows stored
+    in uint32 for tables below 4 G rows (half the cache traffic of int64); a set is emptied (all ones)
+    as its step begins.
     """
     n_steps = bounds.size - 1
     n_orders, n_heads = primes.shape
@@ -241,12 +306,10 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
     bits = np.zeros((2, (n_rows + 63) // 64 if use_bitmap else 1), dtype=np.uint64)
     seen = np.empty((2, per_step if use_bitmap else 1), dtype=np.int64)  # rows set in each bitmap
     n_seen = np.zeros(2, dtype=np.int64)
-    slots, bits_log2 = 2, 1
-    while not use_bitmap and slots < 2 * per_step:
-        slots *= 2
+    slots, bits_log2 = table.shape[0], 0
+    while (1 << bits_log2) < slots:
         bits_log2 += 1
-    keys = np.empty((2, slots if not use_bitmap else 1), dtype=np.int64)
-    stamp = np.full((2, slots if not use_bitmap else 1), -2, dtype=np.int64)
+    empty = table[0, 0]  # handed over all ones: an empty slot
     mask = slots - 1
     shift = np.uint64(64 - bits_log2)
     n_out = 0
@@ -254,6 +317,9 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
     for s in range(n_steps):
         cur = s & 1
         prev = cur ^ 1
+        if not use_bitmap:  # forget step s - 2
+            for h in range(slots):
+                table[h, cur] = empty
         if use_bitmap:
             for k in range(n_seen[cur]):  # forget step s - 2
                 bits[cur, seen[cur, k] >> 6] = 0
@@ -276,16 +342,15 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
                     else:
                         start = np.int64((np.uint64(row) * np.uint64(11400714819323198485)) >> shift)
                         h = start
-                        while stamp[cur, h] == s and keys[cur, h] != row:
+                        while table[h, cur] != row and table[h, cur] != empty:
                             h = (h + 1) & mask
-                        if stamp[cur, h] == s:
+                        if table[h, cur] == row:
                             continue  # already seen this step
-                        stamp[cur, h] = s
-                        keys[cur, h] = row
+                        table[h, cur] = row
                         h = start
                         in_prev = False
-                        while stamp[prev, h] == s - 1:
-                            if keys[prev, h] == row:
+                        while table[h, prev] != empty:
+                            if table[h, prev] == row:
                                 in_prev = True
                                 break
                             h = (h + 1) & mask
@@ -295,27 +360,3 @@ def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, d
                     if ids_out.size:
                         ids_out[n_out] = row
                         n_out += 1
-
-
-@njit(parallel=True, cache=True)
-def _count_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused):
-    """_layer_rows for every layer, one layer per thread."""
-    for layer in prange(primes.shape[0]):
-        d = np.zeros(distinct.shape[0], dtype=np.int64)
-        r = np.zeros(distinct.shape[0], dtype=np.int64)
-        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer], bitmap[layer], d, r,
-                    np.empty(0, np.int64))
-        distinct[:, layer] = d
-        reused[:, layer] = r
-
-
-@njit(parallel=True, cache=True)
-def _rows_all_layers(ctx, bounds, multipliers, primes, offsets, n_rows, bitmap, distinct, reused, ids):
-    """_count_all_layers, also listing each layer's distinct rows per step, in step order, in ids[layer]."""
-    for layer in prange(primes.shape[0]):
-        d = np.zeros(distinct.shape[0], dtype=np.int64)
-        r = np.zeros(distinct.shape[0], dtype=np.int64)
-        _layer_rows(ctx, bounds, multipliers[layer], primes[layer], offsets[layer], n_rows[layer], bitmap[layer],
-                    d, r, ids[layer])
-        distinct[:, layer] = d
-        reused[:, layer] = r
