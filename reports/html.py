@@ -20,7 +20,7 @@ import altair as alt
 import pandas as pd
 import vl_convert as vlc
 
-from vocab.files import atomic_write, atomic_write_text, staged_dir
+from vocab.files import atomic_write, atomic_write_text, cache_dir, staged_dir
 
 Section = Union[alt.TopLevelMixin, pd.DataFrame, str]
 
@@ -49,12 +49,6 @@ def vegalite_version() -> str | None:
     """The Vega-Lite version Altair targets, if vl-convert has it (else its latest)."""
     major_minor = ".".join(alt.SCHEMA_VERSION.lstrip("v").split(".")[:2])
     return major_minor if major_minor in vlc.get_vegalite_versions() else None
-
-
-def cache_dir() -> Path:
-    """Where built assets are kept between runs (as workloads.compression.cache_dir, which this layer may not
-    import): $ENGRAM_SIM_CACHE, else ~/.cache/engram-sim."""
-    return Path(os.environ.get("ENGRAM_SIM_CACHE") or Path.home() / ".cache" / "engram-sim")
 
 
 def _build_bundle() -> str:

@@ -225,3 +225,11 @@ def staged_dir(out: str | os.PathLike, field: str = "--out", last: str | None = 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         _temporaries.discard(tmp)
+
+
+def cache_dir() -> Path:
+    """Where built artefacts (corpora, tokenizers, report bundles) are kept between runs: $ENGRAM_SIM_CACHE,
+    else ~/.cache/engram-sim (created)."""
+    path = Path(os.environ.get("ENGRAM_SIM_CACHE") or Path.home() / ".cache" / "engram-sim")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

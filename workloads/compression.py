@@ -21,16 +21,11 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from vocab.files import cache_dir
+
 # Bump when the rule changes, so stale disk caches are not reused.
 RULE_VERSION = "1"
 _WHITESPACE_RUN = re.compile(r"\s+")
-
-
-def cache_dir() -> Path:
-    """Where built artefacts are kept: $ENGRAM_SIM_CACHE, else ~/.cache/engram-sim."""
-    path = Path(os.environ.get("ENGRAM_SIM_CACHE") or Path.home() / ".cache" / "engram-sim")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def normalise(text: str) -> str:

@@ -24,9 +24,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from vocab.config import RunConfig
 from vocab.errors import ConfigError
-from vocab.files import atomic_write
+from vocab.files import atomic_write, cache_dir
 from workloads.compression import (
-    cache_dir,
     compress,
     compressed_vocab_size,
     load_or_build_compression,
