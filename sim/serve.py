@@ -90,8 +90,7 @@ class ServingSimulation(Simulation):
             sched.finish(step, self.env.now)
 
 
-def serving_parts(cfg: RunConfig, profile: HardwareProfile, placement: Placement, requests: Requests,
-                  check_capacity: bool = True):
+def serving_parts(cfg: RunConfig, profile: HardwareProfile, placement: Placement, check_capacity: bool = True):
     """(memory budget with the KV cache the run gets, KV blocks): the budget of everything but the KV cache,
     then the blocks that fill what is left."""
     s = cfg.workload.scheduler
@@ -99,12 +98,10 @@ def serving_parts(cfg: RunConfig, profile: HardwareProfile, placement: Placement
                            max_unique_rows=s.max_batched_tokens * cfg.engram.tables_per_layer, placement=placement)
     if check_capacity:
         check_fits(budget, cfg, profile)
-    if not check_capacity and not budget.fits_hbm:
-        # Capacity aside (e.g. the table-in-HBM baseline of a table HBM cannot hold): the KV cache gets what
-        # it would beside the rest if the table fitted, as on a GPU with room for the table.
-        blocks = serving_kv_blocks(cfg, dataclasses.replace(budget, table_hbm_bytes=0))
-    else:
-        blocks = serving_kv_blocks(cfg, budget)
+    # Capacity aside (e.g. the table-in-HBM baseline of a table HBM cannot hold): the KV cache gets what it
+    # would beside the rest if the table fitted, as on a GPU with room for the table.
+    fitted = budget if budget.fits_hbm else dataclasses.replace(budget, table_hbm_bytes=0)
+    blocks = serving_kv_blocks(cfg, fitted)
     budget.kv_cache_bytes = blocks * kv_block_bytes(cfg.backbone, s.kv_block_tokens)
     return budget, blocks
 
@@ -117,7 +114,7 @@ def simulate_serving(cfg: RunConfig, profile: HardwareProfile | None = None, *, 
     placement.check_profile(profile)
     if requests is None:
         requests = make_requests(cfg, np.random.default_rng(cfg.workload.seed))
-    budget, blocks = serving_parts(cfg, profile, placement, requests, check_capacity)
+    budget, blocks = serving_parts(cfg, profile, placement, check_capacity)
     scheduler = Scheduler(cfg, requests, blocks)
     rows = None
     if placement.layer_ids:

@@ -356,14 +356,18 @@ def synthetic_gpu_raw() -> dict:
     }
 
 
-def test_gpu_side_assembly_fits_known_models(tmp_path):
-    raw = synthetic_gpu_raw()
-    base = load_profile("h100-sxm")
-    profile, comments, header = assemble.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=False,
-                                                   cpu_only=False)
+def _assembled_gpu_profile(raw: dict, tmp_path):
+    """The GPU-side profile calibrate assembles from `raw` over h100-sxm, written and read back, and its file."""
+    profile, comments, header = assemble.assemble(raw, load_profile("h100-sxm"), "h100-sxm", "gpu", "2026-01-01",
+                                                   quick=False, cpu_only=False)
     out = tmp_path / "gpu.toml"
     output.write_profile_atomic(dump_toml(profile, comments, header), out)
-    p = load_profile(out)
+    return load_profile(out), out
+
+
+def test_gpu_side_assembly_fits_known_models(tmp_path):
+    raw = synthetic_gpu_raw()
+    base, (p, out) = load_profile("h100-sxm"), _assembled_gpu_profile(raw, tmp_path)
     assert p.link.kind == "PCIe Gen5 x16" and p.link.copy_engines == 2
     assert p.link.h2d_gbps == pytest.approx(50.0, rel=0.02) and p.link.d2h_gbps == pytest.approx(40.0, rel=0.02)
     assert p.link.copy_fixed_us == pytest.approx(20.0, rel=0.05)
@@ -498,12 +502,7 @@ def test_fit_interference_and_fraction_curves_on_known_points():
 
 def test_gpu_side_assembly_of_the_mechanisms_gives_the_known_answers(tmp_path):
     raw = {**synthetic_gpu_raw(), **synthetic_mechanism_raw(0.4)}
-    base = load_profile("h100-sxm")
-    profile, comments, header = assemble.assemble(raw, base, "h100-sxm", "gpu", "2026-01-01", quick=False,
-                                                   cpu_only=False)
-    out = tmp_path / "gpu.toml"
-    output.write_profile_atomic(dump_toml(profile, comments, header), out)
-    p = load_profile(out)
+    base, (p, out) = load_profile("h100-sxm"), _assembled_gpu_profile(raw, tmp_path)
     g, h = p.gpu, p.host
     assert [(q.x, q.y) for q in g.matmul_curve] == [(m, pytest.approx(matmul_fraction(m), rel=2e-3))
                                                     for m in (1, 8, 32, 128, 512, 2048, 8192)]

@@ -151,8 +151,7 @@ def test_kv_blocks_are_the_simulators(kind):
     extra = {"cache_fraction": 0.25} if kind in ("hbm_cache", "ssd") else {}
     cfg = serve_cfg().with_placement(kind, **extra)
     profile = load_profile("h100-sxm" if kind != "ssd" else "dev-vm-cpu")
-    requests = make_requests(cfg, np.random.default_rng(0))
-    _, blocks = serving_parts(cfg, profile, placement_for(cfg), requests, check_capacity=False)
+    _, blocks = serving_parts(cfg, profile, placement_for(cfg), check_capacity=False)
     assert kv_blocks_for(cfg, profile) == blocks
     capped = cfg.with_workload(scheduler=replace(cfg.workload.scheduler, kv_blocks=7))
     assert kv_blocks_for(capped, profile) == 7
