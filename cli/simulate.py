@@ -78,11 +78,12 @@ def cmd_simulate_server(args, cfg, profile, outputs: dict) -> int:
     _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, {_table_words(cfg)}, profile "
                    f"{profile.name}: {d.gpus} GPU(s), {d.replicas} replica(s) x tensor parallel "
                    f"{d.tensor_parallel}{host}", result.summary)
-    used = result.pipes[result.pipes["bytes"] > 0].sort_values(["utilisation", "pipe"], ascending=[False, True])
-    print("  pipes (mean utilisation over the run):")
+    used = result.pipes[result.pipes["bytes"] > 0].sort_values(["full", "utilisation", "pipe"],
+                                                                ascending=[False, False, True])
+    print(f"  {'pipe':22s} {'GB/s':>8s} {'MB/step':>12s} {'mean use':>9s} {'time full':>9s}")
     for row in used.itertuples():
-        print(f"    {row.pipe:22s} {row.capacity_gbps:8.1f} GB/s {row.bytes_per_step / 1e6:12.3f} MB/step "
-              f"{row.utilisation:8.2%}")
+        print(f"  {row.pipe:22s} {row.capacity_gbps:8.1f} {row.bytes_per_step / 1e6:12.3f} {row.utilisation:9.2%} "
+              f"{row.full:9.2%}")
     print(f"  (simulated {result.summary['steps']} steps on {d.gpus} GPU(s), {result.sim_events} events in "
           f"{wall:.2f} s)")
     _write_outputs(outputs, result.to_record(), {f"gpu {i}": r.events for i, r in enumerate(result.gpus)})

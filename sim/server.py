@@ -68,6 +68,27 @@ class ServerResult:
         return record
 
 
+class SaturationTracking(SharedBandwidth):
+    """SharedBandwidth that also counts, per pipe, the time its transfers fill it (what binds in the bursts
+    a mean utilisation hides)."""
+
+    def __init__(self, env: simpy.Environment, capacities: dict[str, float]):
+        super().__init__(env, capacities)
+        self.full_s = {name: 0.0 for name in capacities}
+
+    def _advance(self) -> None:
+        dt = self.env.now - self._last
+        if dt > 0:
+            load: dict[str, float] = {}
+            for t in self.active:
+                for name, w in t.uses.items():
+                    load[name] = load.get(name, 0.0) + t.rate * w
+            for name, used in load.items():
+                if used >= (1 - 1e-6) * self.capacities[name]:
+                    self.full_s[name] += dt
+        super()._advance()
+
+
 class Barrier:
     """Per key, an event that fires when all `parties` have arrived."""
 
@@ -253,7 +274,7 @@ def simulate_server(cfg: RunConfig, profile: HardwareProfile | None = None, trac
     env.run()
     results = [collect(sim, b) for sim, b in zip(sims, budgets)]
     net = sims[0].res.net
-    pipes = pipe_table(net.capacities, net.bytes_moved, env.now, steps)
+    pipes = pipe_table(net, env.now, steps)
     summary = summarise_server(cfg, results, pipes, verdict)
     result = ServerResult(cfg, profile, results, summary, pipes, budgets, verdict, dict(net.bytes_moved),
                           sim_events=next(env._eid))
@@ -267,7 +288,7 @@ def _build_sims(cfg: RunConfig, profile: HardwareProfile, topo: Topology, placem
     """One ServerGpu per GPU of the deployment, on one environment and one set of pipes."""
     d = cfg.deployment
     env = simpy.Environment()
-    net = SharedBandwidth(env, topo.pipes())
+    net = SaturationTracking(env, topo.pipes())
     pools = topo.core_pools(env)
     g, tp = d.shard_size, d.tensor_parallel
     groups = [Barrier(env, tp) if tp > 1 else None for _ in range(d.replicas)]
@@ -300,12 +321,17 @@ def _build_sims(cfg: RunConfig, profile: HardwareProfile, topo: Topology, placem
 
 # -- results --------------------------------------------------------------------------------------------
 
-def pipe_table(capacities: dict, moved: dict, elapsed_s: float, steps: int) -> pd.DataFrame:
-    """Per physical pipe: its capacity, the bytes it carried (in all and per step), and its mean utilisation."""
+PIPE_COLUMNS = ["pipe", "capacity_gbps", "bytes", "bytes_per_step", "utilisation", "full"]
+
+
+def pipe_table(net: SaturationTracking, elapsed_s: float, steps: int) -> pd.DataFrame:
+    """Per physical pipe: its capacity, the bytes it carried (in all and per step), its mean utilisation, and the
+    share of the run it was full."""
+    moved, span = net.bytes_moved, elapsed_s if elapsed_s > 0 else math.inf
     rows = [{"pipe": name, "capacity_gbps": cap / 1e9, "bytes": moved[name], "bytes_per_step": moved[name] / steps,
-             "utilisation": moved[name] / (cap * elapsed_s) if elapsed_s > 0 else 0.0}
-            for name, cap in capacities.items()]
-    return pd.DataFrame(rows, columns=["pipe", "capacity_gbps", "bytes", "bytes_per_step", "utilisation"])
+             "utilisation": moved[name] / (cap * span), "full": net.full_s[name] / span}
+            for name, cap in net.capacities.items()]
+    return pd.DataFrame(rows, columns=PIPE_COLUMNS)
 
 
 def summarise_server(cfg: RunConfig, results: list[SimResult], pipes: pd.DataFrame, verdict: str) -> dict:
@@ -314,7 +340,8 @@ def summarise_server(cfg: RunConfig, results: list[SimResult], pipes: pd.DataFra
     d = cfg.deployment
     leaders = [results[r * d.tensor_parallel].summary for r in range(d.replicas)]
     server = float(sum(s["tokens_per_s"] for s in leaders))
-    busiest = pipes.loc[pipes["utilisation"].idxmax()] if len(pipes) else None
+    # The pipe full for the longest share of the run (ties, e.g. none ever full: the most used).
+    busiest = pipes.sort_values(["full", "utilisation"], ascending=False).iloc[0] if len(pipes) else None
 
     def mean(key: str) -> float:  # over every GPU
         return float(np.mean([r.summary[key] for r in results]))
@@ -328,6 +355,7 @@ def summarise_server(cfg: RunConfig, results: list[SimResult], pipes: pd.DataFra
         "exposed_stall_s": mean("exposed_stall_s"), "fetch_time_s": mean("fetch_time_s"),
         "host_bytes_per_step": mean("host_bytes_per_step"),  # per GPU
         "busiest_pipe": busiest["pipe"] if busiest is not None else "",
+        "busiest_pipe_full": float(busiest["full"]) if busiest is not None else 0.0,
         "busiest_pipe_use": float(busiest["utilisation"]) if busiest is not None else 0.0,
         "capacity": verdict or "fits",
     }

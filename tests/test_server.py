@@ -68,10 +68,11 @@ def test_one_gpu_in_the_server_topology_gives_the_single_gpu_result(placement):
 def test_more_gpus_sharing_a_pipe_never_make_a_step_faster(placement):
     cfg, trace = busy(placement)
     profile = narrow()
-    steps = [simulate_server(cfg.with_deployment(gpus=n), profile, trace, check_capacity=False)
-             .gpus[0].summary["step_time_s"] for n in (1, 2, 4, 8)]
+    runs = [simulate_server(cfg.with_deployment(gpus=n), profile, trace, check_capacity=False) for n in (1, 2, 4, 8)]
+    steps = [r.gpus[0].summary["step_time_s"] for r in runs]
     assert steps == sorted(steps)
     assert steps[1] > steps[0]  # GPU 1 shares GPU 0's switch uplink: its fetch is slower, and exposed
+    assert runs[1].summary["busiest_pipe"] == "uplink/s0" and runs[1].summary["busiest_pipe_full"] > 0
 
 
 def test_replicas_run_side_by_side_with_the_same_trace_and_the_same_answer_where_nothing_is_shared():
