@@ -18,6 +18,7 @@ from sim.analytic import estimate
 from sim.engine import plan_steps, trace_for
 from sim.predict import predict, throughput
 from sim.server import simulate_server
+from sim.topology import Topology
 from tools.bench import bench_serving, bench_simulator
 from tools.executor import check_executor, remove_shards, shard_paths
 from tools.sweep import sweep
@@ -93,8 +94,10 @@ def cmd_simulate_server(args, cfg, profile, outputs: dict) -> int:
 def cmd_simulate(args) -> int:
     outputs = _checked_outputs(args)
     cfg, profile = load_run(args)
-    if cfg.deployment.gpus > 1 or profile.server is not None:
+    if cfg.deployment.gpus > 1 or (profile.server is not None and cfg.workload.phase != "serve"):
         return cmd_simulate_server(args, cfg, profile, outputs)
+    if profile.server is not None:  # one GPU of a server serving requests: its NUMA node is its host
+        profile = Topology(profile, cfg.deployment).gpu_view(0)
     t0 = time.perf_counter()
     result = predict(cfg, profile, record_events=bool(args.trace))
     wall = time.perf_counter() - t0
