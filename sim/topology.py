@@ -35,33 +35,9 @@ from sim.resources import (
 )
 from vocab.config import DeploymentConfig
 
-
-def pcie(i: int) -> str:
-    return f"pcie_h2d/g{i}"
-
-
-def uplink(j: int) -> str:
-    return f"uplink/s{j}"
-
-
-def dram(k: int) -> str:
-    return f"host_dram/n{k}"
-
-
-def cross(k: int) -> str:
-    return f"cross_socket/to_n{k}"
-
-
-def nvlink_out(i: int) -> str:
-    return f"nvlink_out/g{i}"
-
-
-def nvlink_in(i: int) -> str:
-    return f"nvlink_in/g{i}"
-
-
-def drive(i: int) -> str:
-    return f"ssd_drive/g{i}"
+# Physical pipe names: one template per kind, filled with the GPU's, switch's or node's index.
+PCIE, UPLINK, DRAM, CROSS = "pcie_h2d/g{}", "uplink/s{}", "host_dram/n{}", "cross_socket/to_n{}"
+GPU_OUT, GPU_IN, DRIVE = "nvlink_out/g{}", "nvlink_in/g{}", "ssd_drive/g{}"
 
 
 @dataclass(frozen=True)
@@ -85,18 +61,18 @@ class Topology:
     def pipes(self) -> dict[str, float]:
         """Bytes/s of every physical pipe the deployment's GPUs can use."""
         s = self.server
-        out = {pcie(i): self.profile.link.h2d_gbps * 1e9 for i in self.gpus}
+        out = {PCIE.format(i): self.profile.link.h2d_gbps * 1e9 for i in self.gpus}
         for j, switch in enumerate(s.switches):
             if len(switch.gpus) > 1 and any(g in self.gpus for g in switch.gpus):
-                out[uplink(j)] = switch.uplink_gbps * 1e9
-        out.update({dram(k): n.dram_gbps * 1e9 for k, n in enumerate(s.numa)})
+                out[UPLINK.format(j)] = switch.uplink_gbps * 1e9
+        out.update({DRAM.format(k): n.dram_gbps * 1e9 for k, n in enumerate(s.numa)})
         if self.nodes > 1:
-            out.update({cross(k): s.cross_socket_gbps * 1e9 for k in range(self.nodes)})
+            out.update({CROSS.format(k): s.cross_socket_gbps * 1e9 for k in range(self.nodes)})
         if s.nvlink_gbps > 0:
             for i in self.gpus:
-                out[nvlink_out(i)] = out[nvlink_in(i)] = s.nvlink_gbps * 1e9
+                out[GPU_OUT.format(i)] = out[GPU_IN.format(i)] = s.nvlink_gbps * 1e9
         if self.profile.ssd is not None:
-            out.update({drive(i): costs.ssd_drive_bytes_per_s(self.profile) for i in self.gpus})
+            out.update({DRIVE.format(i): costs.ssd_drive_bytes_per_s(self.profile) for i in self.gpus})
         return out
 
     def _spread(self, local: bool, gpu: int) -> dict[int, float]:
@@ -116,16 +92,16 @@ class Topology:
         """GPU `gpu`'s logical pipes as weighted physical ones."""
         home = self.server.node_of(gpu)
         threads, pages = self.thread_nodes(gpu), self.page_nodes(gpu)
-        link = {pcie(gpu): 1.0}
+        link = {PCIE.format(gpu): 1.0}
         switch = self.server.switch_of(gpu)
         if switch is not None and len(switch.gpus) > 1:
-            link[uplink(self.server.switches.index(switch))] = 1.0
+            link[UPLINK.format(self.server.switches.index(switch))] = 1.0
         table_cpu = _flows([(p, a, wp * wa) for p, wp in pages.items() for a, wa in threads.items()])
         staging_cpu = _flows([(home, home, 1.0)], written_from=threads)
-        routes = {PCIE_H2D: link, TABLE_CPU: table_cpu, STAGING_CPU: staging_cpu,
-                  TABLE_GPU: _flows([(p, home, w) for p, w in pages.items()]), STAGING_GPU: {dram(home): 1.0},
-                  NVLINK_OUT: {nvlink_out(gpu): 1.0}, NVLINK_IN: {nvlink_in(gpu): 1.0}, SSD_DRIVE: {drive(gpu): 1.0}}
-        return routes
+        return {PCIE_H2D: link, TABLE_CPU: table_cpu, STAGING_CPU: staging_cpu,
+                TABLE_GPU: _flows([(p, home, w) for p, w in pages.items()]), STAGING_GPU: {DRAM.format(home): 1.0},
+                NVLINK_OUT: {GPU_OUT.format(gpu): 1.0}, NVLINK_IN: {GPU_IN.format(gpu): 1.0},
+                SSD_DRIVE: {DRIVE.format(gpu): 1.0}}
 
     def core_pools(self, env: simpy.Environment) -> list[simpy.Container]:
         """Per GPU, the CPU cores its threads take: its node's pool (gather_numa local), or the one pool of all."""
@@ -156,12 +132,12 @@ def _flows(moves: list[tuple[int, int, float]], written_from: dict[int, float] |
             out[pipe] = out.get(pipe, 0.0) + w
 
     for src, dst, w in moves:
-        add(dram(src), w)
+        add(DRAM.format(src), w)
         if written_from is None:
             if src != dst:
-                add(cross(dst), w)
+                add(CROSS.format(dst), w)
         else:
             for writer, chance in written_from.items():
                 if writer != src:
-                    add(cross(src), w * chance)
+                    add(CROSS.format(src), w * chance)
     return out
