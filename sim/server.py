@@ -267,7 +267,7 @@ def simulate_server(cfg: RunConfig, profile: HardwareProfile | None = None, trac
     if check_capacity and verdict:
         i = next(i for i, b in enumerate(budgets) if b.verdict())
         budgets[i].check(cfg.placement.kind, _where(profile, topo, i))
-    sims = _build_sims(cfg, profile, topo, placement, trace, steps, record_events)
+    sims = _build_sims(cfg, topo, placement, trace, steps, record_events)
     for sim in sims:
         sim.env.process(sim.gpu_stream())
     env = sims[0].env
@@ -283,8 +283,8 @@ def simulate_server(cfg: RunConfig, profile: HardwareProfile | None = None, trac
     return result
 
 
-def _build_sims(cfg: RunConfig, profile: HardwareProfile, topo: Topology, placement: Placement, trace: Trace,
-                steps: int, record_events: bool) -> list[ServerGpu]:
+def _build_sims(cfg: RunConfig, topo: Topology, placement: Placement, trace: Trace, steps: int,
+                record_events: bool) -> list[ServerGpu]:
     """One ServerGpu per GPU of the deployment, on one environment and one set of pipes."""
     d = cfg.deployment
     env = simpy.Environment()
