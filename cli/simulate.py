@@ -17,6 +17,8 @@ from reports.trace import write_chrome_trace
 from sim.analytic import estimate
 from sim.engine import plan_steps, trace_for
 from sim.predict import predict, throughput
+from sim.server import simulate_server
+from sim.topology import Topology
 from tools.bench import bench_serving, bench_simulator
 from tools.executor import check_executor, remove_shards, shard_paths
 from tools.sweep import sweep
@@ -50,33 +52,68 @@ def _checked_outputs(args) -> dict[str, str]:
     return outputs
 
 
+def _write_outputs(outputs: dict, record, timelines: dict) -> None:
+    """The record (--out) and the trace (--trace) land together or not at all."""
+    with staged_files(*outputs.values()) as tmps:
+        staged = dict(zip(outputs, tmps))
+        if "--out" in staged:
+            write_record(record, staged["--out"])
+        if "--trace" in staged:
+            write_chrome_trace(timelines, staged["--trace"])
+    for path in outputs.values():
+        print(f"wrote {path}")
+
+
+def _table_words(cfg) -> str:
+    return "no Engram" if cfg.placement.kind == NONE else f"{cfg.engram.total_table_bytes / GiB:.2f} GiB table"
+
+
+def cmd_simulate_server(args, cfg, profile, outputs: dict) -> int:
+    """A deployment over several GPUs of a server profile: the server's figures, then its pipes."""
+    d = cfg.deployment
+    t0 = time.perf_counter()
+    result = simulate_server(cfg, profile, record_events=bool(args.trace), baselines=True)
+    wall = time.perf_counter() - t0
+    host = "" if cfg.placement.kind in (NONE, "hbm") else (f", host copies {d.host_copies}, gather threads "
+                                                          f"{d.gather_numa}")
+    _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, {_table_words(cfg)}, profile "
+                   f"{profile.name}: {d.gpus} GPU(s), {d.replicas} replica(s) x tensor parallel "
+                   f"{d.tensor_parallel}{host}", result.summary)
+    used = result.pipes[result.pipes["bytes"] > 0].sort_values(["full", "utilisation", "pipe"],
+                                                                ascending=[False, False, True])
+    print(f"  {'pipe':22s} {'GB/s':>8s} {'MB/step':>12s} {'mean use':>9s} {'time full':>9s}")
+    for row in used.itertuples():
+        print(f"  {row.pipe:22s} {row.capacity_gbps:8.1f} {row.bytes_per_step / 1e6:12.3f} {row.utilisation:9.2%} "
+              f"{row.full:9.2%}")
+    print(f"  (simulated {result.summary['steps']} steps on {d.gpus} GPU(s), {result.sim_events} events in "
+          f"{wall:.2f} s)")
+    _write_outputs(outputs, result.to_record(), {f"gpu {i}": r.events for i, r in enumerate(result.gpus)})
+    return 0
+
+
 def cmd_simulate(args) -> int:
     outputs = _checked_outputs(args)
     cfg, profile = load_run(args)
+    if cfg.deployment.gpus > 1 or (profile.server is not None and cfg.workload.phase != "serve"):
+        return cmd_simulate_server(args, cfg, profile, outputs)
+    if profile.server is not None:  # one GPU of a server serving requests: its NUMA node is its host
+        profile = Topology(profile, cfg.deployment).gpu_view(0)
     t0 = time.perf_counter()
     result = predict(cfg, profile, record_events=bool(args.trace))
     wall = time.perf_counter() - t0
-    table = "no Engram" if cfg.placement.kind == NONE else f"{cfg.engram.total_table_bytes / GiB:.2f} GiB table"
     summary = dict(result.serving if result.serving is not None else result.summary)
     # Throughput lost against the same run with the table in HBM (capacity aside) and without Engram.
     for name, kind in OVERHEAD_BASELINES.items():
         base = result if kind == cfg.placement.kind else predict(cfg.with_placement(kind), profile,
                                                                    check_capacity=False)
         summary[name] = overhead(throughput(result), throughput(base))
-    _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, {table}, profile {profile.name}",
-                   summary)
+    _print_summary(f"{cfg.name}: {cfg.placement.kind}, {cfg.workload.phase}, {_table_words(cfg)}, profile "
+                   f"{profile.name}", summary)
     if args.analytic and result.serving is None:
         est = estimate(cfg, profile, plan_steps(cfg, profile, trace_for(cfg)))
         _print_summary("closed-form steady state", est)
     print(f"  (simulated {result.summary['steps']} steps, {result.sim_events} events in {wall:.2f} s)")
-    with staged_files(*outputs.values()) as tmps:  # the record and the trace land together or not at all
-        staged = dict(zip(outputs, tmps))
-        if "--out" in staged:
-            write_record(result.to_record(), staged["--out"])
-        if "--trace" in staged:
-            write_chrome_trace({"predicted": result.events}, staged["--trace"])
-    for path in outputs.values():
-        print(f"wrote {path}")
+    _write_outputs(outputs, result.to_record(), {"predicted": result.events})
     return 0
 
 
@@ -243,10 +280,17 @@ def cmd_profiles(args) -> int:
         print(f"  source: {p.provenance.source}, {p.provenance.machine}, {p.provenance.date}")
         if p.provenance.notes:
             print(f"  notes: {p.provenance.notes}")
-        for section in ("gpu", "link", "uva", "host"):
+        for section in ("gpu", "link", "uva", "host", "server"):
+            if getattr(p, section) is None:
+                continue
             d = getattr(p, section).__dict__
             flat = {k: v for k, v in d.items() if not isinstance(v, list)}
             print(f"  [{section}] " + ", ".join(f"{k}={v}" for k, v in flat.items()))
+        if p.server is not None:
+            for k, n in enumerate(p.server.numa):
+                print(f"    NUMA node {k}: {n.cores} cores, {n.dram_gbps:g} GB/s, {n.memory_gib:g} GiB, GPUs {n.gpus}")
+            for j, sw in enumerate(p.server.switches):
+                print(f"    PCIe switch {j}: GPUs {sw.gpus}, uplink {sw.uplink_gbps:g} GB/s")
         return 0
     for name in shipped_names():
         p = load_profile(name)

@@ -249,6 +249,63 @@ class SsdProfile:
 
 
 @dataclass
+class NumaNode:
+    """One socket's memory and cores, and the GPUs whose PCIe root ports it owns."""
+    cores: int
+    dram_gbps: float
+    memory_gib: float
+    gpus: list[int]
+
+    def validate(self, path: str) -> None:
+        require(self.cores >= 1, ProfileError, f"{path}.cores", "must be >= 1", "use the node's core count")
+        require_each(self, path, ("dram_gbps", "memory_gib"), ProfileError)
+
+
+@dataclass
+class PcieSwitch:
+    """GPUs behind one PCIe switch share its uplink to the host (their own x16 links are [link])."""
+    gpus: list[int]
+    uplink_gbps: float
+
+    def validate(self, path: str) -> None:
+        require_each(self, path, ("uplink_gbps",), ProfileError, fix="use GB/s, host to device")
+
+
+@dataclass
+class ServerProfile:
+    """A server of several GPUs: which GPU hangs off which NUMA node and PCIe switch, and what links them.
+
+    [gpu], [link], [uva] and [ssd] describe ONE GPU, its own x16 link and its own drive; [host] the whole
+    host (its cpu_cores, memory_gib and dram_gbps are the sums over `numa`)."""
+    gpus: int
+    numa: list[NumaNode]
+    # Absent: every GPU has its link to the host to itself.
+    switches: list[PcieSwitch] = field(default_factory=list)
+    # NVLink (NVSwitch) bandwidth per GPU per direction, GB/s (0: no NVLink), and one collective's fixed cost.
+    nvlink_gbps: float = 0.0
+    nvlink_latency_us: float = 0.0
+    # The socket-to-socket link (UPI), per direction, GB/s; needed with more than one NUMA node.
+    cross_socket_gbps: float = 0.0
+
+    def validate(self, path: str) -> None:
+        require(self.gpus >= 1, ProfileError, f"{path}.gpus", "must be >= 1", "use the server's GPU count")
+        require(len(self.numa) >= 1, ProfileError, f"{path}.numa", "has no node", "give at least one NUMA node")
+        _check_cover([n.gpus for n in self.numa], self.gpus, f"{path}.numa")
+        if self.switches:
+            _check_cover([s.gpus for s in self.switches], self.gpus, f"{path}.switches")
+        require_each(self, path, ("nvlink_gbps", "nvlink_latency_us", "cross_socket_gbps"), ProfileError,
+                     strict=False, fix="use 0 or more")
+        require(len(self.numa) == 1 or self.cross_socket_gbps > 0, ProfileError, f"{path}.cross_socket_gbps",
+                f"must be > 0 with {len(self.numa)} NUMA nodes", "give the socket link's GB/s per direction")
+
+    def node_of(self, gpu: int) -> int:
+        return next(k for k, n in enumerate(self.numa) if gpu in n.gpus)
+
+    def switch_of(self, gpu: int) -> PcieSwitch | None:
+        return next((s for s in self.switches if gpu in s.gpus), None)
+
+
+@dataclass
 class HardwareProfile:
     name: str
     description: str
@@ -259,9 +316,29 @@ class HardwareProfile:
     host: HostProfile
     # The drive for the ssd placement (None: the profile describes none; ssd runs are refused).
     ssd: SsdProfile | None = None
+    # Several GPUs sharing the host (None: one GPU whose host is [host]).
+    server: ServerProfile | None = None
+
+    def validate(self, path: str) -> None:
+        if self.server is None:
+            return
+        h = self.host
+        for name, field_name in (("cores", "cpu_cores"), ("memory_gib", "memory_gib"), ("dram_gbps", "dram_gbps")):
+            total = sum(getattr(n, name) for n in self.server.numa)
+            require(math.isclose(total, getattr(h, field_name), rel_tol=1e-9), ProfileError,
+                    f"host.{field_name}", f"is {getattr(h, field_name):g} but server.numa's {name} sum to {total:g}",
+                    "make [host] describe the whole host: the sums over server.numa")
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+
+def server_topology(profile: HardwareProfile) -> ServerProfile:
+    """The profile's [server], or the one-GPU server it describes without one: one NUMA node that is [host]."""
+    if profile.server is not None:
+        return profile.server
+    h = profile.host
+    return ServerProfile(gpus=1, numa=[NumaNode(h.cpu_cores, h.dram_gbps, h.memory_gib, [0])])
 
 
 def _check_curve(points: list[CurvePoint], path: str) -> None:
@@ -270,6 +347,13 @@ def _check_curve(points: list[CurvePoint], path: str) -> None:
     require(xs == sorted(xs) and len(set(xs)) == len(xs), ProfileError, path,
             "x values are not strictly increasing", "sort the points by x")
     require(all(p.y > 0 for p in points), ProfileError, path, "has a y <= 0", "use positive rates")
+
+
+def _check_cover(groups: list[list[int]], gpus: int, path: str) -> None:
+    """The groups' GPU ids name each of 0..gpus-1 exactly once."""
+    ids = sorted(g for group in groups for g in group)
+    require(ids == list(range(gpus)), ProfileError, f"{path}[].gpus",
+            f"list GPUs {ids}, not each of 0..{gpus - 1} exactly once", "put every GPU in exactly one of them")
 
 
 def shipped_names() -> list[str]:

@@ -45,15 +45,17 @@ __all__ = ["SimResult", "Simulation", "StepPlan", "plan_steps", "simulate"]
 
 class Simulation:
     def __init__(self, cfg: RunConfig, profile: HardwareProfile, plans: list[StepPlan], steps: int,
-                 record_events: bool = False, memoize: bool = True, placement: Placement | None = None):
+                 record_events: bool = False, memoize: bool = True, placement: Placement | None = None,
+                 res: SharedResources | None = None):
+        """res: resources made on a server's shared environment (sim.server), else this GPU's own."""
         self.cfg = cfg
         self.profile = profile
         self.plans = plans
         self.steps = steps
         self.placement = placement or placement_for(cfg)
         self.layer_ids = self.placement.layer_ids
-        self.env = simpy.Environment()
-        self.res = SharedResources(self.env, profile, cfg.placement, record_events)
+        self.env = res.env if res is not None else simpy.Environment()
+        self.res = res or SharedResources(self.env, profile, cfg.placement, record_events)
         self.hash_threads = min(cfg.placement.hash_threads, profile.host.cpu_cores)
         self.ready: dict[int, list[simpy.Event]] = {}  # per step: one event per Engram layer, rows in HBM
         self.logs = [StepLog() for _ in range(steps)]
@@ -132,6 +134,7 @@ class Simulation:
             t = self.env.now
             if self.ready[step][k] is not None:
                 yield self.ready[step][k]
+            yield from self.group_wait(step, k)
             log.stall.append(self.env.now - t)
             if self.env.now > t:
                 self.res.log(STALL, f"wait rows L{layer}", t, step, layer)
@@ -165,9 +168,21 @@ class Simulation:
         with self.res.fetch_streams.request() as stream:
             yield stream
             yield from self.placement.fetch_layer(self.res, step, k, plan)
+        yield from self.exchange_rows(step, k, plan)
         self.logs[step].fetch_end[k] = self.env.now
         self.inflight -= 1
         self.ready[step][k].succeed()
+
+    # -- what a GPU of a server adds (sim.server); one GPU alone waits for nobody ----------------------
+    def group_wait(self, step: int, k: int):
+        """DES process: at Engram layer k, wait for the rest of the tensor-parallel group."""
+        return
+        yield
+
+    def exchange_rows(self, step: int, k: int, plan: StepPlan):
+        """DES process: after this GPU's fetch of layer k, the rows its shard group exchanges."""
+        return
+        yield
 
     def run(self) -> None:
         self.env.process(self.gpu_stream())

@@ -28,7 +28,7 @@ import numpy as np
 
 from profiles import HardwareProfile
 from sim import costs
-from sim.resources import HOST_DRAM, PCIE_H2D, SSD_DRIVE, SharedResources
+from sim.resources import PCIE_H2D, SSD_DRIVE, STAGING_CPU, STAGING_GPU, TABLE_CPU, TABLE_GPU, SharedResources
 from vocab import placements as names
 from vocab.config import RunConfig
 from vocab.errors import ConfigError, ProfileError
@@ -122,7 +122,7 @@ class Placement:
         with res.copy_engines.request() as engine:
             yield engine
             yield res.env.timeout(res.profile.link.copy_fixed_us * 1e-6)
-            yield res.net.transfer(plan.lookups[k] * ROW_ID_BYTES, {PCIE_H2D: 1.0})
+            yield res.transfer(plan.lookups[k] * ROW_ID_BYTES, {PCIE_H2D: 1.0})
         res.log(H2D_LINK, "row ids", t, step, self.layer_ids[k])
 
     def _row_ids_alone(self, profile: HardwareProfile, plan, k: int) -> float:
@@ -227,7 +227,7 @@ class HostDMA(OverHostLink):
             t = res.env.now
             yield res.env.timeout(res.profile.host.cpu_gather_fixed_us * 1e-6)
             # A gather reads the table and writes staging: two DRAM bytes per payload byte.
-            yield res.net.transfer(nbytes, {HOST_DRAM: 2.0}, cap=rate)
+            yield res.transfer(nbytes, {TABLE_CPU: 1.0, STAGING_CPU: 1.0}, cap=rate)
             yield res.cores.put(threads)
             res.log(CPU_GATHER, f"gather L{layer}", t, step, layer)
             copies.append(res.env.process(self._copy_chunk(res, step, layer, nbytes)))
@@ -239,7 +239,7 @@ class HostDMA(OverHostLink):
             yield engine
             t = res.env.now
             yield res.env.timeout(res.profile.link.copy_fixed_us * 1e-6)
-            yield res.net.transfer(nbytes, {PCIE_H2D: 1.0, HOST_DRAM: 1.0})
+            yield res.transfer(nbytes, {PCIE_H2D: 1.0, STAGING_GPU: 1.0})
             res.log(H2D_LINK, f"copy L{layer}", t, step, layer)
         yield res.staging.put(1)
 
@@ -292,7 +292,7 @@ class HostUVA(OverHostLink):
         res.hold_sms(share)
         yield res.env.timeout(fixed)
         # The kernel alone would move nbytes in `body`; sharing the link can only slow it.
-        yield res.net.transfer(nbytes, {PCIE_H2D: 1.0, HOST_DRAM: 1.0}, cap=nbytes / body)
+        yield res.transfer(nbytes, {PCIE_H2D: 1.0, TABLE_GPU: 1.0}, cap=nbytes / body)
         res.hold_sms(-share)
         res.log(UVA_GATHER, f"gather L{self.layer_ids[k]}", t, step, self.layer_ids[k])
 
@@ -411,8 +411,8 @@ class SSD(OverHostLink):
         yield res.env.timeout(costs.ssd_call_time(res.profile, depth) + depth / rate)
         # ... the rest stream at the depth's rate, sharing the drive with every other read in flight. Blocks land
         # in pinned staging (host DRAM), or in HBM across the link with GPUDirect Storage.
-        pipes = {SSD_DRIVE: 1.0, PCIE_H2D: 1.0} if gds else {SSD_DRIVE: 1.0, HOST_DRAM: 1.0}
-        yield res.net.transfer((reads - depth) * block, pipes, cap=rate * block)
+        pipes = {SSD_DRIVE: 1.0, PCIE_H2D: 1.0} if gds else {SSD_DRIVE: 1.0, STAGING_GPU: 1.0}
+        yield res.transfer((reads - depth) * block, pipes, cap=rate * block)
         res.log(SSD_READ, f"read L{layer}", t, step, layer)
         if not gds:  # the rows, picked out of their blocks, go to HBM as host_dma's chunks do
             yield from self.staged.fetch_rows(res, step, k, rows, None)

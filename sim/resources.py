@@ -6,9 +6,17 @@ H2D direction and host DRAM are fluid pipes (bandwidth.SharedBandwidth). The
 GPU's SMs are shared by rate: while zero-copy gather blocks sit resident, the
 compute stream runs at `compute_rate` < 1, and `rate_changed` fires when that
 rate changes.
+
+Placements name LOGICAL pipes (what a byte does: a CPU thread reads the table,
+the GPU reads staging, ...); each GPU's `routes` resolve them to weighted
+physical pipes. One GPU alone: the table and staging are host DRAM, so the
+physical pipes are pcie_h2d, host_dram and ssd_drive. In a server (sim.server)
+every GPU has its own resources over one shared set of pipes and core pools.
 """
 
 from __future__ import annotations
+
+import math
 
 import simpy
 
@@ -17,32 +25,77 @@ from sim import costs
 from sim.bandwidth import SharedBandwidth
 from vocab.config import PlacementConfig
 
-# The shared pipes, by name (SimResult.pipe_bytes keys).
-PCIE_H2D = "pcie_h2d"
+# The logical pipes placements name. PCIE_H2D and SSD_DRIVE are also the physical pipes of one GPU alone.
+PCIE_H2D = "pcie_h2d"        # the GPU's host-to-device direction (its own link, and a switch uplink if shared)
+SSD_DRIVE = "ssd_drive"      # block bytes the GPU's drive delivers (a profile with an [ssd] section)
+TABLE_CPU = "table_cpu"      # a CPU thread reads the table in host memory
+TABLE_GPU = "table_gpu"      # the GPU reads the table in host memory over its link (zero-copy)
+STAGING_CPU = "staging_cpu"  # a CPU thread writes (or reads) pinned staging
+STAGING_GPU = "staging_gpu"  # a device's DMA reads or writes pinned staging (a copy engine, the drive)
+NVLINK_OUT = "nvlink_out"    # bytes the GPU sends to its peers over NVLink
+NVLINK_IN = "nvlink_in"      # bytes it receives from them
+# One GPU alone: the physical pipes (SimResult.pipe_bytes keys).
 HOST_DRAM = "host_dram"
-SSD_DRIVE = "ssd_drive"  # block bytes the drive delivers (a profile with an [ssd] section)
+SINGLE_GPU_ROUTES = {PCIE_H2D: {PCIE_H2D: 1.0}, SSD_DRIVE: {SSD_DRIVE: 1.0}, TABLE_CPU: {HOST_DRAM: 1.0},
+                     TABLE_GPU: {HOST_DRAM: 1.0}, STAGING_CPU: {HOST_DRAM: 1.0}, STAGING_GPU: {HOST_DRAM: 1.0}}
+
+
+def single_gpu_pipes(profile: HardwareProfile) -> dict[str, float]:
+    """Bytes/s of one GPU's physical pipes: its link, host DRAM, and its drive if it has one."""
+    pipes = {PCIE_H2D: profile.link.h2d_gbps * 1e9, HOST_DRAM: profile.host.dram_gbps * 1e9}
+    if profile.ssd is not None:
+        pipes[SSD_DRIVE] = costs.ssd_drive_bytes_per_s(profile)
+    return pipes
+
+
+def resolve(routes: dict[str, dict[str, float]], uses: dict[str, float]) -> dict[str, float]:
+    """Logical pipe weights to physical ones (weights of a physical pipe on several routes add up)."""
+    out: dict[str, float] = {}
+    for name, w in uses.items():
+        for pipe, share in routes[name].items():
+            out[pipe] = out.get(pipe, 0.0) + w * share
+    return out
 
 
 class SharedResources:
     def __init__(self, env: simpy.Environment, profile: HardwareProfile, placement: PlacementConfig,
-                 record_events: bool = False):
+                 record_events: bool = False, *, net: SharedBandwidth | None = None,
+                 cores: simpy.Container | None = None, routes: dict[str, dict[str, float]] | None = None):
+        """One GPU's resources. net, cores, routes: a server's shared pipes and core pool, and this GPU's routes
+        over them (None: one GPU alone, its own pipes and the host's cores)."""
         host = profile.host
         self.env = env
         self.profile = profile
-        self.cores = simpy.Container(env, capacity=host.cpu_cores, init=host.cpu_cores)
+        self.cores = cores or simpy.Container(env, capacity=host.cpu_cores, init=host.cpu_cores)
         self.copy_engines = simpy.Resource(env, capacity=profile.link.copy_engines)
         self.fetch_streams = simpy.Resource(env, capacity=placement.fetch_streams)
         buffers = placement.staging_buffers * placement.fetch_streams
         self.staging = simpy.Container(env, capacity=buffers, init=buffers)
-        pipes = {PCIE_H2D: profile.link.h2d_gbps * 1e9, HOST_DRAM: host.dram_gbps * 1e9}
-        if profile.ssd is not None:
-            pipes[SSD_DRIVE] = costs.ssd_drive_bytes_per_s(profile)
-        self.net = SharedBandwidth(env, pipes)
+        self.routes = routes or SINGLE_GPU_ROUTES
+        # A shared net counts every GPU's bytes; this GPU's own are counted here as its transfers start.
+        self.own_bytes = None if net is None else {}
+        self.net = net or SharedBandwidth(env, single_gpu_pipes(profile))
+        self._resolved: dict[tuple, dict[str, float]] = {}
         self.sm_share = 0.0        # compute throughput lost to resident gather blocks (summed, at most 1)
         self.rate_changed = env.event()
         self.record_events = record_events
         # (actor, name, start_s, end_s, step, layer), as vocab.records.EVENT_COLUMNS.
         self.events: list[tuple] = []
+
+    def transfer(self, nbytes: float, uses: dict[str, float], cap: float = math.inf) -> simpy.Event:
+        """bandwidth.SharedBandwidth.transfer over the logical pipes `uses`, on this GPU's routes."""
+        key = tuple(uses.items())
+        route = self._resolved.get(key)
+        if route is None:
+            route = self._resolved[key] = resolve(self.routes, uses)
+        if self.own_bytes is not None and nbytes > 0:
+            for pipe, w in route.items():
+                self.own_bytes[pipe] = self.own_bytes.get(pipe, 0.0) + nbytes * w
+        return self.net.transfer(nbytes, route, cap)
+
+    def pipe_bytes(self) -> dict[str, float]:
+        """Bytes that crossed each physical pipe: all of them (one GPU alone), or this GPU's in a server."""
+        return dict(self.net.bytes_moved if self.own_bytes is None else self.own_bytes)
 
     @property
     def compute_rate(self) -> float:

@@ -38,7 +38,7 @@ class SimResult:
     sim_events: int = 0
     # Steps replayed from an identical earlier step (same trace steps, idle fetch side).
     replayed_steps: int = 0
-    # Bytes that crossed each shared pipe (pcie_h2d, host_dram), from the bandwidth model.
+    # Bytes that crossed each physical pipe (one GPU: pcie_h2d, host_dram, ssd_drive), from the bandwidth model.
     pipe_bytes: dict = field(default_factory=dict)
     # Serving runs (sim.serve): requests and batches (vocab.serving tables) and the serving summary.
     requests: pd.DataFrame | None = None
@@ -88,4 +88,4 @@ def collect(sim, budget: MemoryBudget) -> SimResult:
     summary = summarise(steps, sim.profile.link.h2d_gbps * 1e9)
     return SimResult(sim.cfg, sim.profile, steps, fetches, events, summary, budget,
                      sim_events=next(sim.env._eid), replayed_steps=sim.memos.replayed,
-                     pipe_bytes=dict(sim.res.net.bytes_moved))
+                     pipe_bytes=sim.res.pipe_bytes())

@@ -398,6 +398,48 @@ class WorkloadConfig:
 
 
 @dataclass
+class DeploymentConfig:
+    """How a run spreads over a server's GPUs (the profile's [server]); the defaults are one GPU."""
+    gpus: int = 1
+    # GPUs per tensor-parallel group (dividing gpus); gpus / tensor_parallel data-parallel replicas.
+    tensor_parallel: int = 1
+    # replicate: every GPU reads a whole table; shard: the table split over shard_over's GPUs, each holding 1/g of
+    # the rows in the placement's memory, the rows exchanged over NVLink after the fetch.
+    table: Literal["replicate", "shard"] = "replicate"
+    # group: over the tensor-parallel group (same tokens: each fetches 1/g of the step's rows, then an all-gather);
+    # server: over all GPUs (tensor_parallel = 1: each owner fetches what every replica asks of its slice, then an
+    # all-to-all).
+    shard_over: Literal["group", "server"] = "group"
+    # The table in host memory, replicated: one copy per NUMA node, each GPU reading its own node's (per_numa), or
+    # one copy with its pages interleaved over the nodes (per_server). A shard's slice sits on its GPU's node.
+    host_copies: Literal["per_numa", "per_server"] = "per_numa"
+    # CPU hash and gather threads pinned to their GPU's node (local: a core pool per node), or spread by the OS over
+    # all nodes (any: one pool; a share 1 - 1/nodes of their DRAM traffic crosses the socket link).
+    gather_numa: Literal["local", "any"] = "local"
+
+    RANGES: ClassVar[dict] = {"gpus": (1, 1024, "GPUs"), "tensor_parallel": (1, 1024, "GPUs")}
+
+    def validate(self, path: str) -> None:
+        check_ranges(self, path, self.RANGES, ConfigError)
+        require(self.gpus % self.tensor_parallel == 0, ConfigError, f"{path}.tensor_parallel",
+                f"{self.tensor_parallel} does not divide gpus={self.gpus}", "use a divisor of deployment.gpus")
+        require(not (self.table == "shard" and self.shard_over == "server" and self.tensor_parallel > 1),
+                ConfigError, f"{path}.shard_over", "'server' shards over data-parallel replicas of one GPU each, "
+                f"not tensor_parallel={self.tensor_parallel}", "use shard_over = 'group', or tensor_parallel = 1")
+
+    @property
+    def replicas(self) -> int:
+        return self.gpus // self.tensor_parallel
+
+    @property
+    def shard_size(self) -> int:
+        """GPUs one table is split over (1: every GPU holds it whole)."""
+        if self.table == "replicate":
+            return 1
+        return self.gpus if self.shard_over == "server" else self.tensor_parallel
+
+
+@dataclass
 class RunConfig:
     name: str
     backbone: BackboneConfig
@@ -406,6 +448,7 @@ class RunConfig:
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     # A shipped profile's name (see `engram-sim profiles`) or a path to a profile TOML.
     profile: str = "h100-sxm"
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig)
 
     def validate(self, path: str) -> None:
         for i, layer in enumerate(self.engram.layer_ids):
@@ -448,6 +491,9 @@ class RunConfig:
 
     def with_profile(self, profile: str) -> "RunConfig":
         return self._with(profile=str(profile))
+
+    def with_deployment(self, **changes) -> "RunConfig":
+        return self._with(deployment=_edit(self.deployment, "deployment", changes))
 
     def _with(self, **parts) -> "RunConfig":
         out = dataclasses.replace(self, **parts)

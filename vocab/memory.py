@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vocab.config import BackboneConfig, EngramConfig, RunConfig
+from vocab.config import BackboneConfig, DeploymentConfig, EngramConfig, RunConfig
 from vocab.errors import CapacityError
 from vocab.placements import HBM_CACHED, SSD
 from vocab.units import DTYPE_BYTES, GiB
@@ -230,3 +230,34 @@ def serving_kv_blocks(cfg: RunConfig, budget: MemoryBudget) -> int:
     others = budget.hbm_needed_bytes - budget.kv_cache_bytes
     free = budget.hbm_usable_bytes * s.gpu_memory_utilization - others
     return max(0, int(free // kv_block_bytes(cfg.backbone, s.kv_block_tokens)))
+
+
+# -- a server of several GPUs (sim.server) -------------------------------------------------------------
+
+def kv_share(backbone: BackboneConfig, tensor_parallel: int) -> float:
+    """Share of the KV cache one tensor-parallel rank holds: its KV heads (ceil(kv_heads / tp) of them); an MLA
+    latent (attention.kv_cache_dim set) has no heads to split, so every rank holds it whole."""
+    a = backbone.attention
+    if a.kv_cache_dim is not None:
+        return 1.0
+    return -(-a.kv_heads // tensor_parallel) / a.kv_heads
+
+
+def node_host_bytes(table_bytes: int, private_bytes: int, gpu_nodes: list[int], nodes: int,
+                    deployment: DeploymentConfig) -> list[int]:
+    """Host bytes each NUMA node holds. The table (table_bytes): a copy on each node with a GPU of the deployment
+    (replicate, per_numa), one copy interleaved over all nodes (per_server), or each GPU's 1/g slice on its own
+    node (shard); and each GPU's own host memory (private_bytes: ssd's DRAM cache and staging) on its node."""
+    out = [0] * nodes
+    d = deployment
+    for node in gpu_nodes:
+        out[node] += private_bytes
+        if d.shard_size > 1:
+            out[node] += -(-table_bytes // d.shard_size)
+    if d.shard_size == 1:
+        for node in range(nodes):
+            if d.host_copies == "per_server":
+                out[node] += -(-table_bytes // nodes)
+            elif node in gpu_nodes:
+                out[node] += table_bytes
+    return out
