@@ -56,7 +56,7 @@ def _changes(result: ServerPlan) -> list[str]:
         delta = r.simplest_overhead - r.single_gpu_overhead
         if abs(delta) >= 0.001:
             fix = ("" if r.overhead >= r.simplest_overhead - 1e-4
-                   else f"; {_deployment(r).split(', ')[0]} brings it to {r.overhead:.2%}")
+                   else f"; {_deployment(r)}: {r.overhead:.2%}")
             lines.append(f"TP {r.tensor_parallel}, {r.table_gib:,.4g} GiB, {r.placement}: replicated costs "
                          f"{r.simplest_overhead:.2%} on the server against {r.single_gpu_overhead:.2%} on one GPU "
                          f"({delta:+.2%}){fix}")
