@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 
-from cli import measure, plan, shared_host, simulate, validate
+from cli import measure, plan, simulate, validate
 from cli.args import Parser
 from vocab.errors import run_command
 from vocab.files import remove_temporaries
@@ -36,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     measure.register(sub)
     validate.register(sub)
     plan.register(sub)
-    shared_host.register(sub)
     return parser
 
 
