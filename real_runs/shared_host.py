@@ -112,13 +112,16 @@ class _ReferenceHashing:
 
 def trace_rows(cfg: RunConfig, steps: int, seed: int) -> list[dict[int, np.ndarray]]:
     """Per step, per Engram layer: the global row ids of the workload's steps drawn from `seed` (the real
-    runner's inputs for workload.seed = seed)."""
+    runner's inputs for workload.seed = seed). As the simulator's trace, the first workload.tokens.trace_steps
+    steps are hashed and longer runs cycle through them (the list repeats those steps' arrays)."""
     hasher = NgramHasher.from_config(cfg.engram)
     layers = sorted(cfg.engram.layer_ids)
     offsets = {layer: table_offsets(hasher.table_sizes(layer)) for layer in layers}
-    _, inputs = workload_inputs(cfg, steps, np.random.default_rng(seed))
+    distinct = max(1, min(steps, cfg.workload.tokens.trace_steps))
+    _, inputs = workload_inputs(cfg, distinct, np.random.default_rng(seed))
     ref = _ReferenceHashing(hasher)
-    return [{layer: step_rows(ref, st, layer, offsets[layer]) for layer in layers} for st in inputs]
+    hashed = [{layer: step_rows(ref, st, layer, offsets[layer]) for layer in layers} for st in inputs]
+    return [hashed[s % distinct] for s in range(steps)]
 
 
 # -- one point: N workers in lock-step ---------------------------------------------------------------
