@@ -147,8 +147,9 @@ def write_shared_host(record: dict, out) -> None:
 
 def format_points(record: dict) -> str:
     """One line per point: medians of the makespans and per-worker gathers (ms)."""
-    lines = [f"{'workers':>7} {'threads':>7} {'gather makespan ms':>18} {'worker gather ms':>16} "
-             f"{'worker copy ms':>14} {'fetch makespan ms':>17} {'x one':>6} {'others':>6} quiet"]
+    header = (f"{'workers':>7} {'threads':>7} {'gather makespan ms':>18} {'worker gather ms':>16} "
+              f"{'worker copy ms':>14} {'fetch makespan ms':>17} {'x one':>6} {'others':>6} quiet")
+    lines = [header]
     for pt in record["points"]:
         s = pt["summary"]
         ratio = pt.get("gather_makespan_vs_one_worker")

@@ -28,7 +28,7 @@ SMALL = ["--table-gib", "0.03", "--steps", "3", "--warmup", "1"]
 def shared_host(*args, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "cli.main", "shared-host", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          check=False, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
