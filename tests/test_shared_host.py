@@ -150,3 +150,45 @@ def test_ctrl_c_kills_the_workers_and_writes_nothing(tmp_path):
         assert list(tmp_path.iterdir()) == []
     finally:
         run.kill_group()
+
+
+# -- python -m real_runs.multi_gpu -----------------------------------------------------------------------
+
+def test_multi_gpu_skips_with_its_reason_without_gpus(tmp_path, capsys):
+    import torch
+
+    from real_runs import multi_gpu
+
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has several GPUs: the run would start")
+    assert multi_gpu.main(["tiny", "--out", str(tmp_path / "mg")]) == 0
+    err = capsys.readouterr().err
+    assert "skipped: needs" in err and "GPU" in err
+    assert not (tmp_path / "mg").exists()
+    assert multi_gpu.main(["tiny", "--gpus", "1"]) == 2
+    assert "--gpus" in capsys.readouterr().err
+
+
+SHARD_RUN = """
+import sys
+from pathlib import Path
+from real_runs.multi_gpu import launch
+from vocab.config import load_config
+if __name__ == "__main__":
+    launch(load_config("tiny"), 2, "shard", 3, Path(sys.argv[1]), backend="gloo")
+"""
+
+
+def test_sharded_rows_are_all_gathered_on_every_rank(tmp_path):
+    # Two CPU processes over gloo run the shard loop a GPU machine runs over NCCL: each rank gathers the rows
+    # its slice owns, the all-gather brings every rank all of them (checked against the table's contents).
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_RUN)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "out")], cwd=ROOT, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = [json.loads((tmp_path / "out" / f"tiny-shard-rank{r}.json").read_text()) for r in range(2)]
+    assert [r["rank"] for r in ranks] == [0, 1] and len(ranks[0]["steps"]) == 3
+    for a, b in zip(ranks[0]["steps"], ranks[1]["steps"]):
+        assert a["unique_rows"] == b["unique_rows"] == a["own_rows"] + b["own_rows"]
+        assert a["all_gather_bytes"] == 2 * max(a["own_rows"], b["own_rows"]) * ranks[0]["row_bytes"]
