@@ -159,20 +159,19 @@ def run_point(cfg: RunConfig, tables: dict, rows_by_worker: list, workers: int, 
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(workers)
     procs, conns = [], {}
-    # Workers start with SIGINT blocked (then ignore it): a Ctrl-C while they start reaches the parent only.
-    masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        for w in range(workers):
-            recv, send = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_worker, args=(w, cfg, tables, rows_by_worker[w], copy, barrier, send),
-                            name=f"engram-gather-{w}", daemon=True)
-            p.start()
-            send.close()
-            procs.append(p)
-            conns[recv] = p
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, masked)
-    try:
+        # Workers start with SIGINT blocked (then ignore it): a Ctrl-C while they start reaches the parent only.
+        masked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for w in range(workers):
+                recv, send = ctx.Pipe(duplex=False)
+                conns[recv] = p = ctx.Process(target=_worker, name=f"engram-gather-{w}", daemon=True,
+                                              args=(w, cfg, tables, rows_by_worker[w], copy, barrier, send))
+                p.start()
+                procs.append(p)
+                send.close()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, masked)   # a Ctrl-C held meanwhile is raised here
         return np.stack(_collect(conns, workers))
     finally:
         barrier.abort()
@@ -238,6 +237,8 @@ def measure_shared_host(cfg: RunConfig, workers: list[int], threads: list[int], 
                 cpu_before, t0 = cpu_snapshot(), time.perf_counter_ns()
                 result = run_point(point_cfg, tables, [trace[seeds[w]] for w in range(n)], n, copy)
                 record["points"].append(point_record(result[:, warmup:], n, t, t0, cpu_before))
+                # the store runs at most Numba's thread count (HostDMAStore caps it)
+                record["points"][-1]["gather_threads_used"] = min(t, numba.config.NUMBA_NUM_THREADS)
                 if progress:
                     progress(record["points"][-1])
     return record
