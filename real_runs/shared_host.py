@@ -9,14 +9,15 @@ dedup, the Numba `gather_rows` kernel on `gather_threads` threads into double-bu
 placement.staging_chunk_mib, each chunk then copied to the destination: on CPU a memcpy by the same thread,
 on a GPU machine a DMA). The workers step in lock-step: a barrier per step, as the GPUs of a server each
 launch their fetch when their step's tokens exist, and every worker then fetches its step's rows for every
-Engram layer. Row ids are the config's real trace (real_runs/inputs.py: the tokens the simulator hashes),
-hashed by the NumPy reference (bit for bit the Numba kernel's); with rows = "per_worker" worker w reads the
-steps of workload.seed + w (each GPU its own requests), with "same" all read the seed's steps.
+Engram layer. The tokens are the config's real trace (real_runs/inputs.py: the tokens the simulator
+hashes); with rows = "per_worker" worker w reads the
+steps of workload.seed + w (each GPU its own requests), with "same" all read the seed's steps. As the
+runner's fetch worker, each worker first hashes its step's tokens (the Numba kernel, hash_threads).
 
 The tables are HostTables (anonymous private mmap, huge pages where the kernel gives them) filled in the
 parent before the workers fork: every worker reads the same physical pages (nothing writes them, so copy
 on write never copies). Forking is why the parent must not have started Numba's OpenMP threads (which
-forbid a fork): it fills serially and hashes with NumPy, and measure_shared_host refuses a process that
+forbid a fork): it fills the tables serially, and measure_shared_host refuses a process that
 has already run a parallel Numba kernel. Times are time.perf_counter_ns (CLOCK_MONOTONIC: one clock for
 all processes). What the record holds: real_runs/shared_host_record.py.
 """
@@ -38,6 +39,7 @@ from numba.np.ufunc import parallel as numba_parallel
 from real_runs.hashing import NgramHasher
 from real_runs.inputs import step_rows, workload_inputs
 from real_runs.instrument import available_gib
+from real_runs.runner import numba_threads
 from real_runs.shared_host_record import STEP_FIELDS, cpu_snapshot, new_record, point_record
 from real_runs.stores import make_store
 from real_runs.tables import _FILL_KIND, HostTable, _fill
@@ -100,51 +102,44 @@ def shared_tables(cfg: RunConfig):
             t.close()
 
 
-class _ReferenceHashing:
-    """step_rows' hasher, by the NumPy reference (bit for bit the Numba kernel's, which would start threads)."""
-
-    def __init__(self, hasher: NgramHasher):
-        self.hasher = hasher
-
-    def hash(self, ids, layer):
-        return self.hasher.hash_reference(ids, layer)
-
-
-def trace_rows(cfg: RunConfig, steps: int, seed: int) -> list[dict[int, np.ndarray]]:
-    """Per step, per Engram layer: the global row ids of the workload's steps drawn from `seed` (the real
-    runner's inputs for workload.seed = seed). As the simulator's trace, the first workload.tokens.trace_steps
-    steps are hashed and longer runs cycle through them (the list repeats those steps' arrays)."""
-    hasher = NgramHasher.from_config(cfg.engram)
-    layers = sorted(cfg.engram.layer_ids)
-    offsets = {layer: table_offsets(hasher.table_sizes(layer)) for layer in layers}
+def trace_inputs(cfg: RunConfig, steps: int, seed: int) -> list:
+    """`steps` step inputs of the workload drawn from `seed` (the real runner's for workload.seed = seed). As in
+    the simulator's trace, the first workload.tokens.trace_steps steps are drawn and longer runs cycle through
+    them (the list repeats those steps)."""
     distinct = max(1, min(steps, cfg.workload.tokens.trace_steps))
     _, inputs = workload_inputs(cfg, distinct, np.random.default_rng(seed))
-    ref = _ReferenceHashing(hasher)
-    hashed = [{layer: step_rows(ref, st, layer, offsets[layer]) for layer in layers} for st in inputs]
-    return [hashed[s % distinct] for s in range(steps)]
+    return [inputs[s % distinct] for s in range(steps)]
 
 
 # -- one point: N workers in lock-step ---------------------------------------------------------------
 
-def _worker(index: int, cfg: RunConfig, tables: dict, rows: list, copy: str, barrier, conn) -> None:
-    """A forked worker: the real host_dma store over the shared tables, one fetch per layer per step."""
+def _worker(index: int, cfg: RunConfig, tables: dict, inputs: list, copy: str, barrier, conn) -> None:
+    """A forked worker, as the runner's fetch worker (real_runs/fetch_worker.py): per step it hashes the
+    step's tokens for every Engram layer (Numba, hash_threads), then the real host_dma store over the shared
+    tables fetches each layer's rows (gather_threads)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent handles Ctrl-C and stops the workers
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
+        hash_threads, gather_threads = numba_threads(cfg)
+        hasher = NgramHasher.from_config(cfg.engram, threads=hash_threads)
+        offsets = {layer: table_offsets(hasher.table_sizes(layer)) for layer in tables}
         stores = {layer: make_store(HOST_DMA, table, COPY_DEVICES[copy], name=f"L{layer}", placement=cfg.placement)
                   for layer, table in tables.items()}
-        out = np.zeros((len(rows), len(STEP_FIELDS)), np.int64)
-        for s, step in enumerate(rows):
+        out = np.zeros((len(inputs), len(STEP_FIELDS)), np.int64)
+        for s, step in enumerate(inputs):
             barrier.wait(BARRIER_TIMEOUT_S)
             out[s, 0] = time.perf_counter_ns()
-            fetches = [stores[layer].prefetch(ids, tag=(s, layer)) for layer, ids in step.items()]
+            ids = {layer: step_rows(hasher, step, layer, offsets[layer]) for layer in tables}
             out[s, 1] = time.perf_counter_ns()
+            numba.set_num_threads(gather_threads)
+            fetches = [stores[layer].prefetch(ids[layer], tag=(s, layer)) for layer in tables]
+            out[s, 2] = time.perf_counter_ns()
             gathers = [(a, b) for f in fetches for actor, _, a, b in f.events if actor == CPU_GATHER]
             copies = sum(b - a for f in fetches for actor, _, a, b in f.events if actor == H2D_LINK)
             if gathers:
-                out[s, 2], out[s, 3] = min(a for a, _ in gathers), max(b for _, b in gathers)
-            out[s, 4] = sum(b - a for a, b in gathers)
-            out[s, 5:] = copies, sum(f.unique_rows for f in fetches), len(gathers)
+                out[s, 3], out[s, 4] = min(a for a, _ in gathers), max(b for _, b in gathers)
+            out[s, 5] = sum(b - a for a, b in gathers)
+            out[s, 6:] = copies, sum(f.unique_rows for f in fetches), len(gathers)
         conn.send(("ok", index, out))
     except BaseException as exc:  # hand the error to the parent; the siblings stop at the barrier
         barrier.abort()
@@ -153,8 +148,8 @@ def _worker(index: int, cfg: RunConfig, tables: dict, rows: list, copy: str, bar
         conn.close()
 
 
-def run_point(cfg: RunConfig, tables: dict, rows_by_worker: list, workers: int, copy: str = "none") -> np.ndarray:
-    """[workers, steps, STEP_FIELDS] from `workers` forked processes (worker w reads rows_by_worker[w]);
+def run_point(cfg: RunConfig, tables: dict, inputs_by_worker: list, workers: int, copy: str = "none") -> np.ndarray:
+    """[workers, steps, STEP_FIELDS] from `workers` forked processes (worker w runs inputs_by_worker[w]);
     on any failure or Ctrl-C every worker is killed before this returns or raises."""
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(workers)
@@ -166,7 +161,7 @@ def run_point(cfg: RunConfig, tables: dict, rows_by_worker: list, workers: int, 
             for w in range(workers):
                 recv, send = ctx.Pipe(duplex=False)
                 conns[recv] = p = ctx.Process(target=_worker, name=f"engram-gather-{w}", daemon=True,
-                                              args=(w, cfg, tables, rows_by_worker[w], copy, barrier, send))
+                                              args=(w, cfg, tables, inputs_by_worker[w], copy, barrier, send))
                 p.start()
                 procs.append(p)
                 send.close()
@@ -227,7 +222,7 @@ def measure_shared_host(cfg: RunConfig, workers: list[int], threads: list[int], 
         raise RuntimeError("this process has run a parallel Numba kernel, whose OpenMP threads forbid the fork "
                            "that starts the gather workers: measure from a fresh process (engram-sim shared-host)")
     seeds = [cfg.workload.seed + (w if rows == "per_worker" else 0) for w in range(max(workers))]
-    trace = {seed: trace_rows(cfg, warmup + steps, seed) for seed in dict.fromkeys(seeds)}
+    trace = {seed: trace_inputs(cfg, warmup + steps, seed) for seed in dict.fromkeys(seeds)}
     record = new_record(cfg, workers, threads, steps, warmup, rows, copy)
     with shared_tables(cfg) as tables:
         record["tables"]["fill_s"] = sum(t.fill_s for t in tables.values())

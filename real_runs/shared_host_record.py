@@ -9,12 +9,15 @@ A point is (workers, gather_threads), its measured steps after the warm-up. Per 
                destination is torch's meta device: the copy is dispatched and moves nothing, as on a GPU
                machine no core moves it (a copy engine does); with "memcpy" it is the CPU run's memcpy
                into fresh host memory by the gathering thread. `worker_copy_s` is their sum.
-- fetch:       store.prefetch of every layer, start to end: dedup, the gathers, the copies.
+- hash:        the step's hashing for every layer (the Numba kernel on hash_threads), first, as the runner's
+               fetch worker does (CPU_HASH). `worker_hash_s`.
+- fetch:       from the step's start (the barrier) to the last layer's store.prefetch end: the hashing, then
+               per layer dedup, the gathers, the copies. `worker_fetch_s`.
 Per step, over the workers (all start at one barrier):
 - gather_makespan_s: the last worker's last gather end less the first worker's first gather start, the
                span of the step's CPU_GATHER intervals over all GPUs of a server DES.
-- fetch_makespan_s:  the same for the fetches.
-- start_skew_s:      the last worker's fetch start less the first's (how tightly the barrier released them).
+- fetch_makespan_s:  the last worker's fetch end less the first worker's start.
+- start_skew_s:      the last worker's start less the first's (how tightly the barrier released them).
 `summary` gives min/median/max/mean of each (per-worker figures over all workers and steps); `workers`
 the per-worker, per-step values (seconds from the point's start), to line up with a simulated timeline.
 """
@@ -39,7 +42,7 @@ RECORD_VERSION = 1
 BUSY_FOREIGN_PER_CORE = 0.1
 ROUND_S = 7    # decimals kept: 0.1 us
 # Per worker and step, in this order (ns, except the counts): what a gather worker sends back.
-STEP_FIELDS = ("fetch_start", "fetch_end", "gather_start", "gather_end", "gather_busy", "copy_busy",
+STEP_FIELDS = ("start", "hash_end", "fetch_end", "gather_start", "gather_end", "gather_busy", "copy_busy",
                "unique_rows", "chunks")
 
 
@@ -77,7 +80,7 @@ def foreign_cores(before: tuple, after: tuple) -> float | None:
 def point_record(result: np.ndarray, workers: int, threads: int, t0_ns: int, cpu_before: tuple) -> dict:
     """One point's figures from run_point's [workers, steps, STEP_FIELDS] (measured steps only)."""
     ns = 1e-9
-    start, end = _col(result, "fetch_start"), _col(result, "fetch_end")
+    start, hashed, end = _col(result, "start"), _col(result, "hash_end"), _col(result, "fetch_end")
     g0, g1 = _col(result, "gather_start"), _col(result, "gather_end")
     per_step = {
         "gather_makespan_s": (g1.max(0) - g0.min(0)) * ns,
@@ -88,10 +91,11 @@ def point_record(result: np.ndarray, workers: int, threads: int, t0_ns: int, cpu
         "worker_gather_s": _col(result, "gather_busy") * ns,
         "worker_gather_span_s": (g1 - g0) * ns,
         "worker_copy_s": _col(result, "copy_busy") * ns,
+        "worker_hash_s": (hashed - start) * ns,
         "worker_fetch_s": (end - start) * ns,
     }
     others = foreign_cores(cpu_before, cpu_snapshot())
-    timeline = {"fetch_start_s": (start - t0_ns) * ns, "fetch_end_s": (end - t0_ns) * ns,
+    timeline = {"start_s": (start - t0_ns) * ns, "fetch_end_s": (end - t0_ns) * ns,
                 "gather_start_s": (g0 - t0_ns) * ns, "gather_end_s": (g1 - t0_ns) * ns,
                 **per_worker, "unique_rows": _col(result, "unique_rows"), "chunks": _col(result, "chunks")}
     return {

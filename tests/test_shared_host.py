@@ -54,14 +54,20 @@ def test_record_names_what_it_measured(record):
 def test_each_worker_gathers_its_own_trace_in_staging_chunks(record):
     # The rows each worker fetched are the unique rows of ITS trace (workload.seed + worker index), in as
     # many staging chunks as those rows' bytes need.
-    from real_runs.shared_host import trace_rows
+    from real_runs.hashing import NgramHasher
+    from real_runs.inputs import step_rows
+    from real_runs.shared_host import trace_inputs
+    from vocab.geometry import table_offsets
 
     cfg = load_config(CONFIG).with_table_gib(0.03)
+    hasher = NgramHasher.from_config(cfg.engram)
+    (layer,) = cfg.engram.layer_ids
+    offsets = table_offsets(hasher.table_sizes(layer))
     chunk_rows = int(cfg.placement.staging_chunk_mib * (1 << 20)) // cfg.engram.row_bytes
     table = record["points"][1]["workers_table"]
     for w in range(2):
-        steps = trace_rows(cfg, 4, cfg.workload.seed + w)[1:]     # after the one warm-up step
-        unique = [sum(np.unique(ids).size for ids in st.values()) for st in steps]
+        steps = trace_inputs(cfg, 4, cfg.workload.seed + w)[1:]     # after the one warm-up step
+        unique = [np.unique(step_rows(hasher, st, layer, offsets)).size for st in steps]
         assert table["unique_rows"][w] == unique
         assert table["chunks"][w] == [math.ceil(u / chunk_rows) for u in unique]
         assert min(table["chunks"][w]) >= 2
@@ -71,15 +77,17 @@ def test_each_worker_gathers_its_own_trace_in_staging_chunks(record):
 def test_intervals_nest_and_makespans_span_the_workers(record):
     pt = record["points"][1]
     t = {k: np.array(v) for k, v in pt["workers_table"].items()}
-    assert t["fetch_start_s"].shape == (2, 3)
-    # The gathers lie within the fetch; their busy time within their span.
-    assert (t["gather_start_s"] >= t["fetch_start_s"]).all() and (t["gather_end_s"] <= t["fetch_end_s"]).all()
+    assert t["start_s"].shape == (2, 3)
+    # The hashing comes first; the gathers lie within the fetch, their busy time within their span.
+    assert (t["worker_hash_s"] > 0).all()
+    assert (t["gather_start_s"] >= t["start_s"] + t["worker_hash_s"] - 1e-6).all()
+    assert (t["gather_end_s"] <= t["fetch_end_s"]).all()
     assert (t["worker_gather_s"] <= t["gather_end_s"] - t["gather_start_s"] + 1e-6).all()
     makespan = t["gather_end_s"].max(0) - t["gather_start_s"].min(0)
     assert np.allclose(pt["steps_table"]["gather_makespan_s"], makespan, atol=1e-6)
     assert (makespan >= (t["gather_end_s"] - t["gather_start_s"]).max(0) - 1e-6).all()
     # Lock-step: no worker starts step s+1 before every worker has started step s... and finished it.
-    assert (t["fetch_start_s"][:, 1:].min(0) >= t["fetch_end_s"][:, :-1].max(0) - 1e-6).all()
+    assert (t["start_s"][:, 1:].min(0) >= t["fetch_end_s"][:, :-1].max(0) - 1e-6).all()
     s = pt["summary"]["gather_makespan_s"]
     assert s["min"] <= s["median"] <= s["max"]
 
