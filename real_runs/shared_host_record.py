@@ -18,8 +18,8 @@ Per step, over the workers (all start at one barrier):
                span of the step's CPU_GATHER intervals over all GPUs of a server DES.
 - fetch_makespan_s:  the last worker's fetch end less the first worker's start.
 - start_skew_s:      the last worker's start less the first's (how tightly the barrier released them).
-`summary` gives min/median/max/mean of each (per-worker figures over all workers and steps); `workers`
-the per-worker, per-step values (seconds from the point's start), to line up with a simulated timeline.
+`summary` gives min/median/max/mean of each (per-worker figures over all workers and steps); `workers_table`
+the per-worker, per-step values (times in seconds from the point's start), `steps_table` the per-step makespans.
 """
 
 from __future__ import annotations
