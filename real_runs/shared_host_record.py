@@ -34,8 +34,9 @@ from real_runs.instrument import describe_machine
 from vocab.config import RunConfig
 from vocab.files import atomic_write_text
 
+# Not a run record (vocab/records.py SCHEMA): `engram-sim compare` names this schema when it skips one.
+SCHEMA = "engram-sim.shared-host/1"
 RECORD_KIND = "engram-sim shared-host gather"
-RECORD_VERSION = 1
 # Above this many cores per core busy with OTHER processes during a point (the machine's busy CPU time, as
 # /proc/stat counts it with the VM's steal, less this process's and its workers'), the machine was not quiet
 # and the point's figures are not final.
@@ -114,7 +115,7 @@ def new_record(cfg: RunConfig, workers: list[int], threads: list[int], steps: in
     """The record before its points: what was measured, how, and on what."""
     e, p = cfg.engram, cfg.placement
     return {
-        "kind": RECORD_KIND, "version": RECORD_VERSION,
+        "schema": SCHEMA, "kind": RECORD_KIND,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config_name": cfg.name, "profile": cfg.profile, "config": cfg.to_dict(),
         "placement": {"kind": p.kind, "staging_chunk_mib": p.staging_chunk_mib, "staging_buffers": p.staging_buffers},

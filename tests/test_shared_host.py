@@ -40,6 +40,7 @@ def record(tmp_path_factory):
 
 
 def test_record_names_what_it_measured(record):
+    assert record["schema"] == "engram-sim.shared-host/1"
     assert record["workers"] == [1, 2] and record["gather_threads"] == [1] and record["steps"] == 3
     assert record["rows"] == "per_worker" and record["copy"] == "none"
     assert record["tables"]["row_bytes"] == 256 and record["placement"]["kind"] == "host_dma"
