@@ -1,9 +1,10 @@
-"""Commands that measure or check measurements: run, compare, report, calibrate."""
+"""Commands that measure or check measurements: run, compare, report, calibrate, shared-host."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from cli.shared_host import register as register_shared_host
 from real_runs.command import add_run_arguments, cmd_run
 from tools.calibrate import register as register_calibrate
 from tools.compare import (
@@ -68,6 +69,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run_checked)
 
     register_calibrate(sub)
+    register_shared_host(sub)
 
     p = sub.add_parser("compare", help="predicted versus measured: simulate what measured records ran")
     p.add_argument("records", nargs="+", metavar="RECORDS", help="measured run records (JSON from `engram-sim run`)")

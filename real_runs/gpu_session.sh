@@ -3,7 +3,7 @@
 # device call.
 #
 #   bash real_runs/gpu_session.sh PART [OUT]
-#     PART: tests | bench | e2e | runs | ssd | serve | probe | calibrate | calibrate-quick
+#     PART: tests | bench | e2e | runs | ssd | serve | multi | probe | calibrate | calibrate-quick
 #
 #   tests      the CUDA tests (skipped on CPU) and the kernels' CPU tests
 #   bench      hashing, the zero-copy gather at the H100 reference points, host_dma, HBM gather (3-4 min)
@@ -15,6 +15,9 @@
 #   serve      serving runs (real_runs/serve.py) of the paper's Table 4 benchmark shape: Dense-4B, 128
 #              requests at once, lengths uniform 100..1024, an 8 GiB table; none, hbm, host_dma, host_uva
 #              (SERVE_REQUESTS=N changes the count); `engram-sim compare` checks sim.serve against them
+#   multi      every GPU of the machine at once (python -m real_runs.multi_gpu, torch.distributed + NCCL):
+#              tiny and the shared-host config with the table replicated per GPU and sharded (all-gather
+#              of the rows); on a machine of one GPU it prints "skipped: ..." and records nothing
 #   probe      the simulator's end-to-end mechanisms only (python -m tools.calibrate.probe): GEMM and
 #              decode-attention rate ladders, CUDA-graph timing and the SM contention probe of the zero-copy
 #              gather, written over this GPU's shipped profile (a few minutes; PROBE_ARGS=--engine adds the
@@ -29,7 +32,7 @@
 # Needs what the GPU image has (torch, Triton, Numba, pandas, nvidia-ml-py, tokenizers, tqdm); not
 # SimPy or Altair: nothing here imports them.
 set -euo pipefail
-part=${1:?usage: gpu_session.sh tests|bench|e2e|runs|ssd|serve|probe|calibrate|calibrate-quick [OUT]}
+part=${1:?usage: gpu_session.sh tests|bench|e2e|runs|ssd|serve|multi|probe|calibrate|calibrate-quick [OUT]}
 out=${2:-${OUT:-out/gpu}}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)
@@ -87,6 +90,13 @@ case "$part" in
         --out "$records/dense4b-gpu-serve-8gib-$placement.json" 2>&1 | tee -a "$log" || true
     done
     rm -rf "$cfgs" ;;
+  multi)     # several GPUs at once: replicate (one runner per GPU) and shard (rows all-gathered over NVLink)
+    for cfg in tiny real_runs/records/shared-host.toml; do
+      for mode in replicate shard; do
+        python3 -m real_runs.multi_gpu "$cfg" --table "$mode" --steps 16 --out "$records/multi-$mode" 2>&1 \
+          | tee -a "$log" || true
+      done
+    done ;;
   probe)     # gpu.matmul_curve, memory_curve, graph_*, sm_count, uva_rows_per_cta, uva_interference
     name=$(python3 -c "import torch; from tools.calibrate.output import slug; print(slug(torch.cuda.get_device_name()))")
     # shellcheck disable=SC2086  # PROBE_ARGS is a list of options
@@ -96,7 +106,7 @@ case "$part" in
     flag=$([ "$part" = calibrate-quick ] && echo --quick || true)
     name=$(python3 -c "import torch; from tools.calibrate.output import slug; print(slug(torch.cuda.get_device_name()))")
     python3 -m tools.calibrate $flag --out "$out/$name-measured-$(date +%F).toml" 2>&1 | tee -a "$log" ;;
-  *) echo "unknown part '$part': use tests, bench, e2e, runs, ssd, serve, probe, calibrate or calibrate-quick" >&2; exit 2 ;;
+  *) echo "unknown part '$part': use tests, bench, e2e, runs, ssd, serve, multi, probe, calibrate or calibrate-quick" >&2; exit 2 ;;
 esac
 if [ -n "$(ls -A "$records")" ]; then
   tar czf "$out/records-$part.tgz" -C "$records" .
