@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from cli.shared_host import register as register_shared_host
+from profiles import load_profile
 from real_runs.command import add_run_arguments, cmd_run
 from tools.calibrate import register as register_calibrate
 from tools.compare import (
@@ -16,7 +19,8 @@ from tools.compare import (
     write_outputs,
 )
 from tools.report import build_report
-from vocab.files import check_writable_dir, check_writable_file
+from tools.shared_host_check import compare_shared_host, is_shared_host_record, read_shared_host, summarise
+from vocab.files import check_writable_dir, check_writable_file, staged_dir
 
 RUN_DEFAULT_FOLDER = "out"  # where `run` writes its record without --out (real_runs/runner.py names the file)
 
@@ -30,8 +34,37 @@ def cmd_run_checked(args) -> int:
     return cmd_run(args)
 
 
+def compare_shared_hosts(paths: list[str], profile_name: str | None, out: Path) -> None:
+    """Shared-host records (engram-sim shared-host) against the server DES: one table, printed and written."""
+    profile = load_profile(profile_name) if profile_name else None
+    tables = []
+    for p in paths:
+        t = compare_shared_host(read_shared_host(p), profile)
+        t.insert(0, "record", Path(p).name)
+        tables.append(t)
+    df = pd.concat(tables, ignore_index=True)
+    s = summarise(df)
+    print("Shared-host gather makespan per step (median), measured vs predicted by the server DES "
+          "(tools/shared_host_check.py):")
+    shown = ["record", "workers", "gather_threads", "quiet", "measured_ms", "predicted_ms", "error_pct",
+             "one_worker_ratio_measured", "one_worker_ratio_predicted"]
+    print(df[shown].to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
+    print(f"  |error| min/median/max: {s['abs_error_min_pct']:.1f} / {s['abs_error_median_pct']:.1f} / "
+          f"{s['abs_error_max_pct']:.1f} % over {s['points']} points ({s['quiet_points']} measured quiet)")
+    with staged_dir(out) as tmp:
+        df.to_csv(tmp / "shared-host-compare.csv", index=False)
+    print(f"wrote {out / 'shared-host-compare.csv'}")
+
+
 def cmd_compare(args) -> int:
     check_writable_dir(args.out, "--out")
+    shared = [p for p in args.records if is_shared_host_record(p)]
+    if shared:
+        compare_shared_hosts(shared, args.profile, Path(args.out))
+        args.records = [p for p in args.records if p not in shared]
+        if not args.records:
+            return 0
+        print()
     df, summary, timelines, skipped = compare_records(args.records, args.profile, keep_results=bool(args.trace))
     serving = summary.pop("_serving")
     if df.empty and serving.empty:

@@ -17,6 +17,7 @@ import pytest
 
 from cli.main import main
 from tests.test_interrupts import EXIT_LIMIT_S, Started, children, still_running
+from tools.shared_host_check import compare_shared_host, read_shared_host
 from vocab.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,3 +202,19 @@ def test_sharded_rows_are_all_gathered_on_every_rank(tmp_path):
     for a, b in zip(ranks[0]["steps"], ranks[1]["steps"]):
         assert a["unique_rows"] == b["unique_rows"] == a["own_rows"] + b["own_rows"]
         assert a["all_gather_bytes"] == 2 * max(a["own_rows"], b["own_rows"]) * ranks[0]["row_bytes"]
+
+
+def test_compare_predicts_a_shared_host_record_with_the_server_des(tmp_path, capsys):
+    """`compare` on a shared-host record: one predicted row per measured point, by the server DES on the
+    record's profile as a one-node server of `workers` GPUs; one worker's prediction is one GPU's."""
+    path = ROOT / "real_runs" / "records" / "shared-host-cpu.json"
+    record = read_shared_host(path)
+    df = compare_shared_host(record)
+    assert len(df) == len(record["points"])
+    assert (df["predicted_ms"] > 0).all() and (df["one_worker_ratio_predicted"][df["workers"] == 1] == 1).all()
+    # Workers share the node's cores: more of them never make the predicted span shorter than one alone.
+    alone = df[df["workers"] == 1].set_index("gather_threads")["predicted_ms"]
+    assert all(r.predicted_ms >= alone[r.gather_threads] - 1e-9 for r in df.itertuples())
+    assert main(["compare", str(path), "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "measured vs predicted by the server DES" in text and (tmp_path / "out" / "shared-host-compare.csv").is_file()
