@@ -4,6 +4,7 @@ several GPUs' fetches of a server would; the record says what each gather interv
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,20 @@ def cmd_shared_host(args) -> int:
     if args.table_gib is not None:
         cfg = cfg.with_table_gib(args.table_gib)
     steps = args.steps or cfg.workload.steps
+    before = os.environ.get("OMP_WAIT_POLICY")
+    if args.omp_wait_policy != "default":
+        # Read by the OpenMP runtime when a worker's first parallel kernel loads it (the parent starts none).
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
+    try:
+        return _measure(args, cfg, workers, threads, steps, out)
+    finally:  # this process's environment as it was (a caller, e.g. a test, may go on)
+        if before is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+        else:
+            os.environ["OMP_WAIT_POLICY"] = before
+
+
+def _measure(args, cfg, workers, threads, steps, out) -> int:
     # torch (the real stores' dependency) is an optional heavy one: loaded only for a measurement.
     from real_runs.shared_host import measure_shared_host
     from real_runs.shared_host_record import finish_record, format_points, write_shared_host
@@ -52,6 +67,7 @@ def cmd_shared_host(args) -> int:
     except RuntimeError as e:
         print(f"engram-sim shared-host: {e}", file=sys.stderr)
         return 2
+    record["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "default (unset)")
     finish_record(record, args.note or "")
     write_shared_host(record, out)
     print(format_points(record))
@@ -75,6 +91,9 @@ def register(sub) -> None:
     p.add_argument("--copy", choices=["none", "memcpy"], default="none",
                    help="none: the chunks' copies out of staging move nothing (on a GPU machine a copy engine "
                         "moves them, no core; default); memcpy: the CPU run's memcpy into fresh host memory")
+    p.add_argument("--omp-wait-policy", choices=["default", "passive", "active"], default="default",
+                   help="OMP_WAIT_POLICY for the workers' Numba (OpenMP) threads: passive threads sleep when idle, "
+                        "active ones spin, holding a core other workers could use (default: the runtime's own)")
     p.add_argument("--table-gib", type=float, help="the Engram table size in GiB (engram.table_gib)")
     p.add_argument("--note", help="a note kept in the record (e.g. how quiet the machine was)")
     p.add_argument("--out", help="record path (default: out/<config>-shared-host.json)")

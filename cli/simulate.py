@@ -85,6 +85,9 @@ def cmd_simulate_server(args, cfg, profile, outputs: dict) -> int:
     for row in used.itertuples():
         print(f"  {row.pipe:22s} {row.capacity_gbps:8.1f} {row.bytes_per_step / 1e6:12.3f} {row.utilisation:9.2%} "
               f"{row.full:9.2%}")
+    for row in result.cores.itertuples():
+        print(f"  {row.pool:22s} {row.cores:5.0f} cores {row.core_seconds / result.summary['steps'] * 1e6:9.0f} "
+              f"core-us/step {row.utilisation:7.2%} {row.full:9.2%}")
     print(f"  (simulated {result.summary['steps']} steps on {d.gpus} GPU(s), {result.sim_events} events in "
           f"{wall:.2f} s)")
     _write_outputs(outputs, result.to_record(), {f"gpu {i}": r.events for i, r in enumerate(result.gpus)})

@@ -157,9 +157,7 @@ class Simulation:
         log.fetch_end = [math.nan] * len(self.layer_ids)
         if plan.hash_time > 0:  # worker threads hash (with hash_on = "critical_path" the host did)
             t = self.env.now
-            yield self.res.cores.get(self.hash_threads)
-            yield self.env.timeout(plan.hash_time)
-            yield self.res.cores.put(self.hash_threads)
+            yield self.res.run_on_cores(plan.hash_time * self.hash_threads, self.hash_threads)
             self.res.log(CPU_HASH, "hash+dedup", t, step)
         for k in range(len(self.layer_ids)):
             self.env.process(self.fetch_layer(step, k, plan))

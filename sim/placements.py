@@ -28,7 +28,16 @@ import numpy as np
 
 from profiles import HardwareProfile
 from sim import costs
-from sim.resources import PCIE_H2D, SSD_DRIVE, STAGING_CPU, STAGING_GPU, TABLE_CPU, TABLE_GPU, SharedResources
+from sim.resources import (
+    CPU_CORES,
+    PCIE_H2D,
+    SSD_DRIVE,
+    STAGING_CPU,
+    STAGING_GPU,
+    TABLE_CPU,
+    TABLE_GPU,
+    SharedResources,
+)
 from vocab import placements as names
 from vocab.config import RunConfig
 from vocab.errors import ConfigError, ProfileError
@@ -223,12 +232,11 @@ class HostDMA(OverHostLink):
         for offset in range(0, total, chunk_bytes):
             nbytes = min(chunk_bytes, total - offset)
             yield res.staging.get(1)
-            yield res.cores.get(threads)
             t = res.env.now
             yield res.env.timeout(res.profile.host.cpu_gather_fixed_us * 1e-6)
-            # A gather reads the table and writes staging: two DRAM bytes per payload byte.
-            yield res.transfer(nbytes, {TABLE_CPU: 1.0, STAGING_CPU: 1.0}, cap=rate)
-            yield res.cores.put(threads)
+            # A gather reads the table and writes staging (two DRAM bytes per payload byte) on `threads` cores,
+            # all of them busy at its full rate (threads beyond the memory-level parallelism add no rate).
+            yield res.transfer(nbytes, {TABLE_CPU: 1.0, STAGING_CPU: 1.0, CPU_CORES: threads / rate}, cap=rate)
             res.log(CPU_GATHER, f"gather L{layer}", t, step, layer)
             copies.append(res.env.process(self._copy_chunk(res, step, layer, nbytes)))
         yield res.env.all_of(copies)

@@ -1,8 +1,11 @@
 """What concurrent fetches contend for, and the timeline they write.
 
-CPU cores are a Container (hashing and gathers take threads from it), copy
-engines and fetch streams are Resources, staging buffers a Container; the PCIe
-H2D direction and host DRAM are fluid pipes (bandwidth.SharedBandwidth). The
+Copy engines and fetch streams are Resources, staging buffers a Container; the
+PCIe H2D direction, host DRAM and the host's CPU cores are fluid pipes
+(bandwidth.SharedBandwidth). Cores are shared as the operating system shares
+them: runnable threads get an equal share of the cores (processor sharing), so a
+hash or gather asks for core-seconds of work at most `threads` cores at a time,
+and a gather's rate falls with the cores it gets as it falls with DRAM. The
 GPU's SMs are shared by rate: while zero-copy gather blocks sit resident, the
 compute stream runs at `compute_rate` < 1, and `rate_changed` fires when that
 rate changes.
@@ -34,15 +37,26 @@ STAGING_CPU = "staging_cpu"  # a CPU thread writes (or reads) pinned staging
 STAGING_GPU = "staging_gpu"  # a device's DMA reads or writes pinned staging (a copy engine, the drive)
 NVLINK_OUT = "nvlink_out"    # bytes the GPU sends to its peers over NVLink
 NVLINK_IN = "nvlink_in"      # bytes it receives from them
+CPU_CORES = "cpu_cores"      # core-seconds of host CPU work by this GPU's hash and gather threads
 # One GPU alone: the physical pipes (SimResult.pipe_bytes keys).
 HOST_DRAM = "host_dram"
+# The host's cores as a pipe (capacity: cores; its "bytes": core-seconds). Not a byte pipe: kept out of pipe_bytes.
+HOST_CORES = "host_cores"
+CORE_PIPE_PREFIX = "cores"   # a server's core pools (sim.topology): cores/n{k}, or cores/all
 SINGLE_GPU_ROUTES = {PCIE_H2D: {PCIE_H2D: 1.0}, SSD_DRIVE: {SSD_DRIVE: 1.0}, TABLE_CPU: {HOST_DRAM: 1.0},
-                     TABLE_GPU: {HOST_DRAM: 1.0}, STAGING_CPU: {HOST_DRAM: 1.0}, STAGING_GPU: {HOST_DRAM: 1.0}}
+                     TABLE_GPU: {HOST_DRAM: 1.0}, STAGING_CPU: {HOST_DRAM: 1.0}, STAGING_GPU: {HOST_DRAM: 1.0},
+                     CPU_CORES: {HOST_CORES: 1.0}}
+
+
+def is_core_pipe(name: str) -> bool:
+    """Whether a physical pipe carries core-seconds (a core pool), not bytes."""
+    return name == HOST_CORES or name.startswith(CORE_PIPE_PREFIX + "/")
 
 
 def single_gpu_pipes(profile: HardwareProfile) -> dict[str, float]:
     """Bytes/s of one GPU's physical pipes: its link, host DRAM, and its drive if it has one."""
-    pipes = {PCIE_H2D: profile.link.h2d_gbps * 1e9, HOST_DRAM: profile.host.dram_gbps * 1e9}
+    pipes = {PCIE_H2D: profile.link.h2d_gbps * 1e9, HOST_DRAM: profile.host.dram_gbps * 1e9,
+             HOST_CORES: float(profile.host.cpu_cores)}
     if profile.ssd is not None:
         pipes[SSD_DRIVE] = costs.ssd_drive_bytes_per_s(profile)
     return pipes
@@ -60,13 +74,11 @@ def resolve(routes: dict[str, dict[str, float]], uses: dict[str, float]) -> dict
 class SharedResources:
     def __init__(self, env: simpy.Environment, profile: HardwareProfile, placement: PlacementConfig,
                  record_events: bool = False, *, net: SharedBandwidth | None = None,
-                 cores: simpy.Container | None = None, routes: dict[str, dict[str, float]] | None = None):
-        """One GPU's resources. net, cores, routes: a server's shared pipes and core pool, and this GPU's routes
-        over them (None: one GPU alone, its own pipes and the host's cores)."""
-        host = profile.host
+                 routes: dict[str, dict[str, float]] | None = None):
+        """One GPU's resources. net, routes: a server's shared pipes (its core pools among them) and this GPU's
+        routes over them (None: one GPU alone, its own pipes and the host's cores)."""
         self.env = env
         self.profile = profile
-        self.cores = cores or simpy.Container(env, capacity=host.cpu_cores, init=host.cpu_cores)
         self.copy_engines = simpy.Resource(env, capacity=profile.link.copy_engines)
         self.fetch_streams = simpy.Resource(env, capacity=placement.fetch_streams)
         buffers = placement.staging_buffers * placement.fetch_streams
@@ -93,9 +105,15 @@ class SharedResources:
                 self.own_bytes[pipe] = self.own_bytes.get(pipe, 0.0) + nbytes * w
         return self.net.transfer(nbytes, route, cap)
 
+    def run_on_cores(self, core_seconds: float, threads: int) -> simpy.Event:
+        """`core_seconds` of CPU work on at most `threads` cores at once, sharing the cores with every other
+        runnable thread (processor sharing); alone it takes core_seconds / threads."""
+        return self.transfer(core_seconds, {CPU_CORES: 1.0}, cap=float(threads))
+
     def pipe_bytes(self) -> dict[str, float]:
-        """Bytes that crossed each physical pipe: all of them (one GPU alone), or this GPU's in a server."""
-        return dict(self.net.bytes_moved if self.own_bytes is None else self.own_bytes)
+        """Bytes that crossed each physical byte pipe: all of them (one GPU alone), or this GPU's in a server."""
+        moved = self.net.bytes_moved if self.own_bytes is None else self.own_bytes
+        return {name: v for name, v in moved.items() if not is_core_pipe(name)}
 
     @property
     def compute_rate(self) -> float:

@@ -32,7 +32,7 @@ from sim.engine import Simulation, trace_for
 from sim.memory import memory_budget
 from sim.placements import Placement, placement_for
 from sim.plan import StepPlan, plan_steps
-from sim.resources import NVLINK_IN, NVLINK_OUT, SharedResources
+from sim.resources import NVLINK_IN, NVLINK_OUT, SharedResources, is_core_pipe
 from sim.result import SimResult, collect
 from sim.topology import Topology
 from vocab.config import RunConfig
@@ -59,6 +59,7 @@ class ServerResult:
     capacity: str                # "" when everything fits, else the first "does not fit: ..." (which GPU, node)
     pipe_bytes: dict             # bytes that crossed each physical pipe, all GPUs together
     sim_events: int = 0
+    cores: pd.DataFrame | None = None  # per core pool (CORE_COLUMNS): its cores, core-seconds, use, time full
 
     def to_record(self) -> RunRecord:
         """GPU 0's record, the server's summary, pipes and per-GPU summaries beside it."""
@@ -274,10 +275,15 @@ def simulate_server(cfg: RunConfig, profile: HardwareProfile | None = None, trac
     env.run()
     results = [collect(sim, b) for sim, b in zip(sims, budgets)]
     net = sims[0].res.net
-    pipes = pipe_table(net, env.now, steps)
+    pipes, cores = pipe_table(net, env.now, steps), core_table(net, env.now)
     summary = summarise_server(cfg, results, pipes, verdict)
-    result = ServerResult(cfg, profile, results, summary, pipes, budgets, verdict, dict(net.bytes_moved),
-                          sim_events=next(env._eid))
+    if len(cores):
+        top = cores.sort_values(["full", "utilisation"], ascending=False).iloc[0]
+        summary.update({"busiest_cores": top["pool"], "busiest_cores_use": float(top["utilisation"]),
+                        "busiest_cores_full": float(top["full"])})
+    moved = {name: v for name, v in net.bytes_moved.items() if not is_core_pipe(name)}
+    result = ServerResult(cfg, profile, results, summary, pipes, budgets, verdict, moved,
+                          sim_events=next(env._eid), cores=cores)
     if baselines:
         summary.update(server_overheads(cfg, profile, result, steps))
     return result
@@ -289,7 +295,6 @@ def _build_sims(cfg: RunConfig, topo: Topology, placement: Placement, trace: Tra
     d = cfg.deployment
     env = simpy.Environment()
     net = SaturationTracking(env, topo.pipes())
-    pools = topo.core_pools(env)
     g, tp = d.shard_size, d.tensor_parallel
     groups = [Barrier(env, tp) if tp > 1 else None for _ in range(d.replicas)]
     shards = [Barrier(env, g) if g > 1 else None for _ in range(d.gpus // g)]
@@ -313,7 +318,7 @@ def _build_sims(cfg: RunConfig, topo: Topology, placement: Placement, trace: Tra
         member = placement_for(cfg)
         if g > 1:  # a zero-copy gather walks the translations of this GPU's slice only
             member.footprints = [f / g for f in member.footprints]
-        res = SharedResources(env, view, cfg.placement, record_events, net=net, cores=pools[i], routes=topo.routes(i))
+        res = SharedResources(env, view, cfg.placement, record_events, net=net, routes=topo.routes(i))
         sims.append(ServerGpu(cfg, view, plans, steps, member, res, groups[i // tp], shards[i // g], exchange,
                               latency))
     return sims
@@ -330,8 +335,21 @@ def pipe_table(net: SaturationTracking, elapsed_s: float, steps: int) -> pd.Data
     moved, span = net.bytes_moved, elapsed_s if elapsed_s > 0 else math.inf
     rows = [{"pipe": name, "capacity_gbps": cap / 1e9, "bytes": moved[name], "bytes_per_step": moved[name] / steps,
              "utilisation": moved[name] / (cap * span), "full": net.full_s[name] / span}
-            for name, cap in net.capacities.items()]
+            for name, cap in net.capacities.items() if not is_core_pipe(name)]
     return pd.DataFrame(rows, columns=PIPE_COLUMNS)
+
+
+CORE_COLUMNS = ["pool", "cores", "core_seconds", "utilisation", "full"]
+
+
+def core_table(net: SaturationTracking, elapsed_s: float) -> pd.DataFrame:
+    """Per core pool: its cores, the core-seconds its threads ran, its mean use, and the share of the run every
+    core was busy (threads then wait for a share of a core)."""
+    span = elapsed_s if elapsed_s > 0 else math.inf
+    rows = [{"pool": name, "cores": cap, "core_seconds": net.bytes_moved[name],
+             "utilisation": net.bytes_moved[name] / (cap * span), "full": net.full_s[name] / span}
+            for name, cap in net.capacities.items() if is_core_pipe(name)]
+    return pd.DataFrame(rows, columns=CORE_COLUMNS)
 
 
 def summarise_server(cfg: RunConfig, results: list[SimResult], pipes: pd.DataFrame, verdict: str) -> dict:

@@ -7,6 +7,8 @@ Physical pipes (bytes/s):
     cross_socket/to_n{k}   the socket link, the direction into node k (more than one node)
     nvlink_out/g{i}, nvlink_in/g{i}   GPU i's NVLink, each direction (a profile with NVLink)
     ssd_drive/g{i}         GPU i's drive (a profile with an [ssd] section: one drive per GPU)
+    cores/n{k}, cores/all  NUMA node k's cores (gather_numa local), or all the host's (any): capacity in cores,
+                           shared by every GPU's hash and gather threads that run there (processor sharing)
 
 A route is the expected flow of one payload byte: DRAM traffic lands on the node that holds the memory;
 a byte crosses the socket link when the reader (or writer) sits on another node than the memory, in the
@@ -19,11 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import simpy
-
 from profiles import HardwareProfile, ServerProfile, server_topology
 from sim import costs
 from sim.resources import (
+    CORE_PIPE_PREFIX,
+    CPU_CORES,
     NVLINK_IN,
     NVLINK_OUT,
     PCIE_H2D,
@@ -38,6 +40,7 @@ from vocab.config import DeploymentConfig
 # Physical pipe names: one template per kind, filled with the GPU's, switch's or node's index.
 PCIE, UPLINK, DRAM, CROSS = "pcie_h2d/g{}", "uplink/s{}", "host_dram/n{}", "cross_socket/to_n{}"
 GPU_OUT, GPU_IN, DRIVE = "nvlink_out/g{}", "nvlink_in/g{}", "ssd_drive/g{}"
+NODE_CORES, ALL_CORES = CORE_PIPE_PREFIX + "/n{}", CORE_PIPE_PREFIX + "/all"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,10 @@ class Topology:
                 out[GPU_OUT.format(i)] = out[GPU_IN.format(i)] = s.nvlink_gbps * 1e9
         if self.profile.ssd is not None:
             out.update({DRIVE.format(i): costs.ssd_drive_bytes_per_s(self.profile) for i in self.gpus})
+        if self.deployment.gather_numa == "any":
+            out[ALL_CORES] = float(sum(n.cores for n in s.numa))
+        else:
+            out.update({NODE_CORES.format(k): float(n.cores) for k, n in enumerate(s.numa)})
         return out
 
     def _spread(self, local: bool, gpu: int) -> dict[int, float]:
@@ -97,21 +104,12 @@ class Topology:
         if switch is not None and len(switch.gpus) > 1:
             link[UPLINK.format(self.server.switches.index(switch))] = 1.0
         table_cpu = _flows([(p, a, wp * wa) for p, wp in pages.items() for a, wa in threads.items()])
+        cores = ALL_CORES if self.deployment.gather_numa == "any" else NODE_CORES.format(home)
         staging_cpu = _flows([(home, home, 1.0)], written_from=threads)
         return {PCIE_H2D: link, TABLE_CPU: table_cpu, STAGING_CPU: staging_cpu,
                 TABLE_GPU: _flows([(p, home, w) for p, w in pages.items()]), STAGING_GPU: {DRAM.format(home): 1.0},
                 NVLINK_OUT: {GPU_OUT.format(gpu): 1.0}, NVLINK_IN: {GPU_IN.format(gpu): 1.0},
-                SSD_DRIVE: {DRIVE.format(gpu): 1.0}}
-
-    def core_pools(self, env: simpy.Environment) -> list[simpy.Container]:
-        """Per GPU, the CPU cores its threads take: its node's pool (gather_numa local), or the one pool of all."""
-        s = self.server
-        if self.deployment.gather_numa == "any":
-            cores = sum(n.cores for n in s.numa)
-            pool = simpy.Container(env, capacity=cores, init=cores)
-            return [pool for _ in self.gpus]
-        pools = [simpy.Container(env, capacity=n.cores, init=n.cores) for n in s.numa]
-        return [pools[s.node_of(i)] for i in self.gpus]
+                SSD_DRIVE: {DRIVE.format(gpu): 1.0}, CPU_CORES: {cores: 1.0}}
 
     def gpu_view(self, gpu: int) -> HardwareProfile:
         """The profile as GPU `gpu` sees it alone: [host] is its core pool, its node's DRAM and memory."""

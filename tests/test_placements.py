@@ -60,7 +60,7 @@ def des_alone(placement, plan, k=0, profile=H100):
     env.process(placement.fetch_layer(res, 0, k, plan))
     env.run()
     assert {e[0] for e in res.events} <= set(ACTORS)
-    return env.now, res.net.bytes_moved
+    return env.now, res.pipe_bytes()
 
 
 HOST_KINDS = ["host_dma", "host_uva", "hbm_cache"]
