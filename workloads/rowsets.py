@@ -73,20 +73,20 @@ def count_rows(mix, bounds, primes, use_bitmap, tables, distinct, reused):
     shift = np.uint64(64 - _log2(slots))
     empty = tables[0, 0, 0]
     inv = 1.0 / primes.astype(np.float64)
-    for s in range(n_steps):
-        cur = s & 1
-        prev = cur ^ 1
-        found = 0
-        again = 0
-        for o in range(n_orders):
-            for j in range(n_heads):
-                q = o * n_heads + j
-                p, ip = primes[o, j], inv[o, j]
+    for o in range(n_orders):  # sub-table by sub-table, all steps: its sets stay in the caches
+        for j in range(n_heads):
+            q = o * n_heads + j
+            p, ip = primes[o, j], inv[o, j]
+            table = tables[q]
+            for s in range(n_steps):
+                cur = s & 1
+                prev = cur ^ 1
+                found = 0
+                again = 0
                 if use_bitmap:
                     now, before, listed = bits[q, cur], bits[q, prev], seen[q, cur]
                     for k in range(n_seen[q, cur]):  # forget step s - 2
                         now[listed[k] >> 6] = 0
-                    n = 0
                     for i in range(bounds[s], bounds[s + 1]):
                         row = mod_prime(mix[o, i], p, ip)
                         word = row >> 6
@@ -94,34 +94,32 @@ def count_rows(mix, bounds, primes, use_bitmap, tables, distinct, reused):
                         if now[word] & bit:
                             continue  # already seen this step
                         now[word] |= bit
-                        listed[n] = row
-                        n += 1
+                        listed[found] = row
+                        found += 1
                         if before[word] & bit:
                             again += 1
-                    n_seen[q, cur] = n
-                    found += n
-                    continue
-                table = tables[q]
-                for h in range(slots):  # forget step s - 2
-                    table[h, cur] = empty
-                for i in range(bounds[s], bounds[s + 1]):
-                    row = mod_prime(mix[o, i], p, ip)
-                    start = np.int64((np.uint64(row) * np.uint64(FIBONACCI)) >> shift)
-                    h = start
-                    while table[h, cur] != row and table[h, cur] != empty:
-                        h = (h + 1) & mask
-                    if table[h, cur] == row:
-                        continue  # already seen this step
-                    table[h, cur] = row
-                    found += 1
-                    h = start
-                    while table[h, prev] != empty:
-                        if table[h, prev] == row:
-                            again += 1
-                            break
-                        h = (h + 1) & mask
-        distinct[s] += found
-        reused[s] += again
+                    n_seen[q, cur] = found
+                else:
+                    for h in range(slots):  # forget step s - 2
+                        table[h, cur] = empty
+                    for i in range(bounds[s], bounds[s + 1]):
+                        row = mod_prime(mix[o, i], p, ip)
+                        start = np.int64((np.uint64(row) * np.uint64(FIBONACCI)) >> shift)
+                        h = start
+                        while table[h, cur] != row and table[h, cur] != empty:
+                            h = (h + 1) & mask
+                        if table[h, cur] == row:
+                            continue  # already seen this step
+                        table[h, cur] = row
+                        found += 1
+                        h = start
+                        while table[h, prev] != empty:
+                            if table[h, prev] == row:
+                                again += 1
+                                break
+                            h = (h + 1) & mask
+                distinct[s] += found
+                reused[s] += again
 
 
 @njit(cache=True, nogil=True)
