@@ -11,12 +11,12 @@ row (the hash modulo the head's prime); the global row is the head's offset plus
   (two sets per sub-table, this step's and the previous one's; bitmaps, or
   open-addressing hash tables 8 times the widest step so that a probe rarely
   walks: most of what a probe costs is the mispredicted end of its walk).
-- scan_rows: over a whole stream, one map per sub-table from row to a label
-  (its first-seen order within the sub-table) and the step it was last seen
-  in; per step, distinct rows, those in the previous step and those in any
-  earlier step (the hits of a cache that never evicts). It keeps each access's
-  label, from which list_rows writes the stream's rows and their dense ids
-  (first-seen order over the layer) when a cache replay needs them.
+- scan_rows: over a whole stream, one map per sub-table from row to the step
+  it was last seen in; per step, distinct rows, those in the previous step and
+  those in any earlier step (the hits of a cache that never evicts). Asked to,
+  it also labels each access (its row's first-seen order within the
+  sub-table), from which list_rows writes the stream's rows and their dense
+  ids (first-seen order over the layer) when a cache replay needs them.
 """
 
 from __future__ import annotations
@@ -123,14 +123,14 @@ def count_rows(mix, bounds, primes, use_bitmap, tables, distinct, reused):
 
 
 @njit(cache=True, nogil=True)
-def scan_rows(mix, bounds, primes, table, last, labels, local_rows, n_sub, distinct, reused, earlier):
+def scan_rows(mix, bounds, primes, table, labels, local_rows, n_sub, distinct, reused, earlier):
     """Over the whole stream, per sub-table: add each step's distinct rows to distinct[s], those also in
-    step s - 1 to reused[s], those in any earlier step to earlier[s].
+    step s - 1 to reused[s], those in any earlier step to earlier[s]; n_sub[q]: sub-table q's distinct rows.
 
-    table [slots >= 2 * tokens, 2]: (local row, label), all ones for an empty slot; last[label]: the step
-    it was last seen in. Writes labels[q, i] (the label of token i's row in sub-table q, -1 where the
-    step had it already), local_rows (each sub-table's rows by label, sub-tables one after the other) and
-    n_sub[q] (sub-table q's distinct rows).
+    table [slots >= 2 * tokens, 2 or 3]: (local row, the step it was last seen in[, its label]), all ones
+    for an empty slot. With labels not empty (and a third lane), also writes labels[q, i] (the label, in
+    first-seen order, of token i's row in sub-table q; -1 where the step had it already) and local_rows
+    (each sub-table's rows by label, sub-tables one after the other).
     """
     n_steps = bounds.size - 1
     n_orders, n_heads = primes.shape
@@ -139,6 +139,7 @@ def scan_rows(mix, bounds, primes, table, last, labels, local_rows, n_sub, disti
     shift = np.uint64(64 - _log2(slots))
     empty = table[0, 0]
     inv = 1.0 / primes.astype(np.float64)
+    listing = labels.size > 0
     base = 0
     for o in range(n_orders):
         for j in range(n_heads):
@@ -156,21 +157,23 @@ def scan_rows(mix, bounds, primes, table, last, labels, local_rows, n_sub, disti
                     while table[h, 0] != row and table[h, 0] != empty:
                         h = (h + 1) & mask
                     if table[h, 0] == row:
-                        label = np.int64(table[h, 1])
-                        if last[label] == s:
-                            labels[q, i] = -1  # already seen this step
+                        last = np.int64(table[h, 1])
+                        if last == s:  # already seen this step
+                            if listing:
+                                labels[q, i] = -1
                             continue
                         known += 1
-                        if last[label] == s - 1:
+                        if last == s - 1:
                             again += 1
                     else:
-                        label = n
                         table[h, 0] = row
-                        table[h, 1] = label
-                        local_rows[base + label] = row
+                        if listing:
+                            table[h, 2] = n
+                            local_rows[base + n] = row
                         n += 1
-                    last[label] = s
-                    labels[q, i] = label
+                    table[h, 1] = s
+                    if listing:
+                        labels[q, i] = table[h, 2]
                     found += 1
                 distinct[s] += found
                 reused[s] += again

@@ -109,25 +109,29 @@ def _read_only(trace: Trace) -> Trace:
 
 @dataclass
 class _Layer:
-    """One layer's scan of a listed stream (workloads.rowsets.scan_rows): each access's label per sub-table,
-    each sub-table's rows by label, and how many it saw; its rows and dense ids listed once asked for."""
-    labels: np.ndarray
-    local_rows: np.ndarray
-    n_sub: np.ndarray
+    """One layer of a scanned stream (workloads.rowsets.scan_rows): what the scan needs, and its distinct
+    rows; the stream's rows and their dense ids listed (scanned again, labelling) once asked for."""
+    mix: np.ndarray
+    bounds: np.ndarray
+    primes: np.ndarray
     offsets: np.ndarray
+    n_rows: int
+    n_distinct: int
     listed: tuple | None = None
 
-    @property
-    def n_distinct(self) -> int:
-        return int(self.n_sub.sum())
-
-    def rows(self, lookups: int) -> tuple[np.ndarray, tuple[np.ndarray, int]]:
-        """(the distinct rows of each step in stream order, (their dense ids, how many)), `lookups` long
-        (past the listed rows: unwritten); computed once."""
+    def rows(self) -> tuple[np.ndarray, tuple[np.ndarray, int]]:
+        """(the distinct rows of each step in stream order, (their dense ids, how many)); the rows array is
+        one per lookup long (past the listed rows: unwritten)."""
         if self.listed is None:
-            ids, dense = np.empty(lookups, dtype=np.int64), np.empty(lookups, dtype=np.int64)
-            n, n_dense = list_rows(self.labels.shape[1], self.labels, self.local_rows, self.n_sub, self.offsets,
-                                   ids, dense)
+            tokens = self.mix.shape[1]
+            labels = np.empty((self.primes.size, tokens), dtype=np.int32)
+            table = _hash_table(2 * tokens, self.n_rows, lanes=3)
+            local = np.empty(self.primes.size * tokens, dtype=table.dtype)
+            n_sub = np.zeros(self.primes.size, dtype=np.int64)
+            counts = [np.zeros(self.bounds.size - 1, dtype=np.int64) for _ in range(3)]  # (counted already)
+            scan_rows(self.mix, self.bounds, self.primes, table, labels, local, n_sub, *counts)
+            ids, dense = np.empty(labels.size, dtype=np.int64), np.empty(labels.size, dtype=np.int64)
+            n, n_dense = list_rows(tokens, labels, local, n_sub, self.offsets, ids, dense)
             self.listed = ids, (dense[:n], int(n_dense))
         return self.listed
 
@@ -146,8 +150,7 @@ class _Hashed:
     @property
     def ids(self) -> np.ndarray:
         """[layers, lookups]: each layer's distinct rows per step, in stream order (past them: unwritten)."""
-        lookups = self.layers[0].labels.size if self.layers else 0
-        return np.stack([layer.rows(lookups)[0] for layer in self.layers])
+        return np.stack([layer.rows()[0] for layer in self.layers])
 
 
 def _tokens(cfg: RunConfig, n_steps: int, rng: np.random.Generator) -> tuple:
@@ -185,12 +188,11 @@ def _hash_tokens(cfg: RunConfig, ctx: np.ndarray, bounds: np.ndarray, step: dict
             count_rows(mix, bounds, primes, bitmap[col], np.repeat(table[None], primes.size, axis=0), d, r)
         else:
             tokens = ctx.shape[0]
-            table = _hash_table(2 * tokens, int(n_rows[col]))
-            labels = np.empty((primes.size, tokens), dtype=np.int32)
-            local = np.empty(primes.size * tokens, dtype=table.dtype)
             n_sub = np.zeros(primes.size, dtype=np.int64)
-            scan_rows(mix, bounds, primes, table, np.empty(tokens, dtype=np.int64), labels, local, n_sub, d, r, e)
-            layers[col] = _Layer(labels, local, n_sub, table_offsets(sizes[col]))
+            no_labels = np.empty((0, 0), dtype=np.int32)
+            table = _hash_table(2 * tokens, int(n_rows[col]))
+            scan_rows(mix, bounds, primes, table, no_labels, np.empty(0, dtype=table.dtype), n_sub, d, r, e)
+            layers[col] = _Layer(mix, bounds, primes, table_offsets(sizes[col]), int(n_rows[col]), int(n_sub.sum()))
         counts[col][:, 0], counts[col][:, 1], counts[col][:, 2] = d, r, e
 
     # The kernels release the GIL: layers hash side by side on threads (a Numba parallel region costs more
@@ -301,7 +303,7 @@ def replay_caches(cfg: RunConfig, cache_rows: int, dram_rows: int, distinct_per_
         quick = unevicted_tiers(counts, hashed.earlier[:, col], layer.n_distinct, *args)
         if quick is not None:
             return quick
-        rows, dense = layer.rows(layer.labels.size)  # listed once: kept for the stream's other traces
+        rows, dense = layer.rows()  # listed once: kept for the stream's other traces
         return replay_tiers(rows, counts, *args, dense=dense)
 
     # The replay loops release the GIL, so layers replay side by side.
@@ -348,14 +350,14 @@ BITMAP_ROWS_PER_LOOKUP = 256
 COUNT_TABLE_FACTOR = 8
 
 
-def _hash_table(entries: int, n_rows: int) -> np.ndarray:
-    """A hash table of the row-set kernels (workloads.rowsets): [slots, 2] all ones (never a row: an empty
-    slot), slots the power of two >= entries, rows in uint32 if a layer's rows fit, else int64 (all ones:
-    -1; int64, as Numba compares uint64 with int64 through floats)."""
+def _hash_table(entries: int, n_rows: int, lanes: int = 2) -> np.ndarray:
+    """A hash table of the row-set kernels (workloads.rowsets): [slots, lanes] all ones (never a row: an
+    empty slot), slots the power of two >= entries, rows in uint32 if a layer's rows fit, else int64 (all
+    ones: -1; int64, as Numba compares uint64 with int64 through floats)."""
     slots = 1 << max(1, (entries - 1).bit_length())
     if n_rows < (1 << 32) - 1:
-        return np.full((slots, 2), (1 << 32) - 1, dtype=np.uint32)
-    return np.full((slots, 2), -1, dtype=np.int64)
+        return np.full((slots, lanes), (1 << 32) - 1, dtype=np.uint32)
+    return np.full((slots, lanes), -1, dtype=np.int64)
 
 
 def use_bitmaps(n_rows: np.ndarray, lookups_per_step: int) -> np.ndarray:
