@@ -51,7 +51,8 @@ def test_a_command_imports_its_own_module_only():
     code = ("import sys, contextlib, io, cli.main\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    code = cli.main.main(['presets'])\n"
-            "print(code, *[m for m in ('cli.simulate', 'cli.plan', 'cli.validate', 'cli.measure') if m in sys.modules])\n")
+            "mods = ('cli.simulate', 'cli.plan', 'cli.validate', 'cli.measure')\n"
+            "print(code, *[m for m in mods if m in sys.modules])\n")
     assert _run(code) == ["0", "cli.simulate"]
 
 
