@@ -8,9 +8,10 @@ set for the whole layer was not. Rows inside a sub-table are stored as the local
 row (the hash modulo the head's prime); the global row is the head's offset plus it.
 
 - count_rows: per step, the distinct rows and those also in the previous step
-  (two sets per sub-table, this step's and the previous one's; bitmaps, or
-  open-addressing hash tables 8 times the widest step so that a probe rarely
-  walks: most of what a probe costs is the mispredicted end of its walk).
+  (two sets, this step's and the previous one's, for one sub-table at a time:
+  bitmaps, or an open-addressing hash table of 8 times the widest step's
+  tokens so that a probe rarely walks: most of what a probe costs is the
+  mispredicted end of its walk).
 - scan_rows: over a whole stream, one map per sub-table from row to the step
   it was last seen in; per step, distinct rows, those in the previous step and
   those in any earlier step (the hits of a cache that never evicts). Asked to,
@@ -51,41 +52,45 @@ def _log2(slots):
 
 
 @njit(cache=True, nogil=True)
-def count_rows(mix, bounds, primes, use_bitmap, tables, distinct, reused):
-    """Add each step's distinct rows to distinct[s] and those also in step s - 1 to reused[s].
+def count_rows(mix, bounds, primes, use_bitmap, table, distinct, reused):
+    """Add each step's distinct rows to distinct[s] and those also in step s - 1 to reused[s], one
+    sub-table at a time over all the steps (its two sets stay in the caches).
 
-    With use_bitmap, each sub-table's two sets are bitmaps over its rows (a set is cleared by unsetting
-    the words its step set); else `tables` [sub-tables, slots, 2] holds both sets side by side (one cache
-    line serves both probes), all ones for an empty slot, and a set is emptied as its step begins.
+    With use_bitmap, the two sets are bitmaps over the sub-table's rows (a set is cleared by unsetting the
+    words its step set); else `table` [slots, 2] holds both sets side by side (one cache line serves both
+    probes), all ones for an empty slot, and a set is emptied as its step begins.
     """
     n_steps = bounds.size - 1
     n_orders, n_heads = primes.shape
-    n_sub = n_orders * n_heads
     widest = 1
     for s in range(n_steps):
         widest = max(widest, bounds[s + 1] - bounds[s])
     words = (primes.max() + 63) // 64 if use_bitmap else 1
-    bits = np.zeros((n_sub, 2, words), dtype=np.uint64)
-    seen = np.empty((n_sub, 2, widest if use_bitmap else 1), dtype=np.int64)
-    n_seen = np.zeros((n_sub, 2), dtype=np.int64)
-    slots = tables.shape[1]
+    bits = np.zeros((2, words), dtype=np.uint64)
+    seen = np.empty((2, widest if use_bitmap else 1), dtype=np.int64)
+    n_seen = np.zeros(2, dtype=np.int64)
+    slots = table.shape[0]
     mask = slots - 1
     shift = np.uint64(64 - _log2(slots))
-    empty = tables[0, 0, 0]
+    empty = table[0, 0]
     inv = 1.0 / primes.astype(np.float64)
-    for o in range(n_orders):  # sub-table by sub-table, all steps: its sets stay in the caches
+    for o in range(n_orders):
         for j in range(n_heads):
-            q = o * n_heads + j
             p, ip = primes[o, j], inv[o, j]
-            table = tables[q]
+            for prev in range(2):  # the previous sub-table's sets
+                for k in range(n_seen[prev]):
+                    bits[prev, seen[prev, k] >> 6] = 0
+                n_seen[prev] = 0
+                if not use_bitmap:
+                    table[:, prev] = empty
             for s in range(n_steps):
                 cur = s & 1
                 prev = cur ^ 1
                 found = 0
                 again = 0
                 if use_bitmap:
-                    now, before, listed = bits[q, cur], bits[q, prev], seen[q, cur]
-                    for k in range(n_seen[q, cur]):  # forget step s - 2
+                    now, before, listed = bits[cur], bits[prev], seen[cur]
+                    for k in range(n_seen[cur]):  # forget step s - 2
                         now[listed[k] >> 6] = 0
                     for i in range(bounds[s], bounds[s + 1]):
                         row = mod_prime(mix[o, i], p, ip)
@@ -98,10 +103,9 @@ def count_rows(mix, bounds, primes, use_bitmap, tables, distinct, reused):
                         found += 1
                         if before[word] & bit:
                             again += 1
-                    n_seen[q, cur] = found
+                    n_seen[cur] = found
                 else:
-                    for h in range(slots):  # forget step s - 2
-                        table[h, cur] = empty
+                    table[:, cur] = empty  # forget step s - 2
                     for i in range(bounds[s], bounds[s + 1]):
                         row = mod_prime(mix[o, i], p, ip)
                         start = np.int64((np.uint64(row) * np.uint64(FIBONACCI)) >> shift)

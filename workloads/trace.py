@@ -21,10 +21,9 @@ workload.cache_replay_rows accesses per layer. The trace's steps then take the
 steady state's hit rates; the warm-up is reported apart (Trace.tiers).
 
 Distinct rows are counted per head table (workloads.rowsets): in a trace's steps
-with two bitmaps per head table (small tables, or steps dense in them) or two
+with two bitmaps (head tables of up to BITMAP_HEAD_ROWS rows: 2 MB) or two
 hash sets holding one step each (use_bitmaps picks the cheaper; the counts are
-the same; bitmaps briefly need n_rows / 4 bytes per Engram layer, at most
-BITMAP_MAX_ROWS rows: 64 MB); in a cache replay's stream with one map per head
+the same); in a cache replay's stream with one map per head
 table over the whole stream, whose counts of rows seen in earlier steps are the
 hits of a cache that evicts nothing: only a cache that evicts replays the rows
 (workloads.cache). The token streams are drawn once per workload (a sweep's
@@ -174,7 +173,7 @@ def _hash_tokens(cfg: RunConfig, ctx: np.ndarray, bounds: np.ndarray, step: dict
                    for layer in eng.layer_ids]
     n_rows = np.array([eng.layer_rows(layer) for layer in eng.layer_ids], dtype=np.int64)
     widest = max(1, int(np.diff(bounds).max(initial=0)))
-    bitmap = use_bitmaps(n_rows, widest * eng.tables_per_layer)
+    bitmap = use_bitmaps(n_rows, np.array([max(max(heads) for heads in size) for size in sizes]))
     counts = [np.zeros((n_steps, 3), dtype=np.int64) for _ in sizes]  # distinct, reused, earlier
     layers: list[_Layer | None] = [None] * len(sizes)
     n_orders = eng.max_ngram_size - 1
@@ -185,7 +184,7 @@ def _hash_tokens(cfg: RunConfig, ctx: np.ndarray, bounds: np.ndarray, step: dict
         d, r, e = (np.zeros(n_steps, dtype=np.int64) for _ in range(3))
         if not list_ids:
             table = _hash_table(1 if bitmap[col] else COUNT_TABLE_FACTOR * widest, int(n_rows[col]))
-            count_rows(mix, bounds, primes, bitmap[col], np.repeat(table[None], primes.size, axis=0), d, r)
+            count_rows(mix, bounds, primes, bitmap[col], table, d, r)
         else:
             tokens = ctx.shape[0]
             n_sub = np.zeros(primes.size, dtype=np.int64)
@@ -249,7 +248,7 @@ def _hashed(cfg: RunConfig, n_steps: int, replay: bool) -> _Hashed:
     """The trace's token stream (replay False: counts only) or the cache replay's (scanned), hashed;
     memoised, as only cfg.engram and cfg.workload matter."""
     key = json.dumps([asdict(cfg.engram), asdict(cfg.workload), n_steps, replay,  # and how rows are counted
-                      BITMAP_MAX_ROWS, BITMAP_CACHED_ROWS, BITMAP_ROWS_PER_LOOKUP], sort_keys=True)
+                      BITMAP_MAX_ROWS, BITMAP_HEAD_ROWS], sort_keys=True)
     return _remember(_HASHED, _HASHED_SIZE, key,
                      lambda: _hash_tokens(cfg, *_stream(cfg, n_steps, replay), list_ids=replay))
 
@@ -336,15 +335,12 @@ def _prefill_tokens(cfg: RunConfig, n_steps: int, source, rng):
     return steps.contexts(), steps.bounds, step
 
 
-# Which sets count a layer's distinct rows: both give the same counts; they differ in cost. A bitmap
-# costs about its size (n_rows / 4 bytes, page faults and cache misses included), the hash table about
-# each lookup (it holds one step). Measured here: bitmaps win while they fit in the CPU's caches
-# (BITMAP_CACHED_ROWS), or while a step's lookups are dense enough in the table
-# (BITMAP_ROWS_PER_LOOKUP table rows per lookup or fewer: prefill-size steps), and never above
-# BITMAP_MAX_ROWS (memory).
+# Which sets count a head table's distinct rows per step: both give the same counts; they differ in
+# cost. Its two bitmaps cost about their size (2 bits a row: page faults and cache misses), a hash set
+# about each lookup. Measured here, one head table at a time: bitmaps win up to about BITMAP_HEAD_ROWS
+# rows a head table (2 MB of bitmaps), in decode and prefill alike. Never above BITMAP_MAX_ROWS rows a layer.
 BITMAP_MAX_ROWS = 1 << 28
-BITMAP_CACHED_ROWS = 1 << 25
-BITMAP_ROWS_PER_LOOKUP = 256
+BITMAP_HEAD_ROWS = 1 << 23
 # count_rows' hash sets hold one step of a sub-table in this many times its tokens' slots: a probe then
 # rarely walks (most of what it costs is the mispredicted end of a walk), and the set still sits in L2.
 COUNT_TABLE_FACTOR = 8
@@ -360,7 +356,7 @@ def _hash_table(entries: int, n_rows: int, lanes: int = 2) -> np.ndarray:
     return np.full((slots, lanes), -1, dtype=np.int64)
 
 
-def use_bitmaps(n_rows: np.ndarray, lookups_per_step: int) -> np.ndarray:
-    """Per layer: count with bitmaps (True) or a hash table (False), whichever is cheaper."""
-    dense_enough = max(BITMAP_CACHED_ROWS, BITMAP_ROWS_PER_LOOKUP * lookups_per_step)
-    return n_rows <= min(BITMAP_MAX_ROWS, dense_enough)
+def use_bitmaps(n_rows: np.ndarray, head_rows: np.ndarray) -> np.ndarray:
+    """Per layer (its rows, its largest head table's rows): count with bitmaps (True) or a hash table
+    (False), whichever is cheaper."""
+    return (n_rows <= BITMAP_MAX_ROWS) & (head_rows <= BITMAP_HEAD_ROWS)
