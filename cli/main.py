@@ -3,19 +3,19 @@
 Bad input of any kind ends in one line on stderr naming the field and the
 fix, exit code 2, and no output files touched. Ctrl-C stops the work and
 exits with 130 and one line; a second Ctrl-C exits at once. This module is
-the top of the project: it imports the commands, and nothing imports it.
+the top of the project: it imports the command being run, and nothing imports it.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import multiprocessing
 import os
 import signal
 import sys
 import threading
 
-from cli import measure, plan, server_plan, simulate, validate
 from cli.args import Parser
 from vocab.errors import run_command
 from vocab.files import remove_temporaries
@@ -29,14 +29,49 @@ _announced = False  # the interrupt line is printed once, by whichever of the tw
 MAX_JOBS = 256
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Every command, the module whose register() adds it (with its options), and its line in `--help` (the same
+# help the module registers: tests/test_cli.py holds them equal). The commands' modules are imported by
+# name (importlib), and only the one whose command runs: together they pull in pandas, SimPy, pyarrow and
+# the rest, which `engram-sim --help` or a command of another module has no use for.
+COMMANDS = {
+    "simulate": ("cli.simulate", "simulate one configuration"),
+    "sweep": ("cli.simulate", "sweep table sizes across placements and phases"),
+    "demo": ("cli.simulate", "Engram-27B on H100: tables 1 GiB..1 TiB, all placements, both phases"),
+    "profiles": ("cli.simulate", "list hardware profiles, or show one"),
+    "presets": ("cli.simulate", "list shipped configurations"),
+    "bench": ("cli.simulate", "benchmark the simulator's own speed"),
+    "run": ("cli.measure", "a real, instrumented Engram-MoE run (GPU; tiny configs also on CPU)"),
+    "calibrate": ("cli.measure", "measure this machine into a hardware profile (TOML)"),
+    "shared-host": ("cli.measure", "measure several gather workers reading one host table (a server's GPUs sharing "
+                                   "the host), on this machine"),
+    "compare": ("cli.measure", "predicted versus measured: simulate what measured records ran"),
+    "report": ("cli.measure", "HTML report + PNGs from a sweep CSV and/or a compare CSV, or from serving run "
+                              "records"),
+    "validate": ("cli.validate", "the simulator against every published measurement (profiles/reference/)"),
+    "plan": ("cli.plan", "the largest Engram table each placement holds within a throughput budget"),
+    "plan-server": ("cli.server_plan", "per placement, the best deployment of a whole server: replicate or shard the "
+                                       "table, NUMA placement of host copies and threads, gather threads per GPU"),
+}
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The command argv names: its first word that is not an option (the top level has only -h)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for `command`: its module's commands in full, the others by name and help line (all of
+    them so, for no command or an unknown one: enough for --help and for the error naming the choices)."""
     parser = Parser(prog=PROG, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    simulate.register(sub)
-    measure.register(sub)
-    validate.register(sub)
-    plan.register(sub)
-    server_plan.register(sub)
+    full = COMMANDS[command][0] if command in COMMANDS else None
+    for module in dict.fromkeys(m for m, _ in COMMANDS.values()):  # in order: a module's commands are adjacent
+        if module == full:
+            importlib.import_module(module).register(sub)
+            continue
+        for name, (of, text) in COMMANDS.items():
+            if of == module:
+                sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -75,7 +110,8 @@ def _run(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     global _announced
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(command_of(argv)).parse_args(argv)
     for name in ("steps", "jobs"):
         value = getattr(args, name, None)
         if value is not None and value < 1:

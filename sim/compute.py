@@ -12,7 +12,10 @@ token of the step routes to (in expectation).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections import OrderedDict
+from dataclasses import asdict, astuple, dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -128,3 +131,35 @@ def lm_head_time(cfg: RunConfig, profile: HardwareProfile, shape: StepShape) -> 
         return 0.0
     w = b.hidden_size * b.vocab_size
     return _op(profile, 2 * shape.logits * w, w * DTYPE_BYTES[b.dtype], shape.logits)
+
+
+def compute_key(cfg: RunConfig, profile: HardwareProfile, placement: Placement) -> str:
+    """Everything layer_times, engram_module_time and lm_head_time read but the step's shape: runs that share
+    it (a sweep's table sizes and placements with Engram layers in the same places, a plan's baselines) share
+    their steps' compute."""
+    e = cfg.engram
+    return json.dumps([asdict(cfg.backbone), cfg.workload.phase, cfg.workload.launch, e.d_mem, e.branches,
+                       e.row_bytes, asdict(profile.gpu), list(placement.layer_ids)], sort_keys=True)
+
+
+_SEGMENTS: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_SEGMENTS_SIZE = 1 << 14  # steps (a few hundred bytes each)
+
+
+def compute_segments(cfg: RunConfig, profile: HardwareProfile, shape: StepShape, placement: Placement,
+                     key: str | None = None) -> np.ndarray:
+    """Seconds of compute before the first Engram layer, between them and after the last (the LM head
+    included); with key (compute_key), memoised: a copy of the first answer for the same key and shape."""
+    memo = (key, astuple(shape)) if key is not None else None
+    if memo in _SEGMENTS:
+        _SEGMENTS.move_to_end(memo)
+        return _SEGMENTS[memo].copy()
+    times = layer_times(cfg, profile, shape, placement)
+    bounds = [0, *placement.layer_ids, len(times)]
+    segments = np.array([times[a:b].sum() for a, b in pairwise(bounds)])
+    segments[-1] += lm_head_time(cfg, profile, shape)
+    if memo is not None:
+        _SEGMENTS[memo] = segments.copy()
+        if len(_SEGMENTS) > _SEGMENTS_SIZE:
+            _SEGMENTS.popitem(last=False)
+    return segments

@@ -11,13 +11,12 @@ GPU runs (hash_time).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from itertools import pairwise
 
 import numpy as np
 
 from profiles import HardwareProfile
 from sim import costs
-from sim.compute import StepShape, layer_times, lm_head_time
+from sim.compute import StepShape, compute_key, compute_segments
 from sim.placements import Placement, placement_for
 from vocab.config import RunConfig
 
@@ -46,6 +45,7 @@ def plan_steps(cfg: RunConfig, profile: HardwareProfile, trace, placement: Place
     placement = placement or placement_for(cfg)
     placement.check_profile(profile)
     order = placement.layer_order
+    key = compute_key(cfg, profile, placement)
     plans = []
     for s in range(len(trace.tokens)):
         shape = StepShape(tokens=int(trace.tokens[s]), attn_context_sum=float(trace.attn_context_sum[s]),
@@ -53,7 +53,7 @@ def plan_steps(cfg: RunConfig, profile: HardwareProfile, trace, placement: Place
         trace_dram = trace.dram_hits[s] if trace.dram_hits is not None else np.zeros(len(order), dtype=np.int64)
         rows = StepRows(lookups=trace.lookups[s], distinct=trace.distinct_rows[s], reused=trace.reused_rows[s],
                         cache_hits=trace.cache_hits[s], dram_hits=trace_dram)
-        plans.append(plan_step(cfg, profile, placement, shape, rows))
+        plans.append(plan_step(cfg, profile, placement, shape, rows, key))
     return plans
 
 
@@ -68,8 +68,9 @@ class StepRows:
 
 
 def plan_step(cfg: RunConfig, profile: HardwareProfile, placement: Placement, shape: StepShape,
-              rows: StepRows) -> StepPlan:
-    """The plan of one step of `shape` (its lookups are set here) whose rows are `rows`."""
+              rows: StepRows, compute_key: str | None = None) -> StepPlan:
+    """The plan of one step of `shape` (its lookups are set here) whose rows are `rows`; with compute_key
+    (sim.compute.compute_key), its compute is memoised."""
     p = cfg.placement
     order = placement.layer_order
     tokens = shape.tokens
@@ -82,10 +83,7 @@ def plan_step(cfg: RunConfig, profile: HardwareProfile, placement: Placement, sh
     dram = placement.dram_hits(np.asarray(rows.dram_hits, dtype=np.int64)[order], unique, hits)
     reads = placement.drive_reads(profile, host, dram)
     shape = replace(shape, lookups=int(lookups[0]) if len(order) else 0)
-    times = layer_times(cfg, profile, shape, placement)
-    bounds = [0, *placement.layer_ids, len(times)]
-    segments = np.array([times[a:b].sum() for a, b in pairwise(bounds)])
-    segments[-1] += lm_head_time(cfg, profile, shape)
+    segments = compute_segments(cfg, profile, shape, placement, compute_key)
     hashing, critical = _hashing(cfg, profile, placement, tokens, lookups)
     host_time = critical + costs.engine_step_time(profile, shape.sequences, cfg.workload.launch == "cuda_graphs",
                                                   serving=cfg.workload.phase == "serve")

@@ -72,3 +72,113 @@ def test_hash_tables_of_tables_past_4g_rows_count_the_same(monkeypatch):
     wide = trace_mod._hash_steps(cfg, 3, np.random.default_rng(0), list_ids=False)
     assert narrow.distinct.sum() > 0
     assert np.array_equal(narrow.distinct, wide.distinct) and np.array_equal(narrow.reused, wide.reused)
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "static_topk"])
+def test_caches_that_evict_nothing_follow_from_the_counts_as_the_replay_finds(policy):
+    """unevicted_tiers, wherever it answers, gives replay_tiers' rates to the bit; it declines where a cache
+    evicts (or the oracle), and some answers are seen (not a test of None only)."""
+    rng = np.random.default_rng(5)
+    answered = 0
+    for _ in range(400):
+        dense, counts, n_rows = random_steps(rng, repeats=False)
+        bounds = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        seen = np.zeros(n_rows, dtype=bool)
+        earlier = np.zeros(counts.size, dtype=np.int64)
+        for s in range(counts.size):  # rows an earlier step had, by brute force
+            step = dense[bounds[s]:bounds[s + 1]]
+            earlier[s] = int(seen[step].sum())
+            seen[step] = True
+        n_distinct = int(seen.sum())
+        table = int(rng.integers(max(n_distinct, 1), 2 * n_rows + 2))
+        hbm, dram = (int(rng.choice([0, rng.integers(1, n_rows + 3), table + 1])) for _ in range(2))
+        got = cache.unevicted_tiers(counts, earlier, n_distinct, table, hbm, policy, dram, policy)
+        if got is not None:
+            answered += 1
+            assert got == cache.replay_tiers(dense, counts, table, hbm, policy, dram, policy)
+    assert answered > (50 if policy != "static_topk" else 10)  # (the oracle: only whole-table and empty caches)
+
+
+def test_an_evicting_cache_is_left_to_the_replay():
+    counts, earlier = np.array([3, 3]), np.array([0, 1])  # 5 distinct rows
+    assert cache.unevicted_tiers(counts, earlier, 5, 100, 4, "lru") is None     # 4 rows hold fewer: it evicts
+    assert cache.unevicted_tiers(counts, earlier, 5, 100, 5, "lru") is not None
+    assert cache.unevicted_tiers(counts, earlier, 5, 100, 5, "static_topk") is None
+    assert cache.unevicted_tiers(counts, earlier, 5, 100, 5, "lru", 7, "lru") is None  # two caches at work
+
+
+@pytest.mark.parametrize("phase", ["decode", "prefill"])
+def test_a_scanned_stream_counts_and_lists_what_the_step_sets_and_a_relabelling_give(phase, monkeypatch):
+    """The replay's scan (one map per head table over the stream) against the trace's per-step sets, with
+    bitmaps and with hash tables: the same distinct and reused rows; its rows seen in earlier steps are an
+    unbounded cache's hits; its listed rows' dense ids are dense_ids of them."""
+    from vocab.config import load_config
+    from workloads import trace as trace_mod
+
+    cfg = load_config("engram-27b").with_table_gib(2).with_phase(phase).with_workload(tokens_per_step=512)
+    scanned = trace_mod._hash_steps(cfg, 6, np.random.default_rng(3), list_ids=True)
+    for limit in (1 << 28, 0):
+        monkeypatch.setattr(trace_mod, "BITMAP_MAX_ROWS", limit)
+        counted = trace_mod._hash_steps(cfg, 6, np.random.default_rng(3), list_ids=False)
+        assert np.array_equal(counted.distinct, scanned.distinct) and np.array_equal(counted.reused, scanned.reused)
+    assert scanned.reused.sum() > 0 and (scanned.earlier >= scanned.reused).all()
+    for col, layer in enumerate(scanned.layers):
+        counts = scanned.distinct[:, col]
+        rows, (dense, n) = layer.rows()
+        rows = rows[: counts.sum()]
+        assert n == layer.n_distinct and np.array_equal(dense, cache.dense_ids(rows)[0])
+        hits = cache.replay_flags(dense, counts, n, n, "lru")[0]
+        assert np.array_equal(hits, scanned.earlier[:, col])
+        assert len(np.unique(rows)) == n
+
+
+def test_memoised_step_compute_is_the_computed_one_and_keyed_on_what_it_reads():
+    from profiles import load_profile
+    from sim.compute import StepShape, compute_key, compute_segments
+    from sim.placements import placement_for
+    from vocab.config import load_config
+
+    cfg, profile = load_config("engram-27b"), load_profile("h100-sxm")
+    shape = StepShape(tokens=512, attn_context_sum=3e5, sequences=512, lookups=8192)
+    for c in (cfg, cfg.with_table_gib(300), cfg.with_placement("none"), cfg.with_phase("prefill")):
+        placement = placement_for(c)
+        key = compute_key(c, profile, placement)
+        plain = compute_segments(c, profile, shape, placement)
+        assert np.array_equal(compute_segments(c, profile, shape, placement, key), plain)
+        assert np.array_equal(compute_segments(c, profile, shape, placement, key), plain)  # from the memo
+    hbm = placement_for(cfg)
+    assert compute_key(cfg, profile, hbm) == compute_key(cfg.with_table_gib(300), profile, hbm)
+    others = [compute_key(cfg.with_workload(launch="cuda_graphs"), profile, hbm),
+              compute_key(cfg, load_profile("h200-sxm"), hbm),
+              compute_key(cfg.with_engram(d_mem=2560), profile, hbm),
+              compute_key(cfg, profile, placement_for(cfg.with_placement("none")))]
+    assert compute_key(cfg, profile, hbm) not in others and len(set(others)) == len(others)
+
+
+def test_token_streams_are_shared_by_table_sizes_only():
+    from vocab.config import load_config
+    from workloads import trace as trace_mod
+
+    cfg = load_config("engram-27b").with_phase("decode")
+    small, large = (trace_mod._stream(cfg.with_table_gib(g), 4, False) for g in (1, 64))
+    assert small is large
+    other_vocab = trace_mod._stream(cfg.with_engram(compressed_vocab_size=50000), 4, False)
+    assert other_vocab is not small and not np.array_equal(other_vocab[0], small[0])
+    assert trace_mod._stream(cfg, 4, True) is not small
+
+
+def test_a_plan_batches_the_profiles_of_one_trace_together():
+    from profiles import load_profile
+    from tools.plan import PointSpec, _batches, make_plans
+    from vocab.config import load_config
+
+    cfg = load_config("engram-27b")
+    plans = make_plans(cfg, [(n, load_profile(n)) for n in ("h100-sxm", "h200-sxm")], ["hbm", "host_dma"],
+                       [[1], [5]], [512], [8.0])
+    specs = [PointSpec(k, p, i, 1.0 + i, False, 10, 0.03) for k, p in enumerate(plans) for i in (0, 1)]
+    batches = _batches(specs)
+    assert sorted(n for b in batches for n in b) == list(range(len(specs)))
+    assert len(batches) == 4  # (layers 1, layers 5) x 2 sizes, each with both profiles and both placements
+    for b in batches:
+        assert {specs[n].plan.profile.name for n in b} == {"h100-sxm", "h200-sxm"}
+        assert len({(specs[n].plan.config.engram.layer_ids[0], specs[n].grid_index) for n in b}) == 1

@@ -24,13 +24,14 @@ the DES it also absorbs any contention the others do not name (not separable).
 from __future__ import annotations
 
 import functools
+import json
 import math
 import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -315,10 +316,15 @@ Mapper = Callable[[Callable, list], Iterable]
 
 
 def _batches(specs: list[PointSpec]) -> list[list[int]]:
-    """Spec positions, batched by (plan config, table size): a batch's specs share their token traces."""
+    """Spec positions, batched by what their token traces depend on (the Engram and workload sections, not
+    the profile) and table size: a batch's specs, all placements and profiles, share their traces."""
     groups: dict[tuple, list[int]] = {}
+    traces: dict[int, str] = {}  # per plan config: the key of its traces
     for n, s in enumerate(specs):
-        groups.setdefault((id(s.plan.config), s.grid_index), []).append(n)
+        c = s.plan.config
+        if id(c) not in traces:
+            traces[id(c)] = json.dumps([asdict(c.engram), asdict(c.workload)], sort_keys=True)
+        groups.setdefault((traces[id(c)], s.grid_index), []).append(n)
     return list(groups.values())
 
 

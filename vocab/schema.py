@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import tomllib
 import types
@@ -121,9 +122,14 @@ def _same_kind(value: Any, tp: Any) -> bool:
     return get_origin(tp) is list and isinstance(value, list)
 
 
+# A class's hints never change, and resolving them is most of a config edit's time (sweeps and plans edit
+# configs by the thousand).
+_type_hints = functools.cache(typing.get_type_hints)
+
+
 def build(cls: type, data: dict, path: str, error: type[UserError]):
     """Instantiate dataclass `cls` from `data`, checking names and types."""
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:

@@ -341,6 +341,48 @@ def replay_tiers(row_ids: np.ndarray, counts: np.ndarray, table_rows: int, hbm_r
     else:
         cap2 = n if full_dram else dram_rows
         h2, _, fill2 = replay_flags(dense[~flags], miss_counts, n, cap2, dram_policy)
+    return _tier_rates(counts, h1, fill1, h2, fill2, hbm_rows, dram_rows, full_hbm, full_dram)
+
+
+def unevicted_tiers(counts: np.ndarray, earlier: np.ndarray, n_distinct: int, table_rows: int, hbm_rows: int,
+                    hbm_policy: str, dram_rows: int = 0, dram_policy: str = "lru") -> TierRates | None:
+    """replay_tiers' answer where it follows from counts alone, else None: each step's distinct rows
+    (`counts`), how many of them an earlier step had (`earlier`, the hits of a cache that never evicts) and
+    the stream's distinct rows. So it is when one cache does all the work and evicts nothing (LRU or LFU
+    holding every row seen, or a whole-table cache), and the other holds nothing or sees no misses (behind a
+    whole-table HBM cache)."""
+    counts, earlier = np.asarray(counts, dtype=np.int64), np.asarray(earlier, dtype=np.int64)
+    full_hbm, full_dram = hbm_rows >= table_rows, dram_rows >= table_rows
+    seen = np.cumsum(counts - earlier)  # distinct rows seen by the end of each step
+
+    def unevicted(capacity: int, policy: str):
+        """(hits, the first step at whose end the cache is full) of a cache that evicts nothing, or None."""
+        if policy not in ("lru", "lfu") or n_distinct > capacity:
+            return None
+        full = np.flatnonzero(seen == capacity)
+        return earlier, int(full[0]) if full.size else -1
+
+    nothing = (np.zeros(counts.size, dtype=np.int64), 0)  # what replay_flags gives an empty cache
+    if hbm_policy not in POLICIES or dram_policy not in POLICIES or min(hbm_rows, dram_rows) < 0:
+        return None  # replay_tiers says what is wrong
+    if full_hbm:
+        first, second = unevicted(n_distinct, "lru"), nothing
+    elif hbm_rows == 0:  # the DRAM cache sees every access
+        first, second = nothing, (nothing if dram_rows == 0 else unevicted(n_distinct if full_dram else dram_rows,
+                                                                            dram_policy))
+    elif dram_rows == 0 and not full_dram:
+        first, second = unevicted(hbm_rows, hbm_policy), nothing
+    else:
+        return None
+    if first is None or second is None:
+        return None
+    return _tier_rates(counts, *first, *second, hbm_rows, dram_rows, full_hbm, full_dram)
+
+
+def _tier_rates(counts: np.ndarray, h1: np.ndarray, fill1: int, h2: np.ndarray, fill2: int, hbm_rows: int,
+                dram_rows: int, full_hbm: bool, full_dram: bool) -> TierRates:
+    """TierRates from each cache's hits per step and the step it filled at (-1: never)."""
+    n_steps = counts.size
     # Warm-up ends when each cache that can fill has filled (one holding the table never needs to).
     ends = [f for f, full, cap in ((fill1, full_hbm, hbm_rows), (fill2, full_dram, dram_rows)) if cap and not full]
     filled = all(f >= 0 for f in ends)

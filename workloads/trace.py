@@ -20,11 +20,15 @@ cache has filled and seen three times its capacity, within
 workload.cache_replay_rows accesses per layer. The trace's steps then take the
 steady state's hit rates; the warm-up is reported apart (Trace.tiers).
 
-Distinct rows are counted with two bitmaps over the layer's rows (small tables,
-or steps dense in them) or with a hash table holding one step (use_bitmaps picks
-the cheaper; the counts are the same): bitmaps briefly need n_rows / 4 bytes per
-Engram layer (at most BITMAP_MAX_ROWS rows: 64 MB). The token streams are hashed
-once for all the traces built from them (_hashed).
+Distinct rows are counted per head table (workloads.rowsets): in a trace's steps
+with two bitmaps (head tables of up to BITMAP_HEAD_ROWS rows: 2 MB) or two
+hash sets holding one step each (use_bitmaps picks the cheaper; the counts are
+the same); in a cache replay's stream with one map per head
+table over the whole stream, whose counts of rows seen in earlier steps are the
+hits of a cache that evicts nothing: only a cache that evicts replays the rows
+(workloads.cache). The token streams are drawn once per workload (a sweep's
+table sizes share them) and hashed once for all the traces built from them
+(_hashed).
 """
 
 from __future__ import annotations
@@ -33,17 +37,16 @@ import json
 import math
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numba
 import numpy as np
-from numba import njit
 
 from vocab.config import RunConfig
 from vocab.geometry import table_offsets
-from workloads.cache import TierRates, dense_ids, replay_tiers
-from workloads.fastmod import mod_prime
+from workloads.cache import TierRates, replay_tiers, unevicted_tiers
 from workloads.hashing import layer_multipliers
+from workloads.rowsets import count_rows, list_rows, ngram_mixes, scan_rows
 from workloads.steps import decode_steps, prefill_steps
 from workloads.tokens import make_token_source
 
@@ -93,57 +96,105 @@ def build_trace(cfg: RunConfig, cache_rows: int | None = None, dram_rows: int | 
     p = cfg.placement
     key = json.dumps([asdict(cfg.engram), asdict(cfg.workload), p.dedup, p.cache_policy, cache_rows,
                       p.dram_cache_policy, dram_rows], sort_keys=True)
-    if key in _MEMO:
-        _MEMO.move_to_end(key)
-        return _MEMO[key]
-    trace = _build(cfg, cache_rows, dram_rows)
+    return _remember(_MEMO, _MEMO_SIZE, key, lambda: _read_only(_build(cfg, cache_rows, dram_rows)))
+
+
+def _read_only(trace: Trace) -> Trace:
     for value in trace.__dict__.values():
         if isinstance(value, np.ndarray):
             value.setflags(write=False)
-    _MEMO[key] = trace
-    if len(_MEMO) > _MEMO_SIZE:
-        _MEMO.popitem(last=False)
     return trace
 
 
 @dataclass
+class _Layer:
+    """One layer of a scanned stream (workloads.rowsets.scan_rows): what the scan needs, and its distinct
+    rows; the stream's rows and their dense ids listed (scanned again, labelling) once asked for."""
+    mix: np.ndarray
+    bounds: np.ndarray
+    primes: np.ndarray
+    offsets: np.ndarray
+    n_rows: int
+    n_distinct: int
+    listed: tuple | None = None
+
+    def rows(self) -> tuple[np.ndarray, tuple[np.ndarray, int]]:
+        """(the distinct rows of each step in stream order, (their dense ids, how many)); the rows array is
+        one per lookup long (past the listed rows: unwritten)."""
+        if self.listed is None:
+            tokens = self.mix.shape[1]
+            labels = np.empty((self.primes.size, tokens), dtype=np.int32)
+            table = _hash_table(2 * tokens, self.n_rows, lanes=3)
+            local = np.empty(self.primes.size * tokens, dtype=table.dtype)
+            n_sub = np.zeros(self.primes.size, dtype=np.int64)
+            counts = [np.zeros(self.bounds.size - 1, dtype=np.int64) for _ in range(3)]  # (counted already)
+            scan_rows(self.mix, self.bounds, self.primes, table, labels, local, n_sub, *counts)
+            ids, dense = np.empty(labels.size, dtype=np.int64), np.empty(labels.size, dtype=np.int64)
+            n, n_dense = list_rows(tokens, labels, local, n_sub, self.offsets, ids, dense)
+            self.listed = ids, (dense[:n], int(n_dense))
+        return self.listed
+
+
+@dataclass
 class _Hashed:
-    """Steps of tokens hashed into rows: the per-step counts, and each layer's distinct rows if listed."""
+    """Steps of tokens hashed into rows: the per-step counts, and for a listed stream (a cache replay's) the
+    rows also in any earlier step and each layer's scan."""
     bounds: np.ndarray
     step: dict
     distinct: np.ndarray
     reused: np.ndarray
-    ids: np.ndarray | None
-    dense: dict = field(default_factory=dict)  # per layer column: dense_ids of its listed rows, once needed
+    earlier: np.ndarray | None = None
+    layers: list[_Layer] | None = None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """[layers, lookups]: each layer's distinct rows per step, in stream order (past them: unwritten)."""
+        return np.stack([layer.rows()[0] for layer in self.layers])
+
+
+def _tokens(cfg: RunConfig, n_steps: int, rng: np.random.Generator) -> tuple:
+    """(context matrix, step bounds, per-step attention and KV sums) of n_steps steps of cfg's workload."""
+    source = make_token_source(cfg)
+    if cfg.workload.phase == "decode":
+        return _decode_tokens(cfg, n_steps, source, rng)
+    return _prefill_tokens(cfg, n_steps, source, rng)
 
 
 def _hash_steps(cfg: RunConfig, n_steps: int, rng: np.random.Generator, list_ids: bool) -> _Hashed:
-    eng, work = cfg.engram, cfg.workload
-    source = make_token_source(cfg)
-    if work.phase == "decode":
-        ctx, bounds, step = _decode_tokens(cfg, n_steps, source, rng)
-    else:
-        ctx, bounds, step = _prefill_tokens(cfg, n_steps, source, rng)
+    return _hash_tokens(cfg, *_tokens(cfg, n_steps, rng), list_ids)
+
+
+def _hash_tokens(cfg: RunConfig, ctx: np.ndarray, bounds: np.ndarray, step: dict, list_ids: bool) -> _Hashed:
+    """Count each layer's distinct rows per step (list_ids: scan the stream, for a cache replay)."""
+    eng = cfg.engram
+    n_steps = bounds.size - 1
     sizes = [eng.table_sizes[layer] for layer in eng.layer_ids]
-    multipliers = np.stack([layer_multipliers(eng.seed, layer, eng.max_ngram_size, eng.compressed_vocab_size)
-                            for layer in eng.layer_ids])
-    primes = np.array(sizes, dtype=np.int64)  # [layers, orders, heads]
-    offsets = np.stack([table_offsets(s) for s in sizes])
-    distinct = np.zeros((n_steps, len(sizes)), dtype=np.int64)
-    reused = np.zeros_like(distinct)
+    multipliers = [layer_multipliers(eng.seed, layer, eng.max_ngram_size, eng.compressed_vocab_size)
+                   for layer in eng.layer_ids]
     n_rows = np.array([eng.layer_rows(layer) for layer in eng.layer_ids], dtype=np.int64)
-    lookups = max(1, int(np.diff(bounds).max(initial=0)) * eng.tables_per_layer)  # in the widest step
-    bitmap = use_bitmaps(n_rows, lookups)
-    # One pass counts (and, for the replay, lists) the distinct rows; lookups bound how many there can be.
-    ids = np.empty((len(sizes), int(bounds[-1]) * eng.tables_per_layer if list_ids else 0), dtype=np.int64)
+    widest = max(1, int(np.diff(bounds).max(initial=0)))
+    bitmap = use_bitmaps(n_rows, np.array([max(max(heads) for heads in size) for size in sizes]))
+    counts = [np.zeros((n_steps, 3), dtype=np.int64) for _ in sizes]  # distinct, reused, earlier
+    layers: list[_Layer | None] = [None] * len(sizes)
+    n_orders = eng.max_ngram_size - 1
 
     def hash_layer(col: int) -> None:
-        d, r = np.zeros(n_steps, dtype=np.int64), np.zeros(n_steps, dtype=np.int64)
-        _layer_rows(ctx, bounds, multipliers[col], primes[col], offsets[col], n_rows[col], bitmap[col], d, r, ids[col],
-                    _hash_table(1 if bitmap[col] else 2 * lookups, int(n_rows[col])))
-        distinct[:, col], reused[:, col] = d, r
+        primes = np.array(sizes[col], dtype=np.int64)  # [orders, heads]
+        mix = ngram_mixes(ctx, multipliers[col], n_orders)
+        d, r, e = (np.zeros(n_steps, dtype=np.int64) for _ in range(3))
+        if not list_ids:
+            table = _hash_table(1 if bitmap[col] else COUNT_TABLE_FACTOR * widest, int(n_rows[col]))
+            count_rows(mix, bounds, primes, bitmap[col], table, d, r)
+        else:
+            tokens = ctx.shape[0]
+            n_sub = np.zeros(primes.size, dtype=np.int64)
+            no_labels = np.empty((0, 0), dtype=np.int32)
+            table = _hash_table(2 * tokens, int(n_rows[col]))
+            scan_rows(mix, bounds, primes, table, no_labels, np.empty(0, dtype=table.dtype), n_sub, d, r, e)
+            layers[col] = _Layer(mix, bounds, primes, table_offsets(sizes[col]), int(n_rows[col]), int(n_sub.sum()))
+        counts[col][:, 0], counts[col][:, 1], counts[col][:, 2] = d, r, e
 
-    # The kernel releases the GIL: layers hash side by side on threads (a Numba parallel region costs more
+    # The kernels release the GIL: layers hash side by side on threads (a Numba parallel region costs more
     # to start than a small trace takes).
     threads = min(numba.get_num_threads(), len(sizes))
     if threads > 1:
@@ -152,30 +203,54 @@ def _hash_steps(cfg: RunConfig, n_steps: int, rng: np.random.Generator, list_ids
     else:
         for col in range(len(sizes)):
             hash_layer(col)
-    ids = ids if list_ids else None
-    return _Hashed(bounds, step, distinct, reused, ids)
+    c = np.stack(counts, axis=1)  # [steps, layers, 3]
+    return _Hashed(bounds, step, c[:, :, 0].copy(), c[:, :, 1].copy(),
+                   c[:, :, 2].copy() if list_ids else None, layers if list_ids else None)
 
 
+_STREAMS: OrderedDict[str, tuple] = OrderedDict()
 _HASHED: OrderedDict[str, _Hashed] = OrderedDict()
 # A sweep point builds traces for several placements from the same token streams (an HBM cache, ssd's
-# caches): each stream is hashed once. Two entries: the trace's stream and the replay's.
+# caches): each stream is hashed once. Two entries: the trace's stream and the replay's. The tokens
+# themselves do not depend on the table: a sweep's table sizes share them (four entries: two phases).
 _HASHED_SIZE = 2
+_STREAMS_SIZE = 4
+
+
+def clear_memos() -> None:
+    """Forget every trace, hashed stream and token stream (a benchmark that times them from cold)."""
+    for memo in (_MEMO, _HASHED, _STREAMS):
+        memo.clear()
+
+
+def _remember(memo: OrderedDict, size: int, key: str, make):
+    if key in memo:
+        memo.move_to_end(key)
+        return memo[key]
+    memo[key] = value = make()
+    if len(memo) > size:
+        memo.popitem(last=False)
+    return value
+
+
+def _stream(cfg: RunConfig, n_steps: int, replay: bool) -> tuple:
+    """_tokens of the trace's draw (replay False) or the cache replay's (its own, repeatable), memoised on
+    what they depend on: the workload and the engram fields the token streams read."""
+    eng = cfg.engram
+    key = json.dumps([asdict(cfg.workload), eng.max_ngram_size, eng.compressed_vocab_size, eng.compressed_pad_id,
+                      n_steps, replay], sort_keys=True)
+    seed = cfg.workload.seed
+    return _remember(_STREAMS, _STREAMS_SIZE, key,
+                     lambda: _tokens(cfg, n_steps, np.random.default_rng([seed, 0x5EED] if replay else seed)))
 
 
 def _hashed(cfg: RunConfig, n_steps: int, replay: bool) -> _Hashed:
-    """The trace's token stream (replay False: counts only) or the cache replay's (its own draw, rows listed),
-    hashed; memoised, as only cfg.engram and cfg.workload matter."""
+    """The trace's token stream (replay False: counts only) or the cache replay's (scanned), hashed;
+    memoised, as only cfg.engram and cfg.workload matter."""
     key = json.dumps([asdict(cfg.engram), asdict(cfg.workload), n_steps, replay,  # and how rows are counted
-                      BITMAP_MAX_ROWS, BITMAP_CACHED_ROWS, BITMAP_ROWS_PER_LOOKUP], sort_keys=True)
-    if key in _HASHED:
-        _HASHED.move_to_end(key)
-        return _HASHED[key]
-    seed = cfg.workload.seed
-    rng = np.random.default_rng([seed, 0x5EED] if replay else seed)  # the replay's draw: its own, repeatable
-    _HASHED[key] = hashed = _hash_steps(cfg, n_steps, rng, list_ids=replay)
-    if len(_HASHED) > _HASHED_SIZE:
-        _HASHED.popitem(last=False)
-    return hashed
+                      BITMAP_MAX_ROWS, BITMAP_HEAD_ROWS], sort_keys=True)
+    return _remember(_HASHED, _HASHED_SIZE, key,
+                     lambda: _hash_tokens(cfg, *_stream(cfg, n_steps, replay), list_ids=replay))
 
 
 def _build(cfg: RunConfig, cache_rows: int | None, dram_rows: int | None) -> Trace:
@@ -221,12 +296,14 @@ def replay_caches(cfg: RunConfig, cache_rows: int, dram_rows: int, distinct_per_
     hashed = _hashed(cfg, steps, replay=True)
 
     def replay_layer(col: int) -> TierRates:
-        counts = hashed.distinct[:, col]
-        rows = hashed.ids[col, : counts.sum()]
-        if col not in hashed.dense:  # the relabelling is most of a replay: kept for the stream's other traces
-            hashed.dense[col] = dense_ids(rows)
-        return replay_tiers(rows, counts, table_rows[col], cache_rows, p.cache_policy, dram_rows,
-                            p.dram_cache_policy, dense=hashed.dense[col])
+        counts, layer = hashed.distinct[:, col], hashed.layers[col]
+        args = (table_rows[col], cache_rows, p.cache_policy, dram_rows, p.dram_cache_policy)
+        # Caches that evict nothing follow from the scan's counts alone; else the rows are replayed.
+        quick = unevicted_tiers(counts, hashed.earlier[:, col], layer.n_distinct, *args)
+        if quick is not None:
+            return quick
+        rows, dense = layer.rows()  # listed once: kept for the stream's other traces
+        return replay_tiers(rows, counts, *args, dense=dense)
 
     # The replay loops release the GIL, so layers replay side by side.
     with ThreadPoolExecutor(max_workers=numba.get_num_threads()) as pool:
@@ -258,105 +335,28 @@ def _prefill_tokens(cfg: RunConfig, n_steps: int, source, rng):
     return steps.contexts(), steps.bounds, step
 
 
-# Which sets count a layer's distinct rows: both give the same counts; they differ in cost. A bitmap
-# costs about its size (n_rows / 4 bytes, page faults and cache misses included), the hash table about
-# each lookup (it holds one step). Measured here: bitmaps win while they fit in the CPU's caches
-# (BITMAP_CACHED_ROWS), or while a step's lookups are dense enough in the table
-# (BITMAP_ROWS_PER_LOOKUP table rows per lookup or fewer: prefill-size steps), and never above
-# BITMAP_MAX_ROWS (memory).
+# Which sets count a head table's distinct rows per step: both give the same counts; they differ in
+# cost. Its two bitmaps cost about their size (2 bits a row: page faults and cache misses), a hash set
+# about each lookup. Measured here, one head table at a time: bitmaps win up to about BITMAP_HEAD_ROWS
+# rows a head table (2 MB of bitmaps), in decode and prefill alike. Never above BITMAP_MAX_ROWS rows a layer.
 BITMAP_MAX_ROWS = 1 << 28
-BITMAP_CACHED_ROWS = 1 << 25
-BITMAP_ROWS_PER_LOOKUP = 256
+BITMAP_HEAD_ROWS = 1 << 23
+# count_rows' hash sets hold one step of a sub-table in this many times its tokens' slots: a probe then
+# rarely walks (most of what it costs is the mispredicted end of a walk), and the set still sits in L2.
+COUNT_TABLE_FACTOR = 8
 
 
-def _hash_table(entries: int, n_rows: int) -> np.ndarray:
-    """_layer_rows' hash table: [slots, 2] all ones (never a row: an empty slot), slots the power of two
-    >= entries, rows in uint32 if they fit, else int64 (all ones: -1; int64, as Numba compares uint64 with
-    int64 through floats)."""
+def _hash_table(entries: int, n_rows: int, lanes: int = 2) -> np.ndarray:
+    """A hash table of the row-set kernels (workloads.rowsets): [slots, lanes] all ones (never a row: an
+    empty slot), slots the power of two >= entries, rows in uint32 if a layer's rows fit, else int64 (all
+    ones: -1; int64, as Numba compares uint64 with int64 through floats)."""
     slots = 1 << max(1, (entries - 1).bit_length())
     if n_rows < (1 << 32) - 1:
-        return np.full((slots, 2), (1 << 32) - 1, dtype=np.uint32)
-    return np.full((slots, 2), -1, dtype=np.int64)
+        return np.full((slots, lanes), (1 << 32) - 1, dtype=np.uint32)
+    return np.full((slots, lanes), -1, dtype=np.int64)
 
 
-def use_bitmaps(n_rows: np.ndarray, lookups_per_step: int) -> np.ndarray:
-    """Per layer: count with bitmaps (True) or a hash table (False), whichever is cheaper."""
-    dense_enough = max(BITMAP_CACHED_ROWS, BITMAP_ROWS_PER_LOOKUP * lookups_per_step)
-    return n_rows <= min(BITMAP_MAX_ROWS, dense_enough)
-
-
-@njit(cache=True, nogil=True)
-def _layer_rows(ctx, bounds, multipliers, primes, offsets, n_rows, use_bitmap, distinct, reused, ids_out, table):
-    """Hash every token's N-grams into global rows; count distinct rows per step and those also in the
-    previous step. If ids_out is not empty, write each step's distinct rows into it, in step order.
-
-    Two sets (this step, previous step) alternate. With use_bitmap they are bitmaps: 2 bits per table
-    row; a bitmap is cleared by unsetting only the rows its step set. Otherwise they are `table`, one
-    open-addressing hash table ([slots, 2], slots a power of two >= 2 lookups of the widest step) whose
-    slot holds an entry of each set side by side (one cache line serves both probes), its rows stored
-    in uint32 for tables below 4 G rows (half the cache traffic of int64); a set is emptied (all ones)
-    as its step begins.
-    """
-    n_steps = bounds.size - 1
-    n_orders, n_heads = primes.shape
-    widest = 0
-    for s in range(n_steps):
-        widest = max(widest, bounds[s + 1] - bounds[s])
-    per_step = max(1, widest * n_orders * n_heads)
-    bits = np.zeros((2, (n_rows + 63) // 64 if use_bitmap else 1), dtype=np.uint64)
-    seen = np.empty((2, per_step if use_bitmap else 1), dtype=np.int64)  # rows set in each bitmap
-    n_seen = np.zeros(2, dtype=np.int64)
-    slots, bits_log2 = table.shape[0], 0
-    while (1 << bits_log2) < slots:
-        bits_log2 += 1
-    empty = table[0, 0]  # handed over all ones: an empty slot
-    mask = slots - 1
-    shift = np.uint64(64 - bits_log2)
-    n_out = 0
-    inv = 1.0 / primes.astype(np.float64)
-    for s in range(n_steps):
-        cur = s & 1
-        prev = cur ^ 1
-        if not use_bitmap:  # forget step s - 2
-            for h in range(slots):
-                table[h, cur] = empty
-        if use_bitmap:
-            for k in range(n_seen[cur]):  # forget step s - 2
-                bits[cur, seen[cur, k] >> 6] = 0
-            n_seen[cur] = 0
-        for i in range(bounds[s], bounds[s + 1]):
-            mix = ctx[i, 0] * multipliers[0]
-            for o in range(n_orders):
-                mix ^= ctx[i, o + 1] * multipliers[o + 1]
-                for j in range(n_heads):
-                    row = offsets[o * n_heads + j] + mod_prime(mix, primes[o, j], inv[o, j])
-                    if use_bitmap:
-                        word = row >> 6
-                        bit = np.uint64(1) << np.uint64(row & 63)
-                        if bits[cur, word] & bit:
-                            continue  # already seen this step
-                        bits[cur, word] |= bit
-                        seen[cur, n_seen[cur]] = row
-                        n_seen[cur] += 1
-                        in_prev = (bits[prev, word] & bit) != 0
-                    else:
-                        start = np.int64((np.uint64(row) * np.uint64(11400714819323198485)) >> shift)
-                        h = start
-                        while table[h, cur] != row and table[h, cur] != empty:
-                            h = (h + 1) & mask
-                        if table[h, cur] == row:
-                            continue  # already seen this step
-                        table[h, cur] = row
-                        h = start
-                        in_prev = False
-                        while table[h, prev] != empty:
-                            if table[h, prev] == row:
-                                in_prev = True
-                                break
-                            h = (h + 1) & mask
-                    distinct[s] += 1
-                    if in_prev:
-                        reused[s] += 1
-                    if ids_out.size:
-                        ids_out[n_out] = row
-                        n_out += 1
+def use_bitmaps(n_rows: np.ndarray, head_rows: np.ndarray) -> np.ndarray:
+    """Per layer (its rows, its largest head table's rows): count with bitmaps (True) or a hash table
+    (False), whichever is cheaper."""
+    return (n_rows <= BITMAP_MAX_ROWS) & (head_rows <= BITMAP_HEAD_ROWS)
