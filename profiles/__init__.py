@@ -174,6 +174,9 @@ class HostProfile:
     cpu_gather_per_thread: list[CurvePoint]
     # Threads beyond this add nothing to gathers (memory-level parallelism runs out).
     cpu_gather_max_threads: int = 16
+    # Dedup rows/s by the lookups one call deduplicates (x: lookups, y: rows/s on one core): a sort's cost per row
+    # grows with its size (n log n, and caches it outgrows). Empty: dedup_rows_per_s_per_core at any size.
+    dedup_curve: list[CurvePoint] = field(default_factory=list)
     # The engine's own work per step before it can launch the step (scheduling, inputs, the previous
     # step's read-back): fixed plus per sequence in the batch. It sits on the step's critical path.
     engine_step_fixed_us: float = 0.0
@@ -195,6 +198,8 @@ class HostProfile:
         require_each(self, path, ("memory_gib", "dram_gbps", "hash_tokens_per_s_per_core", "dedup_rows_per_s_per_core"),
                      ProfileError)
         _check_curve(self.cpu_gather_per_thread, f"{path}.cpu_gather_per_thread")
+        if self.dedup_curve:
+            _check_curve(self.dedup_curve, f"{path}.dedup_curve")
         for name in ("serve_step_fixed_us", "serve_step_per_seq_us"):
             value = getattr(self, name)
             require(value is None or (math.isfinite(value) and value >= 0), ProfileError, f"{path}.{name}",

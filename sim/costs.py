@@ -30,8 +30,11 @@ def hash_time(profile: HardwareProfile, tokens: int, engram_layers: int, threads
 
 
 def dedup_time(profile: HardwareProfile, lookups: int, threads: int) -> float:
-    threads = min(threads, profile.host.cpu_cores)
-    return lookups / (profile.host.dedup_rows_per_s_per_core * threads)
+    """Seconds to deduplicate one call's `lookups` row ids (one Engram layer's), at the rate of a call that size."""
+    h = profile.host
+    threads = min(threads, h.cpu_cores)
+    rate = interp_curve(h.dedup_curve, lookups) if h.dedup_curve else h.dedup_rows_per_s_per_core
+    return lookups / (rate * threads)
 
 
 def cpu_gather_rate(profile: HardwareProfile, row_bytes: int, threads: int) -> float:

@@ -102,11 +102,11 @@ def _hashing(cfg: RunConfig, profile: HardwareProfile, placement: Placement, tok
         # One host thread hashes, then deduplicates (a sort with it) or sorts what a zero-copy gather reads.
         critical = costs.critical_hash_time(profile, tokens, n_layers)
         if p.dedup:
-            critical += costs.dedup_time(profile, int(lookups.sum()), 1)
+            critical += sum(costs.dedup_time(profile, int(n), 1) for n in lookups)  # one call per layer
         elif placement.sorts_row_ids:
             critical += costs.sort_time(profile, int(lookups.sum()))
         return 0.0, critical
     hashing = costs.hash_time(profile, tokens, n_layers, p.hash_threads)
     if p.dedup:
-        hashing += costs.dedup_time(profile, int(lookups.sum()), p.hash_threads)
+        hashing += sum(costs.dedup_time(profile, int(n), p.hash_threads) for n in lookups)  # one call per layer
     return hashing, 0.0

@@ -1,8 +1,12 @@
 """The shared-host measurement (real_runs/shared_host.py) against the server DES (sim.server).
 
-A shared-host record holds, per point (worker processes x gather threads each), the per-step span of every
-worker's CPU gathers (table -> staging) when all of them start a step together, as the fetch workers of a
-server's GPUs would. The DES predicts the same span: the record's config on `workers` GPUs of a one-node
+A shared-host record holds, per point (worker processes x gather threads each), per step: the fetch makespan
+(from the step's start, when every worker starts together as the fetch workers of a server's GPUs would, to
+the last worker's rows in staging: hashing, dedup, gathers) and the span of the workers' CPU gathers alone.
+The fetch makespan is what a server's GPUs wait for, and it depends only on how much work the cores must do;
+the gathers' span also depends on the order the OS runs the workers in (its time slices let the first ones
+run their whole fetch before the others start; the DES shares the cores evenly), so it is shown beside. The
+DES predicts both: the record's config on `workers` GPUs of a one-node
 server whose cores, DRAM and memory are the profile's [host] (the machine the record was measured on), each
 GPU a data-parallel replica, the gather and hash threads of every GPU drawn from the node's one core pool.
 The per-GPU fetches start together at every step (the Engram rows of step n are fetched while step n runs,
@@ -28,7 +32,7 @@ from vocab.records import CPU_GATHER
 SCHEMA = "engram-sim.shared-host/1"
 COLUMNS = ["workers", "gather_threads", "quiet", "measured_ms", "predicted_ms", "error_pct", "measured_min_ms",
            "measured_max_ms", "predicted_min_ms", "predicted_max_ms", "one_worker_ratio_measured",
-           "one_worker_ratio_predicted"]
+           "one_worker_ratio_predicted", "gather_span_measured_ms", "gather_span_predicted_ms", "gather_span_error_pct"]
 
 
 class SharedHostRecordError(UserError):
@@ -70,32 +74,38 @@ def point_config(cfg: RunConfig, workers: int, gather_threads: int) -> RunConfig
             .with_workload(prefill_prefetch_ahead=0, decode_lookahead=0))
 
 
-def gather_makespans(cfg: RunConfig, profile: HardwareProfile, steps: int) -> np.ndarray:
-    """Per simulated step, the span of every GPU's CPU gathers (first start to last end), seconds."""
+def makespans(cfg: RunConfig, profile: HardwareProfile, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per simulated step, seconds: (the fetch makespan: the GPUs' first fetch start to the last one's rows in
+    staging, i.e. its last gather's end; the span of every GPU's CPU gathers, first start to last end)."""
     result = simulate_server(cfg, profile, steps=steps, record_events=True, check_capacity=False)
+    starts = pd.concat([r.fetches[["step", "fetch_start_s"]] for r in result.gpus]).groupby("step")["fetch_start_s"]
     events = pd.concat([r.events for r in result.gpus], ignore_index=True)
-    gathers = events[events["actor"] == CPU_GATHER]
-    span = gathers.groupby("step").agg(start=("start_s", "min"), end=("end_s", "max"))
-    return (span["end"] - span["start"]).to_numpy()
+    gathers = events[events["actor"] == CPU_GATHER].groupby("step").agg(start=("start_s", "min"),
+                                                                         end=("end_s", "max"))
+    return ((gathers["end"] - starts.min().reindex(gathers.index)).to_numpy(),
+            (gathers["end"] - gathers["start"]).to_numpy())
 
 
 def compare_shared_host(record: dict, profile: HardwareProfile | None = None) -> pd.DataFrame:
-    """Per measured point: the median gather makespan measured and predicted (and their spread), and each
-    one's ratio to one worker's at the same thread count."""
+    """Per measured point: the median fetch makespan measured and predicted (and their spread), each one's ratio
+    to one worker's at the same thread count, and the gathers' span beside."""
     cfg = from_dict(record["config"])
     profile = profile or load_profile(record.get("profile") or cfg.profile)
     rows = []
     for p in record["points"]:
         workers, threads = int(p["workers"]), int(p["gather_threads"])
-        measured = p["summary"]["gather_makespan_s"]
-        spans = gather_makespans(point_config(cfg, workers, threads), one_node_server(profile, workers),
-                                 int(p["steps"]))
+        measured = p["summary"]["fetch_makespan_s"]
+        fetch, gather = makespans(point_config(cfg, workers, threads), one_node_server(profile, workers),
+                                  int(p["steps"]))
         rows.append({"workers": workers, "gather_threads": threads, "quiet": bool(p.get("quiet", False)),
-                     "measured_ms": measured["median"] * 1e3, "predicted_ms": float(np.median(spans)) * 1e3,
+                     "measured_ms": measured["median"] * 1e3, "predicted_ms": float(np.median(fetch)) * 1e3,
                      "measured_min_ms": measured["min"] * 1e3, "measured_max_ms": measured["max"] * 1e3,
-                     "predicted_min_ms": float(spans.min()) * 1e3, "predicted_max_ms": float(spans.max()) * 1e3})
+                     "predicted_min_ms": float(fetch.min()) * 1e3, "predicted_max_ms": float(fetch.max()) * 1e3,
+                     "gather_span_measured_ms": p["summary"]["gather_makespan_s"]["median"] * 1e3,
+                     "gather_span_predicted_ms": float(np.median(gather)) * 1e3})
     df = pd.DataFrame(rows)
     df["error_pct"] = (df["predicted_ms"] / df["measured_ms"] - 1) * 100
+    df["gather_span_error_pct"] = (df["gather_span_predicted_ms"] / df["gather_span_measured_ms"] - 1) * 100
     for kind in ("measured", "predicted"):
         one = df[df["workers"] == 1].set_index("gather_threads")[f"{kind}_ms"]
         df[f"one_worker_ratio_{kind}"] = [r[f"{kind}_ms"] / one.get(r["gather_threads"], math.nan)

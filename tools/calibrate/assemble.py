@@ -44,6 +44,7 @@ def host_section(raw: dict, base) -> tuple[dict, list[str], list[str]]:
         "dram_gbps": sig(2 * raw["memcpy"][mem_best_t]),
         "hash_tokens_per_s_per_core": sig(per_core),
         "dedup_rows_per_s_per_core": sig(raw["dedup"]),
+        "dedup_curve": [{"x": int(n), "y": sig(r)} for n, r in sorted(raw.get("dedup_curve", {}).items())],
         "cpu_gather_fixed_us": sig(fixed.fixed_us),
         "cpu_gather_max_threads": max_threads,
         "cpu_gather_per_thread": [{"x": p["x"], "y": sig(p["y"])} for p in curve],
@@ -231,7 +232,7 @@ def _common_notes(sysinfo: dict) -> list[str]:
 
 def _cpu_only_parts(base, base_name: str, base_desc: str, machine: str, common_notes: list) -> _Sections:
     notes = [f"measured here: host (cpu, cpu_cores, memory_gib, dram_gbps, hash_tokens_per_s_per_core, "
-             f"dedup_rows_per_s_per_core, cpu_gather_fixed_us, cpu_gather_max_threads, cpu_gather_per_thread, "
+             f"dedup_rows_per_s_per_core, dedup_curve, cpu_gather_fixed_us, cpu_gather_max_threads, cpu_gather_per_thread, "
              f"critical_hash_fixed_us, critical_hash_ns_per_token, sort_rows_per_s); NOT measured (--cpu-only): "
              f"gpu, link and uva are copied unchanged from the {base_desc}, and so are host.engine_step_fixed_us "
              f"and engine_step_per_seq_us (the engine's step is measured on a GPU)"] + common_notes

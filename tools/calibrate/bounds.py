@@ -40,6 +40,7 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
     Bound("host.hash_tokens_per_s_per_core", "tokens/s", 1e5, 1e10, "a few multiply-xors a token and head",
           "hashing"),
     Bound("host.dedup_rows_per_s_per_core", "rows/s", 1e4, 1e10, "a sort of 64-bit ids on one core", "dedup"),
+    Bound("host.dedup_curve", "rows/s", 1e4, 1e10, "a sort of 64-bit ids on one core", "dedup", "y"),
     Bound("host.cpu_gather_fixed_us", "us", 0.1, 200, "waking the gather's threads; the H100 host takes 2 us",
           "cpu_gather"),
     Bound("host.cpu_gather_max_threads", "threads", 1, 4096, "a thread count of this machine", "cpu_gather"),

@@ -17,6 +17,9 @@ from tools.calibrate.shapes import preset_shapes
 from vocab.units import MiB
 from workloads.hashing import hash_layer
 
+# Lookups per dedup call measured (a decode step's to a long prefill's), up to the plan's dedup_lookups.
+DEDUP_SIZES = (1 << 12, 1 << 15, 1 << 18)
+
 
 def measure_hashing(sizes: Sizes, plan: dict, raw: dict):
     """Tokens/s of NgramHasher (the preset's Engram configuration) on one layer, by threads."""
@@ -105,10 +108,15 @@ def measure_dedup(sizes: Sizes, plan: dict, raw: dict):
     from real_runs.stores import dedup  # imports torch
 
     rng = np.random.default_rng(2)
-    n = sizes.dedup_lookups
-    sets = [rng.integers(0, 4 * n, size=n, dtype=np.int64) for _ in range(3)]
-    s = median_time(lambda ids: dedup(ids, 4 * n), sizes.warmup, sizes.repeats, setup=lambda i: sets[i % 3])
-    raw["dedup"] = n / s
+    raw["dedup_curve"] = {}
+    # A call's rate by its size (a sort's cost per row grows with it); the largest is dedup_rows_per_s_per_core.
+    for n in sorted({*DEDUP_SIZES, sizes.dedup_lookups}):
+        if n > sizes.dedup_lookups:
+            continue
+        sets = [rng.integers(0, 4 * n, size=n, dtype=np.int64) for _ in range(3)]
+        s = median_time(lambda ids: dedup(ids, 4 * n), sizes.warmup, sizes.repeats, setup=lambda i: sets[i % 3])
+        raw["dedup_curve"][n] = n / s
+    raw["dedup"] = raw["dedup_curve"][sizes.dedup_lookups]
     yield "dedup"
 
 
