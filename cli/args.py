@@ -138,6 +138,14 @@ def check_estimate(cfg: RunConfig, force: bool | None) -> None:
                        f"lower workload.sequences, workload.tokens_per_step or workload.tokens.trace_steps{override}")
 
 
+def one_gpu_only(cfg: RunConfig, command: str) -> None:
+    """Refuse a deployment over several GPUs in a command that steps one GPU (its answers would silently be one
+    GPU's)."""
+    if cfg.deployment.gpus > 1:
+        raise CliError("deployment.gpus", f"{command} steps one GPU, not a deployment of {cfg.deployment.gpus}",
+                       "use engram-sim plan-server (or simulate) for a server, or deployment.gpus = 1")
+
+
 def threshold(text: str) -> float:
     """--threshold: a finite overhead fraction >= 0."""
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cli.args import CliError, add_executor_options, check_estimate, choices, floats, load_run
+from cli.args import CliError, add_executor_options, check_estimate, choices, floats, load_run, one_gpu_only
 from profiles import load_profile
 from reports.html import write_chart
 from reports.plan_charts import frontier_chart
@@ -189,6 +189,7 @@ def cmd_plan(args) -> int:
     check_writable_dir(args.out, "--out")
     check_executor(args.executor, args.address)
     cfg, _ = load_run(args)
+    one_gpu_only(cfg, "plan")
     if cfg.workload.phase == "serve":
         raise CliError("workload.phase", "the planner steps a steady batch; a serving run is simulated one "
                        "configuration at a time", "use a decode or prefill config")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cli.args import add_run_options, add_sweep_options, check_estimate, choices, floats, load_run
+from cli.args import add_run_options, add_sweep_options, check_estimate, choices, floats, load_run, one_gpu_only
 from profiles import load_profile, shipped_names
 from reports.charts import hidden_summary, sweep_sections
 from reports.html import write_report
@@ -246,6 +246,7 @@ def cmd_sweep(args) -> int:
     check_writable_dir(args.out, "--out")
     check_executor(args.executor, args.address)
     cfg, profile = load_run(args)
+    one_gpu_only(cfg, "sweep")
     sizes = floats("--table-gib", args.table_gib)
     placements = choices("--placements", args.placements, ENGRAM_PLACEMENTS) if args.placements else None
     phases = choices("--phases", args.phases, PHASES) if args.phases else None

@@ -83,3 +83,11 @@ def test_the_cli_prints_the_answers_and_writes_the_tables(tmp_path, capsys):
     answers = pd.read_csv(out / "plan-server.csv")
     assert len(answers) == 4 and answers["best"].all()
     assert len(pd.read_csv(out / "options.csv")) > len(answers)
+
+
+def test_sweep_refuses_a_deployment_it_would_answer_for_one_gpu(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["sweep", "tiny", "--table-gib", "0.5", "--profile", "dgx-h100", "--set", "deployment.gpus=8",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "deployment.gpus" in err and "plan-server" in err and len(err.splitlines()) == 1 and not out.exists()
