@@ -276,11 +276,7 @@ def simulate_server(cfg: RunConfig, profile: HardwareProfile | None = None, trac
     results = [collect(sim, b) for sim, b in zip(sims, budgets)]
     net = sims[0].res.net
     pipes, cores = pipe_table(net, env.now, steps), core_table(net, env.now)
-    summary = summarise_server(cfg, results, pipes, verdict)
-    if len(cores):
-        top = cores.sort_values(["full", "utilisation"], ascending=False).iloc[0]
-        summary.update({"busiest_cores": top["pool"], "busiest_cores_use": float(top["utilisation"]),
-                        "busiest_cores_full": float(top["full"])})
+    summary = summarise_server(cfg, results, pipes, verdict, cores)
     moved = {name: v for name, v in net.bytes_moved.items() if not is_core_pipe(name)}
     result = ServerResult(cfg, profile, results, summary, pipes, budgets, verdict, moved,
                           sim_events=next(env._eid), cores=cores)
@@ -352,14 +348,14 @@ def core_table(net: SaturationTracking, elapsed_s: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CORE_COLUMNS)
 
 
-def summarise_server(cfg: RunConfig, results: list[SimResult], pipes: pd.DataFrame, verdict: str) -> dict:
+def summarise_server(cfg: RunConfig, results: list[SimResult], pipes: pd.DataFrame, verdict: str,
+                     cores: pd.DataFrame) -> dict:
     """Tokens per second of the server (each tensor-parallel group's tokens once) and per GPU, the mean step,
-    stall and fetch, the busiest pipe, and whether the deployment fits."""
+    stall and fetch, the busiest pipe and core pool, and whether the deployment fits."""
     d = cfg.deployment
     leaders = [results[r * d.tensor_parallel].summary for r in range(d.replicas)]
     server = float(sum(s["tokens_per_s"] for s in leaders))
-    # The pipe full for the longest share of the run (ties, e.g. none ever full: the most used).
-    busiest = pipes.sort_values(["full", "utilisation"], ascending=False).iloc[0] if len(pipes) else None
+    busiest, top = _busiest(pipes), _busiest(cores)
 
     def mean(key: str) -> float:  # over every GPU
         return float(np.mean([r.summary[key] for r in results]))
@@ -376,7 +372,15 @@ def summarise_server(cfg: RunConfig, results: list[SimResult], pipes: pd.DataFra
         "busiest_pipe_full": float(busiest["full"]) if busiest is not None else 0.0,
         "busiest_pipe_use": float(busiest["utilisation"]) if busiest is not None else 0.0,
         "capacity": verdict or "fits",
+        **({"busiest_cores": top["pool"], "busiest_cores_use": float(top["utilisation"]),
+            "busiest_cores_full": float(top["full"])} if top is not None else {}),
     }
+
+
+def _busiest(table: pd.DataFrame):
+    """The row (pipe or core pool) full for the longest share of the run (ties, e.g. none ever full: the most
+    used); None for an empty table."""
+    return table.sort_values(["full", "utilisation"], ascending=False).iloc[0] if len(table) else None
 
 
 def server_overheads(cfg: RunConfig, profile: HardwareProfile, result: ServerResult, steps: int) -> dict:

@@ -164,9 +164,8 @@ def plan_server(cfg: RunConfig, profile: HardwareProfile, *, placements: list[st
                 for opt in options_for(point, profile, gather_threads):
                     options.append((tp, size, placement, opt))
                     tasks.append(Task(("option", tp, size, placement, opt), opt.apply(point), profile, steps))
-                    if baseline == "hbm":
-                        hbm = opt.apply(_point(server, size, HBM, profile)).with_placement(
-                            gather_threads=opt.apply(point).placement.gather_threads)
+                    if baseline == "hbm":  # the table in HBM, spread as this option spreads it
+                        hbm = Option(opt.table, opt.shard_over).apply(_point(server, size, HBM, profile))
                         tasks.append(Task(("hbm", tp, size, opt.table, opt.shard_over), hbm, profile, steps))
                     single_threads.setdefault((size, placement), set()).add(opt.gather_threads)
     one = cfg.with_deployment(gpus=1, tensor_parallel=1, table="replicate", shard_over="group")

@@ -42,11 +42,10 @@ class SharedHostRecordError(UserError):
 def is_shared_host_record(path: str | Path) -> bool:
     """Whether the file is a shared-host record (its schema field), without failing on anything else."""
     try:
-        with open(path) as f:
-            head = f.read(4096)
-    except OSError:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    return f'"schema": "{SCHEMA}"' in head
+    return isinstance(record, dict) and record.get("schema") == SCHEMA
 
 
 def read_shared_host(path: str | Path) -> dict:

@@ -232,7 +232,8 @@ def _common_notes(sysinfo: dict) -> list[str]:
 
 def _cpu_only_parts(base, base_name: str, base_desc: str, machine: str, common_notes: list) -> _Sections:
     notes = [f"measured here: host (cpu, cpu_cores, memory_gib, dram_gbps, hash_tokens_per_s_per_core, "
-             f"dedup_rows_per_s_per_core, dedup_curve, cpu_gather_fixed_us, cpu_gather_max_threads, cpu_gather_per_thread, "
+             f"dedup_rows_per_s_per_core, dedup_curve, cpu_gather_fixed_us, cpu_gather_max_threads, "
+             f"cpu_gather_per_thread, "
              f"critical_hash_fixed_us, critical_hash_ns_per_token, sort_rows_per_s); NOT measured (--cpu-only): "
              f"gpu, link and uva are copied unchanged from the {base_desc}, and so are host.engine_step_fixed_us "
              f"and engine_step_per_seq_us (the engine's step is measured on a GPU)"] + common_notes
