@@ -91,3 +91,11 @@ def test_sweep_refuses_a_deployment_it_would_answer_for_one_gpu(tmp_path, capsys
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "deployment.gpus" in err and "plan-server" in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_against_hbm_every_column_uses_the_hbm_baseline():
+    """The table in HBM against itself costs nothing, on the server and on one GPU alike."""
+    result = plan_server(tiny("hbm"), DGX, placements=["hbm"], table_gib=[0.5], tensor_parallel=[1], gpus=2,
+                         baseline="hbm", steps=4, progress=False)
+    replicated = result.options[result.options["table"] == "replicate"]
+    assert (replicated["overhead"] == 0).all() and (result.options["single_gpu_overhead"] == 0).all()

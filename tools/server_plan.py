@@ -174,6 +174,8 @@ def plan_server(cfg: RunConfig, profile: HardwareProfile, *, placements: list[st
             point = Option(gather_threads=t).apply(_point(one, size, placement, profile))
             tasks.append(Task(("single", size, placement, t), point, profile, steps))
         tasks.append(Task(("single none", size), _point(one, size, NONE, profile), profile, steps))
+        if baseline == "hbm":
+            tasks.append(Task(("single hbm", size), _point(one, size, HBM, profile), profile, steps))
     tasks = list({t.key: t for t in tasks}.values())  # a baseline asked by several options runs once
     with tqdm(total=len(tasks), desc="plan-server", unit="simulation", disable=None if progress else True) as bar:
         tables = run_tasks(run_one, tasks, executor=executor, address=address, jobs=jobs,
@@ -197,7 +199,7 @@ def _option_row(got: dict, tp: int, size: float, placement: str, opt: Option, gp
               if baseline == "hbm" else math.nan)
     base = none if baseline == "none" else got[("hbm", tp, size, opt.table, opt.shard_over)]
     single = got[("single", size, placement, opt.gather_threads)]
-    single_none = got[("single none", size)]
+    single_base = got[("single none", size)] if baseline == "none" else got[("single hbm", size)]
     row = {
         "tensor_parallel": tp, "replicas": gpus // tp, "table_gib": size, "placement": placement,
         "table": opt.table, "shard_over": opt.shard_over if opt.table == "shard" else NOT_SET,
@@ -208,7 +210,7 @@ def _option_row(got: dict, tp: int, size: float, placement: str, opt: Option, gp
         **{k: own[k] for k in ("tokens_per_s", "tokens_per_s_per_gpu", "step_time_s", "exposed_stall_s",
                                "fetch_time_s", "busiest_pipe", "busiest_pipe_full", "hbm_per_gpu_gib",
                                "host_per_node_gib")},
-        "single_gpu_overhead": overhead(single["tokens_per_s"], single_none["tokens_per_s"]),
+        "single_gpu_overhead": overhead(single["tokens_per_s"], single_base["tokens_per_s"]),
     }
     row["within_budget"] = bool(row["fits"] and row["overhead"] <= max_overhead)
     row["reason"] = _reason({**row, "capacity": own["capacity"]}, base, placement, max_overhead)
