@@ -229,7 +229,9 @@ def _print_sweep(df: pd.DataFrame, threshold: float, drive: str = "", reads_in_f
                 print(f"  {row.phase:8s} {'hbm':10s} the baseline; {_unfit(row)}")
             continue
         tier = _ssd_tier(df, row.phase, threshold, drive, reads_in_flight) if row.placement == "ssd" else None
-        print(f"  {row.phase:8s} {row.placement:10s} {tier or _verdict(df, row)}")
+        # ssd: its verdict over every size swept, then what it does where the host cannot hold the table.
+        answer = _verdict(df, row) + (f";\n{'':22s}{tier}" if tier else "")
+        print(f"  {row.phase:8s} {row.placement:10s} {answer}")
     costs = df[(df.placement == "hbm") & df["fits"].astype(bool)].groupby("phase")["overhead_vs_none"].max()
     if len(costs):
         print("Against no Engram at all (overhead_% is against the table in HBM; vs_none_% against the backbone "
