@@ -148,14 +148,28 @@ class UvaProfile(UvaTranslation):
     unit's translation is not cached; warm is the part of the step's units that
     were touched recently and still fit in the TLB's reach. profiles/uva.py
     computes it.
+
+    Where other work runs between two gathers (every simulated step: the
+    backbone's layers stream GBs through an L2 of tens of MiB), the walks also
+    read the page table's upper levels cold: the body gains
+    cold_lines * cold_line_ns, cold_lines being the expected distinct lines of
+    upper-level entries (each line mapping upper_line_mib of the table) that
+    the step's walks read. Back-to-back gathers (the fitted points) keep them
+    in L2 and pay nothing.
     """
     max_gbps: float
     points: list[UvaPoint] = field(default_factory=list)
+    # Cost of one cold upper-level page-table line read by a gather's walks (amortised over the walks in flight,
+    # like walk_ns); 0: the upper levels never cost anything (the fit's back-to-back case everywhere).
+    cold_line_ns: float = 0.0
+    # Table footprint mapped by one cache line of upper-level page-table entries (MiB).
+    upper_line_mib: float = 16.0
 
     def validate(self, path: str) -> None:
-        require_each(self, path, ("translation_unit_kib", "tlb_reach_gib", "max_gbps", "miss_exponent"), ProfileError)
-        require_each(self, path, ("fixed_us", "row_ns", "byte_ps", "walk_ns"), ProfileError, strict=False,
-                     fix="use 0 or more")
+        require_each(self, path, ("translation_unit_kib", "tlb_reach_gib", "max_gbps", "miss_exponent",
+                                  "upper_line_mib"), ProfileError)
+        require_each(self, path, ("fixed_us", "row_ns", "byte_ps", "walk_ns", "cold_line_ns"), ProfileError,
+                     strict=False, fix="use 0 or more")
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vocab.units import GiB
+from vocab.units import GiB, MiB
 
 
 def units_touched(rows, footprint_bytes, unit_bytes):
@@ -29,16 +29,28 @@ def page_walks(rows, footprint_bytes, unit_kib, reach_gib, exponent):
                                                                                  exponent)
 
 
+def cold_upper_lines(walks: float, footprint_bytes: float, line_mib: float) -> float:
+    """Expected distinct upper-level page-table lines (each mapping line_mib of the table) that `walks` walks of
+    uniformly spread translation units read: the first walk under a line reads it, the rest find it in L2."""
+    return float(units_touched(walks, footprint_bytes, line_mib * MiB))
+
+
 def uva_translation_time(uva, rows: int, row_bytes: int, footprint_bytes: float, warm_fraction: float = 0.0,
-                         distinct_rows: int | None = None) -> float:
+                         distinct_rows: int | None = None, cold_upper: float = 0.0) -> float:
     """Seconds of the gather's body when address translation limits it.
 
-    distinct_rows (default: rows): a step that fetches repeated rows walks the translations of its distinct rows."""
+    distinct_rows (default: rows): a step that fetches repeated rows walks the translations of its distinct rows.
+    cold_upper: the part of the page table's upper-level lines evicted from L2 since the last gather (0: gathers
+    back to back, as fitted; 1: other work streamed more than the L2 between them); each cold line the walks
+    read costs uva.cold_line_ns."""
     walked = rows if distinct_rows is None else min(distinct_rows, rows)
     walks = float(page_walks(walked, footprint_bytes, uva.translation_unit_kib, uva.tlb_reach_gib, uva.miss_exponent))
+    walks *= 1.0 - warm_fraction
     nbytes = rows * row_bytes
-    return (rows * uva.row_ns * 1e-9 + nbytes * uva.byte_ps * 1e-12
-            + walks * (1.0 - warm_fraction) * uva.walk_ns * 1e-9)
+    cold = 0.0
+    if cold_upper > 0.0:
+        cold = cold_upper * cold_upper_lines(walks, footprint_bytes, uva.upper_line_mib) * uva.cold_line_ns
+    return rows * uva.row_ns * 1e-9 + nbytes * uva.byte_ps * 1e-12 + (walks * uva.walk_ns + cold) * 1e-9
 
 
 def uva_payload_time(uva, rows: int, row_bytes: int) -> float:
@@ -48,16 +60,18 @@ def uva_payload_time(uva, rows: int, row_bytes: int) -> float:
 
 def uva_time(uva, rows: int, row_bytes: int, footprint_bytes: float,
              warm_fraction: float = 0.0, distinct_rows: int | None = None,
-             concurrency: float = 1.0) -> tuple[float, float]:
+             concurrency: float = 1.0, cold_upper: float = 0.0) -> tuple[float, float]:
     """(fixed seconds, body seconds) of a zero-copy gather of sorted unique rows.
 
     The body is limited by address translation or by the payload rate, whichever is slower.
     warm_fraction: the part of the step's translation units still cached from recent steps.
     concurrency: thread blocks in flight against those of the grid the model was fitted with; translation is
-    latency-bound, so fewer blocks (a bounded grid) walk proportionally slower."""
+    latency-bound, so fewer blocks (a bounded grid) walk proportionally slower.
+    cold_upper: see uva_translation_time (0: back-to-back gathers, the fitted case)."""
     if rows <= 0:
         return 0.0, 0.0
-    translation = uva_translation_time(uva, rows, row_bytes, footprint_bytes, warm_fraction, distinct_rows)
+    translation = uva_translation_time(uva, rows, row_bytes, footprint_bytes, warm_fraction, distinct_rows,
+                                       cold_upper)
     return uva.fixed_us * 1e-6, max(translation / concurrency, uva_payload_time(uva, rows, row_bytes))
 
 

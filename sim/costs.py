@@ -71,14 +71,19 @@ def uva_warm_fraction(profile: HardwareProfile, rows: int, reused_rows: int, foo
 
 def uva_gather_time(profile: HardwareProfile, rows: int, row_bytes: int, footprint_bytes: float,
                     warm_fraction: float = 0.0, distinct_rows: int | None = None,
-                    ctas: int | None = None) -> tuple[float, float]:
+                    ctas: int | None = None, work_between: bool = True) -> tuple[float, float]:
     """(fixed seconds, body seconds) of a zero-copy gather of sorted rows (profiles/uva.py's model).
 
     ctas: a bounded grid of that many thread blocks (None: one block per gpu.uva_rows_per_cta rows, the grid
-    the model describes); fewer blocks in flight walk translations proportionally slower."""
+    the model describes); fewer blocks in flight walk translations proportionally slower.
+    work_between: other kernels run between two gathers of the table, as in every simulated step (the
+    backbone's layers stream their weights and KV cache, GBs, through an L2 of tens of MiB), so the walks read
+    the page table's upper levels cold (uva.cold_line_ns per line); False: gathers back to back, as the
+    per-step fetch benchmark times them and as the model was fitted."""
     full = min(uva_grid(profile, rows, None), uva_block_slots(profile))
     concurrency = min(uva_grid(profile, rows, ctas), uva_block_slots(profile)) / full if ctas is not None else 1.0
-    return uva_time(profile.uva, rows, row_bytes, footprint_bytes, warm_fraction, distinct_rows, concurrency)
+    return uva_time(profile.uva, rows, row_bytes, footprint_bytes, warm_fraction, distinct_rows, concurrency,
+                    cold_upper=1.0 if work_between else 0.0)
 
 
 def uva_grid(profile: HardwareProfile, rows: int, ctas: int | None) -> int:

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from cli.main import main
+from profiles import load_profile
 from profiles.reference import reference_step_fetch, reference_table4
+from sim import costs
 from tools.validate import (
     E2E_PRESET,
     E2E_STEPS,
@@ -16,6 +18,7 @@ from tools.validate import (
     e2e_overheads,
     e2e_runs,
     e2e_targets,
+    fetch_predict,
     table4_runs,
 )
 from vocab.config import load_config
@@ -148,3 +151,14 @@ def test_assumptions_need_the_table4_set(capsys):
     assert main(["validate", "--sets", "e2e", "--assumptions"]) == 2
     err = capsys.readouterr().err
     assert "--assumptions" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_fetch_check_times_gathers_back_to_back_as_the_benchmark_ran_them():
+    """The per-step benchmark has no work between its gathers: no cold page-table levels in its predictions."""
+    shapes = [s for s in reference_step_fetch() if s["gib"] == 64 and s["row_bytes"] == 160]
+    df = fetch_predict(shapes)
+    p = load_profile("h100-sxm")
+    for s, us in zip(shapes, df["predicted_uva_us"]):
+        back_to_back = sum(costs.uva_gather_time(p, int(s["rows"]), 160, 64 * GiB, work_between=False))
+        assert us == pytest.approx(back_to_back * 1e6, rel=1e-12)
+        assert us < sum(costs.uva_gather_time(p, int(s["rows"]), 160, 64 * GiB)) * 1e6
