@@ -83,6 +83,7 @@ class NgramHasher:
         self.compressed_pad_id = compressed_pad_id
         self.seed = seed
         self.threads = threads
+        self._scratch: dict[tuple, np.ndarray] = {}   # hash_scratch's buffers, by shape
         self._sizes = engram_table_sizes(list(engram_vocab_size), max_ngram_size, n_head_per_ngram, self.layer_ids)
         self._multipliers = {
             layer: layer_multipliers(seed, layer, max_ngram_size, compressed_vocab_size) for layer in self.layer_ids
@@ -127,6 +128,16 @@ class NgramHasher:
             finally:
                 numba.set_num_threads(before)  # the thread count is process-wide; leave it as found
         return out
+
+    def hash_scratch(self, compressed_ids, layer_id: int) -> np.ndarray:
+        """hash() into a buffer this hasher keeps for that shape: valid until its next call of the same shape
+        (for callers that pick rows out of it at once, as step_rows does; no fresh memory to fault in)."""
+        self._check_layer(layer_id)
+        shape = (*np.shape(compressed_ids), np.array(self._sizes[layer_id]).size)
+        out = self._scratch.get(shape)
+        if out is None:
+            out = self._scratch[shape] = np.empty(shape, dtype=np.int64)
+        return self.hash(compressed_ids, layer_id, out=out)
 
     def hash_reference(self, compressed_ids, layer_id: int) -> np.ndarray:
         """The same row ids by the NumPy reference."""

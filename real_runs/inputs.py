@@ -76,8 +76,13 @@ def step_rows(hasher, step: StepInput, layer: int, offsets: np.ndarray) -> np.nd
         ids = hasher.hash(step.window, layer)[:, -1, :]
     else:
         back = step.context.shape[1]
-        h = hasher.hash(np.concatenate([step.context, step.ids], axis=1), layer)[:, back:]
-        ids = h[np.arange(step.ids.shape[1])[None, :] < step.lengths[:, None]]
+        h = hasher.hash_scratch(np.concatenate([step.context, step.ids], axis=1), layer)  # [B, back + T, tables]
+        # The valid tokens' rows by flat index (a boolean mask over the sliced view takes a slow, buffered
+        # path: 1.3-5x the time on a prefill chunk).
+        seq, pos = np.nonzero(np.arange(step.ids.shape[1])[None, :] < step.lengths[:, None])
+        ids = h.reshape(-1, h.shape[2]).take(seq * h.shape[1] + back + pos, axis=0)
+        ids += offsets[None, :]
+        return ids.reshape(-1)
     return (ids + offsets[None, :]).reshape(-1)
 
 
