@@ -206,14 +206,25 @@ class HostProfile:
     critical_hash_ns_per_token: float = 76.0
     # Sorting a step's row ids on one host thread (np.sort; critical path, before a zero-copy gather).
     sort_rows_per_s: float = 2.5e8
+    # The fetch worker's whole hash call of one Engram layer (its window put together, the kernel, the valid
+    # tokens' rows picked out, the head offsets added), by the step's tokens: x = tokens per call, y = tokens/s
+    # on one thread (more threads divide it). Empty: hash_tokens_per_s_per_core, the kernel alone.
+    hash_call_curve: list[CurvePoint] = field(default_factory=list)
+    # The OS's time slice: how long a running thread keeps its core while another runnable one waits (the
+    # run length of two CPU-bound processes on one core). Default: Linux at 250 ticks a second, where a
+    # waiting thread gets in at the first tick after the running one's base slice (4 ms; ASSUMED where not
+    # measured: calibrate measures it).
+    sched_slice_us: float = 4000.0
 
     def validate(self, path: str) -> None:
         require(self.cpu_cores >= 1, ProfileError, f"{path}.cpu_cores", "must be >= 1", "use the core count")
         require_each(self, path, ("memory_gib", "dram_gbps", "hash_tokens_per_s_per_core", "dedup_rows_per_s_per_core"),
                      ProfileError)
+        require_each(self, path, ("sched_slice_us",), ProfileError, fix="use the OS's time slice in microseconds")
         _check_curve(self.cpu_gather_per_thread, f"{path}.cpu_gather_per_thread")
-        if self.dedup_curve:
-            _check_curve(self.dedup_curve, f"{path}.dedup_curve")
+        for name in ("dedup_curve", "hash_call_curve"):
+            if getattr(self, name):
+                _check_curve(getattr(self, name), f"{path}.{name}")
         for name in ("serve_step_fixed_us", "serve_step_per_seq_us"):
             value = getattr(self, name)
             require(value is None or (math.isfinite(value) and value >= 0), ProfileError, f"{path}.{name}",

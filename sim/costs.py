@@ -25,8 +25,13 @@ def interp_curve(points: list[CurvePoint], x: float) -> float:
 
 
 def hash_time(profile: HardwareProfile, tokens: int, engram_layers: int, threads: int) -> float:
+    """Seconds of the worker threads' hashing of a step's `tokens` for every Engram layer (one call per layer):
+    at the measured rate of the fetch worker's whole call of that size (host.hash_call_curve), else at the
+    kernel's rate."""
     threads = min(threads, profile.host.cpu_cores)
-    return tokens * engram_layers / (profile.host.hash_tokens_per_s_per_core * threads)
+    h = profile.host
+    rate = interp_curve(h.hash_call_curve, tokens) if h.hash_call_curve else h.hash_tokens_per_s_per_core
+    return tokens * engram_layers / (rate * threads)
 
 
 def dedup_time(profile: HardwareProfile, lookups: int, threads: int) -> float:

@@ -9,7 +9,7 @@ Actors, each a generator process:
 - the GPU compute stream runs each step's layers in order; at an Engram layer
   it waits until that layer's rows are in HBM (the wait is the exposed stall).
   It runs slower while zero-copy gather blocks hold SMs (resources.compute_rate);
-- a fetch process per step: CPU hashing (and dedup) on a pool of cores as soon
+- a fetch process per step: CPU hashing (and dedup) on the host's cores as soon
   as the step's tokens exist (or nothing, if the host hashed already), then one
   fetch per Engram layer on the fetch stream(s), through the placement's path
   (sim.placements says how each placement moves its rows).
@@ -148,23 +148,25 @@ class Simulation:
         self.ready[step] = [self.env.event() for _ in self.layer_ids]
         if self.layer_ids:  # no Engram layer (placement none): nothing to hash or fetch
             self.inflight += len(self.layer_ids)
-            self.env.process(self.fetch(step))
+            self.res.spawn(self.fetch(step))
 
     def fetch(self, step: int):
         plan = self.plan(step)
         log = self.logs[step]
         log.fetch_start = self.env.now
         log.fetch_end = [math.nan] * len(self.layer_ids)
+        thread = self.res.thread()
         if plan.hash_time > 0:  # worker threads hash (with hash_on = "critical_path" the host did)
             t = self.env.now
-            yield self.res.run_on_cores(plan.hash_time * self.hash_threads, self.hash_threads)
+            yield from thread.run_parallel(plan.hash_time * self.hash_threads, self.hash_threads)
             self.res.log(CPU_HASH, "hash+dedup", t, step)
+        # The thread that hashed goes on to the first layer's fetch without giving up its core.
         for k in range(len(self.layer_ids)):
-            self.env.process(self.fetch_layer(step, k, plan))
+            self.res.spawn(self.fetch_layer(step, k, plan), thread if k == 0 else None)
 
     def fetch_layer(self, step: int, k: int, plan: StepPlan):
         with self.res.fetch_streams.request() as stream:
-            yield stream
+            yield from self.res.thread().wait(stream)
             yield from self.placement.fetch_layer(self.res, step, k, plan)
         yield from self.exchange_rows(step, k, plan)
         self.logs[step].fetch_end[k] = self.env.now

@@ -29,7 +29,6 @@ import numpy as np
 from profiles import HardwareProfile
 from sim import costs
 from sim.resources import (
-    CPU_CORES,
     PCIE_H2D,
     SSD_DRIVE,
     STAGING_CPU,
@@ -228,18 +227,20 @@ class HostDMA(OverHostLink):
         threads = self._gather_threads(res.profile)
         rate = self._gather_rate(res.profile)
         layer = self.layer_ids[k]
+        thread = res.thread()
         copies = []
         for offset in range(0, total, chunk_bytes):
             nbytes = min(chunk_bytes, total - offset)
-            yield res.staging.get(1)
+            yield from thread.wait(res.staging.get(1))
             t = res.env.now
-            yield res.env.timeout(res.profile.host.cpu_gather_fixed_us * 1e-6)
-            # A gather reads the table and writes staging (two DRAM bytes per payload byte) on `threads` cores,
-            # all of them busy at its full rate (threads beyond the memory-level parallelism add no rate).
-            yield res.transfer(nbytes, {TABLE_CPU: 1.0, STAGING_CPU: 1.0, CPU_CORES: threads / rate}, cap=rate)
+            yield from thread.run(res.profile.host.cpu_gather_fixed_us * 1e-6)
+            # A gather reads the table and writes staging (two DRAM bytes per payload byte) on `threads`
+            # threads, each on its own core while it runs (threads beyond the memory-level parallelism add no
+            # rate).
+            yield from thread.move(nbytes, {TABLE_CPU: 1.0, STAGING_CPU: 1.0}, rate, threads)
             res.log(CPU_GATHER, f"gather L{layer}", t, step, layer)
             copies.append(res.env.process(self._copy_chunk(res, step, layer, nbytes)))
-        yield res.env.all_of(copies)
+        yield from thread.wait(res.env.all_of(copies))
 
     @staticmethod
     def _copy_chunk(res: SharedResources, step: int, layer: int, nbytes: int):
@@ -398,10 +399,10 @@ class SSD(OverHostLink):
             return
         parts = []
         if dram:
-            parts.append(res.env.process(self.miss.fetch_rows(res, step, k, dram, plan)))
+            parts.append(res.spawn(self.miss.fetch_rows(res, step, k, dram, plan)))
         if drive:
-            parts.append(res.env.process(self._from_drive(res, step, k, drive, reads)))
-        yield res.env.all_of(parts)
+            parts.append(res.spawn(self._from_drive(res, step, k, drive, reads)))
+        yield from res.thread().wait(res.env.all_of(parts))
 
     def _read_settings(self, profile: HardwareProfile, reads: int) -> tuple[int, float]:
         p = self.cfg.placement

@@ -2,10 +2,13 @@
 
 Copy engines and fetch streams are Resources, staging buffers a Container; the
 PCIe H2D direction, host DRAM and the host's CPU cores are fluid pipes
-(bandwidth.SharedBandwidth). Cores are shared as the operating system shares
-them: runnable threads get an equal share of the cores (processor sharing), so a
-hash or gather asks for core-seconds of work at most `threads` cores at a time,
-and a gather's rate falls with the cores it gets as it falls with DRAM. The
+(bandwidth.SharedBandwidth). Cores are handed out as the operating system's
+scheduler hands them out (CorePool): a runnable thread takes a free core, first
+come first served, and keeps it until it blocks, or until it has run a time
+slice (host.sched_slice_us) while others wait; each CPU thread of the model
+(CpuThread: a fetch's own thread, and the extra threads of a parallel hash or
+gather) is one such thread, so more threads than cores queue instead of
+sharing. Their core-seconds still cross the core pool as a pipe (its use). The
 GPU's SMs are shared by rate: while zero-copy gather blocks sit resident, the
 compute stream runs at `compute_rate` < 1, and `rate_changed` fires when that
 rate changes.
@@ -71,12 +74,96 @@ def resolve(routes: dict[str, dict[str, float]], uses: dict[str, float]) -> dict
     return out
 
 
+class CorePool:
+    """A host's cores (one NUMA node's, or all of them) as the OS's scheduler hands them to threads."""
+
+    def __init__(self, env: simpy.Environment, cores: float, slice_s: float):
+        self.env = env
+        self.cpus = simpy.Resource(env, capacity=max(1, int(cores)))
+        self.slice_s = slice_s
+
+
+class CpuThread:
+    """One host thread. It takes a core when it has work (waiting, first come first served, while all are
+    taken), keeps it across consecutive CPU work, gives it up when it blocks (`wait` on an event not yet
+    fired, `release`), and goes to the back of the queue once it has run a whole slice while others wait.
+    Linux behaves so: a woken thread does not preempt a running one before the running one's slice ends
+    (measured here as the run length of two CPU-bound processes on one core: host.sched_slice_us)."""
+
+    def __init__(self, res: "SharedResources"):
+        self.res = res
+        self.pool = res.cores
+        self.request = None
+        self.since = 0.0
+        self.owner = None  # the DES process running on it (SharedResources.thread, spawn)
+
+    def _core(self):
+        """DES process: hold a core (kept if held and no one waits, or the slice is not used up)."""
+        env, pool = self.res.env, self.pool
+        if self.request is not None:
+            if not pool.cpus.queue or env.now - self.since < pool.slice_s:
+                return
+            self.release()  # the slice is used up and others wait: to the back of the queue
+        self.request = pool.cpus.request()
+        yield self.request
+        self.since = env.now
+
+    def release(self) -> None:
+        if self.request is not None:
+            self.pool.cpus.release(self.request)
+            self.request = None
+
+    def wait(self, event: simpy.Event):
+        """DES process: block on `event` (the core goes to others unless it has fired already: a request
+        granted at once; a timeout is triggered when made, but fires later)."""
+        if not event.triggered or getattr(event, "_delay", 0) > 0:
+            self.release()
+        yield event
+
+    def run(self, core_seconds: float):
+        """DES process: CPU work on this thread alone, a slice at a time (others may run between slices)."""
+        remaining = core_seconds
+        while remaining > 1e-12:
+            yield from self._core()
+            piece = min(remaining, max(self.pool.slice_s - (self.res.env.now - self.since), 1e-9))
+            yield self.res.transfer(piece, {CPU_CORES: 1.0}, cap=1.0)
+            remaining -= piece
+
+    def run_parallel(self, core_seconds: float, threads: int):
+        """DES process: CPU work split evenly over this thread and threads - 1 more (a parallel region: the
+        others are woken, each takes a core when one is free; this thread then waits for the last of them)."""
+        yield from self._split(threads, lambda t: t.run(core_seconds / threads))
+
+    def move(self, nbytes: float, uses: dict[str, float], rate: float, threads: int):
+        """DES process: a parallel CPU copy of `nbytes` over the logical pipes `uses` at `rate` bytes/s on
+        `threads` threads (each a share at rate / threads, on its own core while it runs)."""
+        share, per = nbytes / threads, rate / threads
+        uses = {**uses, CPU_CORES: 1.0 / per}
+
+        def one(t: CpuThread):
+            yield from t._core()
+            yield self.res.transfer(share, uses, cap=per)
+        yield from self._split(threads, one)
+
+    def _split(self, threads: int, work):
+        others = []
+        for _ in range(threads - 1):
+            def helper(t=CpuThread(self.res)):
+                yield from work(t)
+                t.release()
+            others.append(self.res.env.process(helper()))
+        yield from work(self)
+        if others:
+            yield from self.wait(self.res.env.all_of(others))
+
+
 class SharedResources:
     def __init__(self, env: simpy.Environment, profile: HardwareProfile, placement: PlacementConfig,
                  record_events: bool = False, *, net: SharedBandwidth | None = None,
                  routes: dict[str, dict[str, float]] | None = None):
         """One GPU's resources. net, routes: a server's shared pipes (its core pools among them) and this GPU's
-        routes over them (None: one GPU alone, its own pipes and the host's cores)."""
+        routes over them (None: one GPU alone, its own pipes and the host's cores). The GPUs whose threads
+        run on one core pool share its CorePool (kept on the net)."""
         self.env = env
         self.profile = profile
         self.copy_engines = simpy.Resource(env, capacity=profile.link.copy_engines)
@@ -88,6 +175,12 @@ class SharedResources:
         self.own_bytes = None if net is None else {}
         self.net = net or SharedBandwidth(env, single_gpu_pipes(profile))
         self._resolved: dict[tuple, dict[str, float]] = {}
+        (pool_pipe,) = self.routes[CPU_CORES]
+        pools = self.net.__dict__.setdefault("core_pools", {})
+        if pool_pipe not in pools:
+            pools[pool_pipe] = CorePool(env, self.net.capacities[pool_pipe], profile.host.sched_slice_us * 1e-6)
+        self.cores: CorePool = pools[pool_pipe]
+        self._threads: dict = {}
         self.sm_share = 0.0        # compute throughput lost to resident gather blocks (summed, at most 1)
         self.rate_changed = env.event()
         self.record_events = record_events
@@ -105,10 +198,30 @@ class SharedResources:
                 self.own_bytes[pipe] = self.own_bytes.get(pipe, 0.0) + nbytes * w
         return self.net.transfer(nbytes, route, cap)
 
-    def run_on_cores(self, core_seconds: float, threads: int) -> simpy.Event:
-        """`core_seconds` of CPU work on at most `threads` cores at once, sharing the cores with every other
-        runnable thread (processor sharing); alone it takes core_seconds / threads."""
-        return self.transfer(core_seconds, {CPU_CORES: 1.0}, cap=float(threads))
+    def thread(self) -> CpuThread:
+        """The CPU thread of the running DES process (a new one for a process that has none yet)."""
+        proc = self.env.active_process
+        t = self._threads.get(proc)
+        if t is None:
+            t = self._threads[proc] = CpuThread(self)
+            t.owner = proc
+        return t
+
+    def spawn(self, generator, thread: CpuThread | None = None) -> simpy.Process:
+        """A DES process on its own CPU thread (or on `thread`, handed over), which gives up its core at the
+        end."""
+        def body():
+            try:
+                yield from generator
+            finally:
+                t = self._threads.pop(proc, None)
+                if t is not None and t.owner is proc:  # not handed on to another process
+                    t.release()
+        proc = self.env.process(body())
+        if thread is not None:
+            self._threads[proc] = thread
+            thread.owner = proc
+        return proc
 
     def pipe_bytes(self) -> dict[str, float]:
         """Bytes that crossed each physical byte pipe: all of them (one GPU alone), or this GPU's in a server."""

@@ -344,6 +344,8 @@ def synthetic_gpu_raw() -> dict:
         # the critical path: 17 us + 76 ns a token; sorting 1 us + 4 ns an id
         "critical_hash": {b: 17.0 + 0.076 * b for b in (1, 16, 256, 4096)}, "critical_rows_per_token": 16,
         "sort": {n: 1.0 + 0.004 * n for n in (16, 256, 4096, 65536)},
+        # the worker's hash call: 15 us at 64 tokens, 150 us at 3072; the OS's slice 4 ms
+        "hash_call": {64: 15.0, 3072: 150.0}, "sched_slice_us": 3970.0, "sched_slice_runs_us": [990.0, 3970.0, 3980.0],
         "gpu_info": {"name": "NVIDIA Test GPU", "total_bytes": 80 * GiB, "context_bytes": GiB // 2, "torch": "2.x",
                      "cuda": "13.0", "nvml": {"name": "NVIDIA Test GPU", "driver": "580.1", "pcie_gen": 5,
                                               "pcie_width": 16}, "uva_reason": None},
@@ -549,6 +551,29 @@ def test_critical_path_measurements_are_positive_and_finite(monkeypatch):
     fields, comments = assemble_mechanisms.critical_path_fields(raw)
     assert all(0 < v < float("inf") for v in fields.values()), fields
     assert comments[0].startswith("critical_hash_*")
+
+
+def test_hash_call_is_timed_at_every_size_and_becomes_a_rate_curve(monkeypatch):
+    monkeypatch.setattr(timing, "WARM_S", 0.0)
+    monkeypatch.setattr(timing, "TIMED_S", 0.0)
+    raw = {}
+    done = list(measure_cpu.measure_hash_call(TINY, {}, raw))
+    assert len(done) == len(raw["hash_call"]) == plan.HASH_CALL_STEPS
+    assert all(0 < v < float("inf") for v in raw["hash_call"].values())
+    raw = {**synthetic_gpu_raw(), **synthetic_mechanism_raw(0.4), "hash_call": {64: 16.0, 3072: 150.0}}
+    host, comments, _ = assemble.host_section(raw, load_profile("h100-sxm"))
+    # tokens / seconds: 4 M tokens/s at 64 tokens, 20.5 M at 3072 (the fixed part amortised)
+    assert host["hash_call_curve"] == [{"x": 64, "y": 4e6}, {"x": 3072, "y": 2.048e7}]
+    assert any(c.startswith("hash_call_curve:") for c in comments)
+
+
+def test_sched_slice_probe_measures_a_slice_between_a_tick_and_a_second():
+    raw = {}
+    assert list(measure_cpu.measure_sched_slice(TINY, {}, raw)) in (["sched slice"], ["sched slice (not measurable here)"])
+    if "sched_slice_us" in raw:
+        # two spinning processes on one core alternate: each run lasts at least a scheduler tick's share
+        assert 100 <= raw["sched_slice_us"] <= 1e6, raw
+        assert raw["sched_slice_runs_us"][0] <= raw["sched_slice_us"] <= raw["sched_slice_runs_us"][2]
 
 
 def test_engine_step_is_measured_from_a_real_run_on_the_cpu(monkeypatch):

@@ -49,6 +49,9 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
     Bound("host.critical_hash_ns_per_token", "ns/token", 0.01, 1e6, "NumPy arithmetic on one token's n-grams",
           "critical_path"),
     Bound("host.sort_rows_per_s", "ids/s", 1e5, 1e11, "np.sort of 64-bit ids", "critical_path"),
+    Bound("host.hash_call_curve", "tokens/s", 1e4, 1e10, "the worker's hash call: a kernel pass and a few NumPy ops",
+          "hash_call", "y"),
+    Bound("host.sched_slice_us", "us", 10, 1e6, "the OS's time slice: Linux gives 0.7-12 ms", "sched_slice"),
     Bound("host.engine_step_fixed_us", "us", 0, 1e6, "Python between two decode steps", "engine"),
     Bound("host.engine_step_per_seq_us", "us/sequence", 0, 1e4, "Python bookkeeping per sequence", "engine"),
     # gpu (measure_gpu.py, measure_rates.py, measure_sharing.py)
@@ -102,7 +105,7 @@ NOT_TIMED = frozenset({
 })
 
 # The steps each side runs, in order (measure_cpu.cpu_steps and measure_gpu.gpu_steps use these names).
-CPU_STEPS = ("hashing", "cpu_gather", "dedup", "memcpy", "critical_path")
+CPU_STEPS = ("hashing", "cpu_gather", "dedup", "memcpy", "critical_path", "hash_call", "sched_slice")
 GPU_STEPS = ("copies", "hbm", "compute", "pinning", "uva", "matmul_ladder", "memory_ladder", "graphs",
              "contention", "engine")
 SSD_STEPS = ("ssd",)   # with --ssd-path (measure_ssd.ssd_steps)

@@ -3,7 +3,9 @@ yields a label after each measurement (the command's progress bar counts them)."
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -14,6 +16,7 @@ from real_runs.instrument import cpu_model, memory_gib
 from real_runs.timing import fresh_ids, median_time
 from tools.calibrate.plan import Sizes
 from tools.calibrate.shapes import preset_shapes
+from vocab.geometry import table_offsets
 from vocab.units import MiB
 from workloads.hashing import hash_layer
 
@@ -160,6 +163,88 @@ def measure_critical_path(sizes: Sizes, plan: dict, raw: dict):
         yield f"sort {ids.size} ids"
 
 
+# Prompt chunks (sequences x tokens, a quarter of each left as padding, as chunks of ragged prompts leave)
+# and decode batches the worker's hash call is timed at.
+HASH_CALL_PREFILL = ((8, 128), (32, 128), (64, 128))
+HASH_CALL_DECODE = (64, 512)
+
+
+def measure_hash_call(sizes: Sizes, plan: dict, raw: dict):
+    """The fetch worker's whole hash call of one Engram layer (real_runs.inputs.step_rows, one thread: the
+    window put together, the kernel over it, the valid tokens picked out, the head offsets added),
+    microseconds by the step's tokens."""
+    from real_runs.inputs import StepInput, step_rows
+    engram = preset_shapes().engram
+    layer = engram.layer_ids[0]
+    hasher = NgramHasher.from_config(engram, threads=1)
+    offsets = table_offsets(hasher.table_sizes(layer))
+    back = engram.max_ngram_size - 1
+    rng = np.random.default_rng(11)
+
+    def ids(*shape):
+        return rng.integers(0, engram.compressed_vocab_size, size=shape, dtype=np.int64)
+
+    steps = [StepInput(ids=ids(b, 1), lengths=np.ones(b, np.int64), window=ids(b, back + 1))
+             for b in HASH_CALL_DECODE]
+    steps += [StepInput(ids=ids(b, t), lengths=np.full(b, t * 3 // 4, np.int64), context=ids(b, back))
+              for b, t in HASH_CALL_PREFILL]
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    raw["hash_call"] = {}
+    try:
+        for st in steps:
+            step_rows(hasher, st, layer, offsets)  # compile outside the timing
+            s = median_time(lambda: step_rows(hasher, st, layer, offsets), sizes.warmup, max(sizes.repeats, 15))
+            raw["hash_call"][st.tokens] = s * 1e6
+            yield f"hash call {st.tokens} tokens"
+    finally:
+        numba.set_num_threads(before)
+
+
+SLICE_PROBE_S = 1.0       # how long the two processes share the core
+SLICE_GAP_NS = 30_000     # a pause longer than this in a spinning loop is the other process's turn
+
+
+def _spin(core: int, seconds: float, conn) -> None:
+    """Spin on `core` for `seconds`; send the lengths of the uninterrupted runs between pauses (ns)."""
+    os.sched_setaffinity(0, {core})
+    runs, end = [], time.perf_counter_ns() + int(seconds * 1e9)
+    last = start = time.perf_counter_ns()
+    while last < end:
+        now = time.perf_counter_ns()
+        if now - last > SLICE_GAP_NS:
+            runs.append(last - start)
+            start = now
+        last = now
+    conn.send(runs[1:])
+    conn.close()
+
+
+def measure_sched_slice(sizes: Sizes, plan: dict, raw: dict):
+    """The OS's time slice: two CPU-bound processes on one core, the median length of their runs between the
+    other's turns (microseconds). Where the OS does not let a process be pinned to a core, nothing."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield "sched slice (not measurable here)"
+        return
+    ctx = multiprocessing.get_context("spawn")   # no fork: this process may run Numba's threads already
+    core = min(os.sched_getaffinity(0))
+    pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
+    procs = [ctx.Process(target=_spin, args=(core, SLICE_PROBE_S, send), daemon=True) for _, send in pipes]
+    try:
+        for p in procs:
+            p.start()
+        runs = [r for recv, _ in pipes for r in recv.recv()]
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+    if runs:
+        raw["sched_slice_us"] = float(np.median(runs)) / 1e3
+        raw["sched_slice_runs_us"] = [float(np.percentile(runs, q)) / 1e3 for q in (10, 50, 90)]
+    yield "sched slice"
+
+
 def cpu_steps(sizes: Sizes, plan: dict, pin_staging: bool) -> list[tuple]:
     """(name, measure(raw) -> generator) of each CPU measurement step, in order (names: bounds.CPU_STEPS);
     a step can be run again into the same raw (calibrate re-measures a step whose figures look wrong)."""
@@ -169,6 +254,8 @@ def cpu_steps(sizes: Sizes, plan: dict, pin_staging: bool) -> list[tuple]:
         ("dedup", lambda raw: measure_dedup(sizes, plan, raw)),
         ("memcpy", lambda raw: measure_memcpy(sizes, plan, raw)),
         ("critical_path", lambda raw: measure_critical_path(sizes, plan, raw)),
+        ("hash_call", lambda raw: measure_hash_call(sizes, plan, raw)),
+        ("sched_slice", lambda raw: measure_sched_slice(sizes, plan, raw)),
     ]
 
 

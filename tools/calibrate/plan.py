@@ -104,6 +104,10 @@ def sizes_for(quick: bool) -> Sizes:
     return QUICK if quick else FULL
 
 
+# measure_cpu.measure_hash_call's calls timed (its HASH_CALL_DECODE and HASH_CALL_PREFILL).
+HASH_CALL_STEPS = 5
+
+
 def cpu_plan(sizes: Sizes) -> dict:
     """Thread counts, the gather table's size (a quarter of available memory at most), measurement count."""
     max_t = numba_max_threads()
@@ -112,7 +116,8 @@ def cpu_plan(sizes: Sizes) -> dict:
     table_bytes -= table_bytes % max(sizes.gather_row_bytes)
     return {"threads": threads, "max_threads": max_t, "table_bytes": table_bytes,
             "count": (len(threads) + len(sizes.gather_row_bytes) * len(threads) + len(sizes.gather_fixed_rows)
-                      + 1 + len(threads) + 2 * len(sizes.critical_batches))}
+                      + 1 + len(threads) + 2 * len(sizes.critical_batches)
+                      + HASH_CALL_STEPS + 1)}
 
 
 def gpu_plan(sizes: Sizes) -> dict:
