@@ -352,7 +352,7 @@ def synthetic_gpu_raw() -> dict:
         "sort": {n: 1.0 + 0.004 * n for n in (16, 256, 4096, 65536)},
         "gpu_info": {"name": "NVIDIA Test GPU", "total_bytes": 80 * GiB, "context_bytes": GiB // 2, "torch": "2.x",
                      "cuda": "13.0", "nvml": {"name": "NVIDIA Test GPU", "driver": "580.1", "pcie_gen": 5,
-                                              "pcie_width": 16}, "uva_reason": None},
+                                              "pcie_width": 16}, "uva_reason": None, "l2_bytes": 50 * MiB},
         "h2d": copy, "d2h": down, "h2d_pageable": {256 * MiB: 9.5}, "d2h_pageable": {256 * MiB: 8.0},
         "bidir_gbps": 90.0, "bidir_bytes": 512 * MiB, "d2d_gbps": 2900.0, "d2d_bytes": GiB,
         "hbm_gather": {64: 100.0, 1024: 1150.0, 4096: 1200.0}, "hbm_table_bytes": 8 * GiB,
@@ -392,6 +392,7 @@ def test_gpu_side_assembly_fits_known_models(tmp_path):
     # cold_line_ns from the warm and flushed gathers; upper_line_mib carried over from the base.
     assert p.uva.cold_line_ns == pytest.approx(base.uva.cold_line_ns, rel=0.05)
     assert p.uva.upper_line_mib == base.uva.upper_line_mib
+    assert p.gpu.l2_mib == 50.0                                   # read from the device
     for q in p.uva.points:
         predicted = sum(costs.uva_gather_time(p, q.rows, q.row_bytes, q.table_gib * GiB, work_between=False))
         assert predicted == pytest.approx(q.us * 1e-6, rel=0.05)

@@ -19,7 +19,7 @@ from tools.calibrate.assemble_ssd import ssd_section
 from tools.calibrate.formatting import format_points, human_bytes
 from tools.calibrate.output import CalibrateError
 from tools.calibrate.shapes import preset_shapes
-from vocab.units import GiB
+from vocab.units import GiB, MiB
 
 
 def tool_version() -> str:
@@ -120,6 +120,8 @@ def gpu_table(raw: dict, base) -> tuple[dict, list[str], list[str]]:
         "kernel_launch_us": sig(raw["launch_us"], 3),
         "kernels_per_layer": base.gpu.kernels_per_layer,
         "hbm_gather": [{"x": rb, "y": sig(v)} for rb, v in sorted(raw["hbm_gather"].items())],
+        # read from the device (torch's L2_cache_size), else the base's
+        "l2_mib": sig(info["l2_bytes"] / MiB) if info.get("l2_bytes") else base.gpu.l2_mib,
     }
     mechanisms, mechanism_comments, notes = gpu_mechanism_fields(raw, base, gpu["bf16_tflops"], gpu["hbm_gbps"])
     gpu.update(mechanisms)

@@ -97,7 +97,7 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
 NOT_TIMED = frozenset({
     "host.cpu", "host.cpu_cores", "host.memory_gib",
     "gpu.name", "gpu.hbm_gib", "gpu.hbm_reserved_gib", "gpu.fp8_tflops", "gpu.kernels_per_layer",
-    "gpu.uva_blocks_per_sm", "link.kind",
+    "gpu.uva_blocks_per_sm", "gpu.l2_mib", "link.kind",
     "uva.translation_unit_kib", "uva.tlb_reach_gib", "uva.miss_exponent", "uva.upper_line_mib",
     "ssd.name", "ssd.capacity_gib", "ssd.read_block_bytes", "ssd.gds",
 })

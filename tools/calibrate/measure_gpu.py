@@ -29,7 +29,8 @@ def gpu_info(plan: dict, raw: dict) -> None:
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     raw["gpu_info"] = {"name": torch.cuda.get_device_name(), "total_bytes": int(props.total_memory),
                        "context_bytes": int(plan["total"] - plan["free"]), "torch": torch.__version__,
-                       "cuda": torch.version.cuda, "nvml": nvml_info(), "uva_reason": plan["uva_reason"]}
+                       "cuda": torch.version.cuda, "nvml": nvml_info(), "uva_reason": plan["uva_reason"],
+                       "l2_bytes": int(getattr(props, "L2_cache_size", 0))}
 
 
 def _freeing(gen):
