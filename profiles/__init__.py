@@ -75,10 +75,15 @@ class GpuProfile:
     # on host reads (0: none; 1: all of it). The compute stream runs at 1 - uva_interference x the
     # share of the GPU's block slots the gather holds.
     uva_interference: float = 0.0
+    # L2 cache (MiB, datasheet). Work that streams more than this between two zero-copy gathers evicts the
+    # page table's upper levels (uva.cold_line_ns); 0, unknown: treated as always evicted, the conservative
+    # reading (a gather never predicted faster than the end-to-end steps measured).
+    l2_mib: float = 0.0
 
     def validate(self, path: str) -> None:
         require_each(self, path, ("hbm_gib", "hbm_gbps", "bf16_tflops", "matmul_efficiency", "memory_efficiency"),
                      ProfileError)
+        require_each(self, path, ("l2_mib",), ProfileError, strict=False, fix="use the datasheet's MiB, or 0")
         require(self.hbm_reserved_gib < self.hbm_gib, ProfileError, f"{path}.hbm_reserved_gib",
                 "is not below hbm_gib", "reserve less")
         require(self.matmul_efficiency <= 1 and self.memory_efficiency <= 1, ProfileError,

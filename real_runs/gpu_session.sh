@@ -22,7 +22,8 @@
 #              decode-attention rate ladders, CUDA-graph timing and the SM contention probe of the zero-copy
 #              gather, written over this GPU's shipped profile (a few minutes; PROBE_ARGS=--engine adds the
 #              engine's step, --quick fewer points)
-#   calibrate  the whole profile (calibrate-quick: fewer points), the probe's figures included
+#   calibrate  the whole profile (calibrate-quick: fewer points), the probe's figures included, and
+#              uva.cold_line_ns (zero-copy gathers timed back to back and after an L2-flushing copy)
 #
 # OUT (default $OUT, else out/gpu) receives a log per part and, since a device call returns at most
 # 8 files, the run records as one tarball (records-PART.tgz). Unpack the records into

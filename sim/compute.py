@@ -120,6 +120,8 @@ def engram_module_time(cfg: RunConfig, profile: HardwareProfile, shape: StepShap
     t = shape.rows
     # W_K per branch and the shared W_V project d_mem -> hidden.
     w = e.d_mem * h * (e.branches + 1)
+    # Every placement runs one index_select of the step's lookups in HBM on the compute stream: hbm from the
+    # table, the host paths and ssd from the rows landed (real_runs/stores.py, each store's _finish).
     gather = hbm_gather_time(profile, shape.lookups, e.row_bytes)
     proj = _op(profile, 2 * t * w, w * dt + t * (e.d_mem + 6 * h * e.branches) * dt, t)
     return gather + proj + launch_time(cfg, profile, ENGRAM_KERNELS)

@@ -13,8 +13,10 @@ import numpy as np
 
 from profiles import CurvePoint, HardwareProfile
 from profiles.uva import gather_block_share, units_touched, uva_time
+from vocab.config import RunConfig
 from vocab.geometry import expected_distinct_blocks, ssd_blocks_per_row, ssd_rows_per_block
-from vocab.units import GiB
+from vocab.memory import kv_cache_bytes, parameter_counts
+from vocab.units import DTYPE_BYTES, GiB, MiB
 
 
 def interp_curve(points: list[CurvePoint], x: float) -> float:
@@ -89,6 +91,27 @@ def uva_gather_time(profile: HardwareProfile, rows: int, row_bytes: int, footpri
     concurrency = min(uva_grid(profile, rows, ctas), uva_block_slots(profile)) / full if ctas is not None else 1.0
     return uva_time(profile.uva, rows, row_bytes, footprint_bytes, warm_fraction, distinct_rows, concurrency,
                     cold_upper=1.0 if work_between else 0.0)
+
+
+def streamed_between_gathers(cfg: RunConfig) -> float:
+    """HBM bytes the layers stream through L2 between two zero-copy gathers of one Engram layer's table (one
+    step apart: the whole step runs between them), as a proxy from the config alone: the weights the layers
+    read (every layer's attention and FFN, the norms, the LM head where there is one; not the embedding, of
+    which only the looked-up rows are read; MoE: every expert, an upper bound) and the KV cache that
+    `sequences` contexts of lengths.low tokens fill (the least a decode step's attention reads)."""
+    b = cfg.backbone
+    counts = parameter_counts(b)
+    weights = (counts["attention"] + counts["dense_ffn"] + counts["moe_ffn"] + counts["norms"]
+               + (counts["lm_head"] if b.lm_head else 0))
+    w = cfg.workload
+    return float(weights * DTYPE_BYTES[b.dtype] + kv_cache_bytes(b, w.sequences * w.lengths.low))
+
+
+def upper_levels_cold(profile: HardwareProfile, streamed_bytes: float) -> bool:
+    """Whether a gather's walks find the page table's upper levels evicted from L2: the work between two
+    gathers streamed more than the L2 (gpu.l2_mib; 0, unknown: always, the conservative reading)."""
+    l2 = profile.gpu.l2_mib
+    return l2 <= 0 or streamed_bytes > l2 * MiB
 
 
 def uva_grid(profile: HardwareProfile, rows: int, ctas: int | None) -> int:

@@ -280,6 +280,12 @@ class HostUVA(OverHostLink):
     kind = names.HOST_UVA
     sorts_row_ids = True
 
+    def __init__(self, cfg: RunConfig):
+        super().__init__(cfg)
+        # What the layers stream through L2 between two gathers of a table: more than the L2, and the walks
+        # read the page table's upper levels cold (costs.upper_levels_cold).
+        self.streamed_between = costs.streamed_between_gathers(cfg)
+
     def _gather_time(self, profile: HardwareProfile, plan, k: int, rows: int) -> tuple[float, float]:
         """(fixed, body) seconds of the zero-copy gather of `rows` of layer k's step rows."""
         footprint = self.footprints[k]
@@ -289,7 +295,8 @@ class HostUVA(OverHostLink):
         distinct = int(plan.distinct_rows[k] * scale)
         warm = costs.uva_warm_fraction(profile, distinct, reused, footprint)
         return costs.uva_gather_time(profile, rows, self.cfg.engram.row_bytes, footprint, warm, distinct,
-                                     self.cfg.placement.uva_ctas)
+                                     self.cfg.placement.uva_ctas,
+                                     costs.upper_levels_cold(profile, self.streamed_between))
 
     def fetch_rows(self, res: SharedResources, step: int, k: int, rows: int, plan):
         # The kernel reads the row ids from GPU memory: they go up first.

@@ -20,7 +20,7 @@ from profiles.fit import (
     fit_uva_points,
     fraction_curve,
 )
-from profiles.uva import gather_block_share
+from profiles.uva import fit_cold_line_ns, gather_block_share, gather_cold_lines, uva_time
 from profiles.writer import dump_toml
 from real_runs import timing
 from real_runs.instrument import cpu_model
@@ -334,6 +334,12 @@ def synthetic_gpu_raw() -> dict:
                                          "gbps": 2030.0},
                     "decode qkv projection": {"shape": [512, 2560, 18432], "bytes": 1e8, "s": 1e8 / 2030e9,
                                               "gbps": 2030.0}}
+    # Gathers timed back to back and after an L2 flush: the model without and with its cold upper levels.
+    uva_cold = []
+    for g in (1, 4, 16, 64):
+        for n in (8192, 65536):
+            warm, cold = (sum(costs.uva_gather_time(ref, n, 160, g * GiB, work_between=w)) for w in (False, True))
+            uva_cold.append({"table_gib": g, "row_bytes": 160, "rows": n, "us_warm": warm * 1e6, "us_cold": cold * 1e6})
     uva_random = [{"table_gib": 1, "row_bytes": 256, "rows": 16384, "us_sorted": 100.0, "us_random": 130.0},
                   {"table_gib": 64, "row_bytes": 256, "rows": 16384, "us_sorted": 400.0, "us_random": 800.0}]
     return {
@@ -348,13 +354,14 @@ def synthetic_gpu_raw() -> dict:
         "hash_call": {64: 15.0, 3072: 150.0}, "sched_slice_us": 3970.0, "sched_slice_runs_us": [990.0, 3970.0, 3980.0],
         "gpu_info": {"name": "NVIDIA Test GPU", "total_bytes": 80 * GiB, "context_bytes": GiB // 2, "torch": "2.x",
                      "cuda": "13.0", "nvml": {"name": "NVIDIA Test GPU", "driver": "580.1", "pcie_gen": 5,
-                                              "pcie_width": 16}, "uva_reason": None},
+                                              "pcie_width": 16}, "uva_reason": None, "l2_bytes": 50 * MiB},
         "h2d": copy, "d2h": down, "h2d_pageable": {256 * MiB: 9.5}, "d2h_pageable": {256 * MiB: 8.0},
         "bidir_gbps": 90.0, "bidir_bytes": 512 * MiB, "d2d_gbps": 2900.0, "d2d_bytes": GiB,
         "hbm_gather": {64: 100.0, 1024: 1150.0, 4096: 1200.0}, "hbm_table_bytes": 8 * GiB,
         "gemm_large": {"n": 8192, "tflops": 750.0}, "gemm_layers": layers, "launch_us": 2.2,
         "pin_torch_s_per_gib": 0.7, "pin_register_small_s_per_gib": 0.3, "pin_bytes": GiB,
         "pin_register_s_per_gib": 0.5, "uva_table_pinned_gib": 64, "uva": uva, "uva_random": uva_random,
+        "uva_cold": uva_cold, "uva_cold_flush_bytes": 256 * MiB, "l2_bytes": 50 * MiB,
         "memory_bound": memory_bound,
     }
 
@@ -384,6 +391,10 @@ def test_gpu_side_assembly_fits_known_models(tmp_path):
     assert len(p.uva.points) == 32
     assert p.uva.translation_unit_kib == base.uva.translation_unit_kib
     assert p.uva.walk_ns == pytest.approx(base.uva.walk_ns, rel=0.02)
+    # cold_line_ns from the warm and flushed gathers; upper_line_mib carried over from the base.
+    assert p.uva.cold_line_ns == pytest.approx(base.uva.cold_line_ns, rel=0.05)
+    assert p.uva.upper_line_mib == base.uva.upper_line_mib
+    assert p.gpu.l2_mib == 50.0                                   # read from the device
     for q in p.uva.points:
         predicted = sum(costs.uva_gather_time(p, q.rows, q.row_bytes, q.table_gib * GiB, work_between=False))
         assert predicted == pytest.approx(q.us * 1e-6, rel=0.05)
@@ -395,6 +406,7 @@ def test_gpu_side_assembly_fits_known_models(tmp_path):
     text = out.read_text()
     assert "# D2H pinned GB/s by bytes" in text and "# H2D + D2H at once" in text
     assert "# memory_efficiency: memory-bound decode work" in text and "random 800 us" in text
+    assert "# cold_line_ns: least-squares slope" in text and "upper_line_mib 16 from the base profile" in text
     lines = assemble.comparison(raw, gpu_measured=True)
     assert any("H2D pinned copy, 1 GiB" in line for line in lines)
     assert not any("machines differ" in line for line in lines)
@@ -437,6 +449,46 @@ def test_gpu_side_without_uva_keeps_the_base_uva_and_says_so():
     assert "uva copied from the base profile" in profile["provenance"]["notes"]
     assert "measured here: host, gpu, link;" in profile["provenance"]["notes"]
     assert profile["link"]["kind"].startswith("PCIe (generation and width not read")
+
+
+def test_gpu_side_without_cold_gathers_takes_cold_line_ns_from_the_base_and_says_so(tmp_path):
+    raw = synthetic_gpu_raw()
+    del raw["uva_cold"]
+    base, (p, out) = load_profile("h100-sxm"), _assembled_gpu_profile(raw, tmp_path)
+    assert (p.uva.cold_line_ns, p.uva.upper_line_mib) == (base.uva.cold_line_ns, base.uva.upper_line_mib)
+    assert "uva.cold_line_ns from the base profile (not timed here)" in p.provenance.notes
+    assert "# cold_line_ns 35.37 from the base profile" in out.read_text()
+
+
+def test_fit_cold_line_ns_is_the_slope_over_the_translation_bound_points():
+    ref = load_profile("h100-sxm").uva
+    pts, lines = [], {}
+    for g in (1, 4, 16, 64):
+        for n in (8192, 65536):
+            warm = sum(uva_time(ref, n, 160, g * GiB)) * 1e6
+            lines[g, n] = gather_cold_lines(ref, n, g * GiB)
+            # 50 ns a line, and +-1 us of noise that cancels over each footprint's two points
+            noise = 1.0 if n == 8192 else -lines[g, 8192] / max(lines[g, n], 1e-9)
+            pts.append({"table_gib": g, "row_bytes": 160, "rows": n, "us_warm": warm,
+                        "us_cold": warm + 50e-3 * lines[g, n] + (noise if lines[g, n] else 0.0)})
+    assert lines[1, 8192] == 0 and lines[4, 8192] < lines[16, 8192] < lines[64, 8192]   # cold lines differ
+    cold, used = fit_cold_line_ns(ref, pts, ref.upper_line_mib)
+    assert cold == pytest.approx(50.0, rel=0.02) and len(used) == len(pts)
+    # A payload-bound gather is left out (its difference is not linear in the lines), and so is its slope.
+    slow = {"table_gib": 64, "row_bytes": 160, "rows": 8192, "us_warm": 1.0, "us_cold": 1e6}
+    fast = dataclasses.replace(ref, max_gbps=1e-3)
+    assert fit_cold_line_ns(fast, [slow], ref.upper_line_mib) == (0.0, [])
+    # Noise around no effect gives 0, never a negative cost.
+    flat = [{**p, "us_cold": p["us_warm"] - 1.0} for p in pts]
+    assert fit_cold_line_ns(ref, flat, ref.upper_line_mib)[0] == 0.0
+
+
+def test_the_gpu_plan_times_cold_gathers_at_footprints_whose_cold_lines_differ():
+    ref = load_profile("h100-sxm").uva
+    sizes = plan.FULL
+    lines = [max(gather_cold_lines(ref, n, g * GiB) for n in sizes.uva_cold_rows) for g in sizes.uva_cold_table_gib]
+    assert lines[0] == 0 and lines == sorted(lines) and len(set(np.round(lines))) == len(lines)   # 0, 256, 1024, 4096
+    assert sizes.uva_cold_row_bytes % 4 == 0 and plan.L2_FLUSH_MIN >= 4 * 50 * MiB   # 4 x an H100's 50 MiB L2
 
 
 def test_fit_uva_points_separates_payload_bound_points_and_recovers_the_model():

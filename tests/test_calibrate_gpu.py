@@ -36,3 +36,17 @@ def test_the_probe_measures_every_mechanism_on_a_gpu(tmp_path):
     g = load_profile(out).gpu
     assert [q.x for q in g.matmul_curve] == [1, 64] and len(g.memory_curve) == 1
     assert g.graph_kernel_gap_us > 0 and 0 <= g.uva_interference <= 1
+
+
+@pytest.mark.skipif(uva_unavailable_reason() is not None, reason=f"{uva_unavailable_reason()}")
+def test_zero_copy_gathers_are_timed_back_to_back_and_after_an_l2_flush():
+    from tools.calibrate import measure_gpu  # imports the real stores (torch)
+
+    sizes = dataclasses.replace(TINY_GPU, uva_cold_rows=(8192,))
+    gpu_plan = {"uva_points": [(1, 256, 4096)], "uva_table_gib": 1, "uva_cold_points": [(1, 160, 8192)],
+                "l2_bytes": 50 << 20, "l2_flush_bytes": 256 << 20}
+    raw = {}
+    labels = list(measure_gpu.measure_uva(sizes, gpu_plan, raw))
+    assert labels[-1] == "uva 1 GiB 160 B x 8192, warm and after an L2 flush"
+    (p,) = raw["uva_cold"]
+    assert p["us_warm"] > 0 and p["us_cold"] > 0 and raw["uva_cold_flush_bytes"] == 256 << 20

@@ -233,3 +233,30 @@ def test_none_hashes_and_fetches_nothing_even_with_lookahead():
     assert isinstance(placement_for(cfg), NoEngram)
     r = simulate(cfg, H100, synthetic_trace(cfg), steps=5, check_capacity=False, record_events=True)
     assert (r.steps["fetch_time_s"] == 0).all() and set(r.events["actor"]) == {GPU_COMPUTE, HOST}
+
+
+def test_a_step_streaming_less_than_l2_between_gathers_never_pays_cold_page_table_lines():
+    """uva.cold_line_ns applies only where the layers stream more than gpu.l2_mib between two gathers."""
+    import dataclasses
+
+    from sim import costs
+
+    p = load_profile("h100-sxm")
+    assert p.gpu.l2_mib == 50 and p.uva.cold_line_ns > 0
+    big = load_config("h100-e2e-dense4b").with_placement(kind="host_uva").with_table_gib(64).with_steps(4)
+    small = load_config("tiny").with_placement(kind="host_uva").with_table_gib(64).with_steps(4)
+    assert costs.streamed_between_gathers(small) < 50 * 2**20 < costs.streamed_between_gathers(big)
+
+    def step_s(cfg, profile):
+        return float(np.mean(simulate(cfg, profile, check_capacity=False).steps["step_time_s"]))
+
+    # No cold lines at all (cold_line_ns 0) against the profile's: the tiny step (about 2 MiB between its
+    # gathers) keeps its time, the Dense-4B step (about 7 GiB) pays them.
+    no_cold = dataclasses.replace(p, uva=dataclasses.replace(p.uva, cold_line_ns=0.0))
+    assert step_s(small, p) == step_s(small, no_cold)
+    assert step_s(big, p) > step_s(big, no_cold)
+    # An L2 larger than what the step streams keeps the upper levels warm; an unknown L2 (0) never does.
+    huge_l2 = dataclasses.replace(p, gpu=dataclasses.replace(p.gpu, l2_mib=1e6))
+    unknown_l2 = dataclasses.replace(p, gpu=dataclasses.replace(p.gpu, l2_mib=0.0))
+    assert step_s(big, huge_l2) == step_s(big, no_cold)
+    assert step_s(small, unknown_l2) > step_s(small, p)

@@ -9,15 +9,17 @@ from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
+from profiles import UvaProfile
 from profiles.fit import best_per_core, copy_engines_from, fit_copy, fit_gather_curve, fit_linear_time, fit_uva_points
 from profiles.reference import reference_figures
+from profiles.uva import fit_cold_line_ns, gather_cold_lines
 from profiles.writer import plain, sig
 from tools.calibrate.assemble_mechanisms import critical_path_fields, engine_fields, gpu_mechanism_fields
 from tools.calibrate.assemble_ssd import ssd_section
 from tools.calibrate.formatting import format_points, human_bytes
 from tools.calibrate.output import CalibrateError
 from tools.calibrate.shapes import preset_shapes
-from vocab.units import GiB
+from vocab.units import GiB, MiB
 
 
 def tool_version() -> str:
@@ -126,6 +128,8 @@ def gpu_table(raw: dict, base) -> tuple[dict, list[str], list[str]]:
         "kernel_launch_us": sig(raw["launch_us"], 3),
         "kernels_per_layer": base.gpu.kernels_per_layer,
         "hbm_gather": [{"x": rb, "y": sig(v)} for rb, v in sorted(raw["hbm_gather"].items())],
+        # read from the device (torch's L2_cache_size), else the base's
+        "l2_mib": sig(info["l2_bytes"] / MiB) if info.get("l2_bytes") else base.gpu.l2_mib,
     }
     mechanisms, mechanism_comments, notes = gpu_mechanism_fields(raw, base, gpu["bf16_tflops"], gpu["hbm_gbps"])
     gpu.update(mechanisms)
@@ -186,16 +190,20 @@ def uva_table(raw: dict, base) -> tuple[dict, list[str], list[str]]:
     fit, max_gbps, fit_pts, max_err = fit_uva_points(pts)
     uva = {"fixed_us": sig(fit.fixed_us), "row_ns": sig(fit.row_ns), "byte_ps": sig(fit.byte_ps),
            "walk_ns": sig(fit.walk_ns), "translation_unit_kib": fit.translation_unit_kib,
-           "tlb_reach_gib": fit.tlb_reach_gib, "miss_exponent": fit.miss_exponent, "max_gbps": sig(max_gbps),
-           "points": [{"table_gib": p["table_gib"], "row_bytes": p["row_bytes"], "rows": p["rows"],
-                       "us": sig(p["us"])} for p in pts]}
+           "tlb_reach_gib": fit.tlb_reach_gib, "miss_exponent": fit.miss_exponent, "max_gbps": sig(max_gbps)}
+    model = UvaProfile(fit.fixed_us, fit.row_ns, fit.byte_ps, fit.walk_ns, fit.translation_unit_kib,
+                       fit.tlb_reach_gib, fit.miss_exponent, max_gbps, upper_line_mib=base.uva.upper_line_mib)
+    cold, cold_comments, notes = cold_line_fields(raw, model, base)
+    uva.update(cold)
+    uva["points"] = [{"table_gib": p["table_gib"], "row_bytes": p["row_bytes"], "rows": p["rows"],
+                      "us": sig(p["us"])} for p in pts]
     comments = [
         "uva_gather (Triton) from one pinned host table (mmap + MADV_HUGEPAGE + cudaHostRegister), sorted "
         "fresh ids every step; smaller footprints use the table's first part",
         f"translation part fitted on the {len(fit_pts)} of {len(pts)} points not limited by max_gbps; "
         f"the whole model's max relative error over all points {max_err:.1%}",
+        *cold_comments,
     ]
-    notes = []
     rand = raw.get("uva_random") or []
     if rand:
         slow = [p["us_random"] / p["us_sorted"] for p in rand]
@@ -207,6 +215,35 @@ def uva_table(raw: dict, base) -> tuple[dict, list[str], list[str]]:
         notes.append(f"zero-copy gathers in random id order took x{min(slow):.3g}-x{max(slow):.3g} the sorted "
                      f"time ({len(rand)} points; the model is fitted on sorted ids)")
     return uva, comments, notes
+
+
+def cold_line_fields(raw: dict, model, base) -> tuple[dict, list[str], list[str]]:
+    """(cold_line_ns and upper_line_mib, comments, notes): cold_line_ns fitted to the gathers timed warm and
+    after an L2 flush (profiles.uva.fit_cold_line_ns, with the model just fitted), else the base's;
+    upper_line_mib is the base's (the MMU's page-table format, not a timing)."""
+    line_mib = base.uva.upper_line_mib
+    fields = {"upper_line_mib": line_mib}
+    comments = [f"upper_line_mib {line_mib:g} from the base profile: the table one L2 line of upper-level "
+                "page-table entries maps (the MMU's format), not timed"]
+    pts = raw.get("uva_cold") or []
+    cold, used = fit_cold_line_ns(model, pts, line_mib) if pts else (0.0, [])
+    if not used:
+        why = "not timed" if not pts else "no point was translation-bound"
+        fields["cold_line_ns"] = base.uva.cold_line_ns
+        comments.append(f"cold_line_ns {base.uva.cold_line_ns:g} from the base profile (see its comment there): "
+                        f"the gathers warm and after an L2 flush were {why}")
+        return fields, comments, [f"uva.cold_line_ns from the base profile ({why} here)"]
+    fields["cold_line_ns"] = sig(cold)
+    flush = raw.get("uva_cold_flush_bytes", 0)
+    comments += [
+        f"cold_line_ns: least-squares slope of (after an L2 flush - back to back) over the modelled cold "
+        f"upper-level lines, {len(used)} of {len(pts)} points (the translation-bound ones); the flush: a device "
+        f"copy of {human_bytes(flush)} (L2 {human_bytes(raw.get('l2_bytes', 0))}) before each timed gather, "
+        "outside its events:",
+        *[f"  {p['table_gib']} GiB, {p['row_bytes']} B x {p['rows']}: back to back {p['us_warm']:.4g} us, "
+          f"flushed {p['us_cold']:.4g} us, {gather_cold_lines(model, p['rows'], p['table_gib'] * GiB):.4g} lines"
+          for p in pts]]
+    return fields, comments, []
 
 
 # -- the whole profile --------------------------------------------------------------------------------

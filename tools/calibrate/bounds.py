@@ -81,6 +81,7 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
     Bound("uva.row_ns", "ns", 0, 100_000, "one row's request over the link", "uva"),
     Bound("uva.byte_ps", "ps/byte", 0, 1e5, "a byte over the link (0.01 GB/s or faster)", "uva"),
     Bound("uva.walk_ns", "ns", 0, 1e6, "one page walk", "uva"),
+    Bound("uva.cold_line_ns", "ns", 0, 1e5, "one upper-level page-table line read from DRAM", "uva"),
     Bound("uva.max_gbps", _GBPS, 0.1, 10_000, "the zero-copy payload's peak", "uva"),
     Bound("uva.points", "us", 0.1, 1e7, "one zero-copy gather", "uva", "us"),
     # ssd (measure_ssd.py, with --ssd-path); a figure past the high bound means memory served the reads
@@ -99,8 +100,8 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
 NOT_TIMED = frozenset({
     "host.cpu", "host.cpu_cores", "host.memory_gib",
     "gpu.name", "gpu.hbm_gib", "gpu.hbm_reserved_gib", "gpu.fp8_tflops", "gpu.kernels_per_layer",
-    "gpu.uva_blocks_per_sm", "link.kind",
-    "uva.translation_unit_kib", "uva.tlb_reach_gib", "uva.miss_exponent",
+    "gpu.uva_blocks_per_sm", "gpu.l2_mib", "link.kind",
+    "uva.translation_unit_kib", "uva.tlb_reach_gib", "uva.miss_exponent", "uva.upper_line_mib",
     "ssd.name", "ssd.capacity_gib", "ssd.read_block_bytes", "ssd.gds",
 })
 

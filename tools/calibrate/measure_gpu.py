@@ -29,7 +29,8 @@ def gpu_info(plan: dict, raw: dict) -> None:
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     raw["gpu_info"] = {"name": torch.cuda.get_device_name(), "total_bytes": int(props.total_memory),
                        "context_bytes": int(plan["total"] - plan["free"]), "torch": torch.__version__,
-                       "cuda": torch.version.cuda, "nvml": nvml_info(), "uva_reason": plan["uva_reason"]}
+                       "cuda": torch.version.cuda, "nvml": nvml_info(), "uva_reason": plan["uva_reason"],
+                       "l2_bytes": int(getattr(props, "L2_cache_size", 0))}
 
 
 def _freeing(gen):
@@ -216,9 +217,49 @@ def measure_uva(sizes: Sizes, plan: dict, raw: dict):
                                           "us_random": r * 1e6})
                 yield f"uva {g} GiB {rb} B x {n}, random order"
             sets = out = None
+        yield from _uva_cold_points(sizes, plan, table, rng, raw)
     finally:
         torch.cuda.synchronize()
         table.close()
+
+
+def _uva_cold_points(sizes: Sizes, plan: dict, table, rng, raw: dict):
+    """uva.cold_line_ns: the plan's gathers timed back to back (the page table's upper levels stay in L2),
+    then each after a device copy of plan["l2_flush_bytes"] (several times the L2, as the layers of a real step
+    stream between two gathers) that evicts them. The copy is queued before the timing's start event
+    (cuda_time_spread runs setup first), so only the gather is timed. It also evicts some TLB entries, as the
+    layers do; points with no cold line (within the TLB's reach) add nothing to the fit's slope."""
+    import torch  # optional heavy dependency
+
+    raw["uva_cold"] = []
+    if not plan.get("uva_cold_points"):
+        return
+    flush_src = torch.empty(plan["l2_flush_bytes"], dtype=torch.uint8, device="cuda")
+    flush_src.fill_(1)
+    flush_dst = torch.empty_like(flush_src)
+    raw["uva_cold_flush_bytes"], raw["l2_bytes"] = plan["l2_flush_bytes"], plan["l2_bytes"]
+    try:
+        for g, rb, n in plan["uva_cold_points"]:
+            sets = [torch.from_numpy(fresh_ids(rng, int(g * GiB) // rb, n)).cuda()
+                    for _ in range(sizes.warmup + sizes.repeats)]
+            out = torch.empty(n * rb, dtype=torch.uint8, device="cuda")
+
+            def gather(ids, rb=rb, out=out):
+                uva_gather(table, rb, ids, out)
+
+            def flushed(i, sets=sets):
+                flush_dst.copy_(flush_src)    # untimed: before the start event
+                return sets[i]
+
+            warm = cuda_median_time(gather, sizes.warmup, sizes.repeats, setup=lambda i, sets=sets: sets[i])
+            cold = cuda_median_time(gather, sizes.warmup, sizes.repeats, setup=flushed)
+            raw["uva_cold"].append({"table_gib": g, "row_bytes": rb, "rows": n, "us_warm": warm * 1e6,
+                                    "us_cold": cold * 1e6})
+            yield f"uva {g} GiB {rb} B x {n}, warm and after an L2 flush"
+            sets = out = None
+    finally:
+        flush_src = flush_dst = None
+        torch.cuda.empty_cache()
 
 
 def _uva_random_order(sizes: Sizes, table, rb: int, sets: list, out) -> float:

@@ -12,6 +12,9 @@ from vocab.units import GiB, KiB, MiB
 
 # Zero-copy gathers are also timed with the same ids in random order (sorted is what the stores do).
 UVA_RANDOM_ROWS = 16384
+# The copy that evicts the L2 between two cold zero-copy gathers: this many times the L2, at least L2_FLUSH_MIN.
+L2_FLUSH_FACTOR = 4
+L2_FLUSH_MIN = 256 * MiB
 # The contention probe's zero-copy grids, as multiples of the SM count (None: one program per row block).
 CONTENTION_GRIDS = (0.25, 0.5, 1, 2, None)
 
@@ -62,6 +65,11 @@ class Sizes:
     ssd_seq_call_bytes: int = 256 * MiB            # contiguous bytes per timed call of sequential reads
     ssd_cpu_reads: int = 2048                      # reads per timed batch of the CPU cost at depth 1
     ssd_stop_when_flat: bool = False               # skip the deeper depths once IOPS stops rising
+    # zero-copy gathers warm and after an L2 flush (uva.cold_line_ns): footprints (those the pinned table
+    # holds), the row bytes and row counts of the e2e experiment's step (512 x 16 rows of 160 B) and more
+    uva_cold_table_gib: tuple = (1, 4, 16, 64)
+    uva_cold_row_bytes: int = 160
+    uva_cold_rows: tuple = (8192, 65536)
 
 
 FULL = Sizes(
@@ -95,7 +103,7 @@ QUICK = Sizes(
     contention_rows=65536, contention_layers=4, graph_kernels=(16, 256, 1024), engine_batches=(8, 256),
     engine_steps=8,
     ssd_file_bytes=GiB, ssd_reads_per_thread=32, ssd_seq_call_bytes=64 * MiB, ssd_cpu_reads=512,
-    ssd_stop_when_flat=True,
+    ssd_stop_when_flat=True, uva_cold_table_gib=(1, 8), uva_cold_rows=(8192,),
 )
 
 
@@ -133,6 +141,10 @@ def gpu_plan(sizes: Sizes) -> dict:
     uva_points = [] if uva_reason else [
         (g, rb, n) for rb in sizes.uva_row_bytes for g in footprints for n in sizes.uva_rows
         if n <= (g * GiB // rb) // 2]
+    uva_cold_points = [] if uva_reason else [
+        (g, sizes.uva_cold_row_bytes, n) for g in sizes.uva_cold_table_gib if g <= max(footprints, default=0)
+        for n in sizes.uva_cold_rows if n <= (g * GiB // sizes.uva_cold_row_bytes) // 2]
+    l2_bytes = int(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0))
     copy_max = int(min(max(sizes.copy_sizes), free * 0.25, available_gib() * GiB * 0.25))
     copy_sizes = [s for s in sizes.copy_sizes if s <= copy_max]
     pageable = [s for s in sizes.pageable_sizes if s <= copy_max] or [copy_sizes[-1]]
@@ -142,11 +154,14 @@ def gpu_plan(sizes: Sizes) -> dict:
                        + len(sizes.engine_batches) + (0 if uva_reason else 2 + len(CONTENTION_GRIDS)))
     return {
         "free": free, "total": total, "uva_reason": uva_reason, "uva_points": uva_points,
+        "uva_cold_points": uva_cold_points, "l2_bytes": l2_bytes,
+        "l2_flush_bytes": int(min(max(L2_FLUSH_FACTOR * l2_bytes, L2_FLUSH_MIN), free * 0.1)),
         "uva_table_gib": max(footprints) if footprints else 0,
         "copy_sizes": copy_sizes, "pageable_sizes": pageable,
         "bidir_bytes": int(min(sizes.bidir_bytes, copy_max // 2)),
         "d2d_bytes": int(min(sizes.d2d_bytes, free * 0.2)),
         "hbm_table_bytes": int(min(sizes.hbm_table_bytes, free * 0.4)),
         "count": (2 * len(copy_sizes) + 2 * len(pageable) + 1 + 1 + len(sizes.hbm_row_bytes) + len(uva_points)
-                  + sum(n == UVA_RANDOM_ROWS for _, _, n in uva_points) + compute_count + mechanism_count),
+                  + sum(n == UVA_RANDOM_ROWS for _, _, n in uva_points) + len(uva_cold_points) + compute_count
+                  + mechanism_count),
     }
