@@ -28,8 +28,11 @@ def critical_path_fields(raw: dict) -> tuple[dict, list[str]]:
     # A fit that leaves the sort no per-row cost (noise at tiny sizes): the largest point's own rate.
     n_max = max(raw["sort"])
     sort_rate = 1e9 / sort.per_item_ns if sort.per_item_ns > 0 else n_max / (raw["sort"][n_max] * 1e-6)
+    # Likewise a hash fit left without a per-token cost (noise): the largest batch's cost per token.
+    b_max = max(raw["critical_hash"])
+    per_token = hashed.per_item_ns if hashed.per_item_ns > 0 else raw["critical_hash"][b_max] * 1e3 / b_max
     fields = {"critical_hash_fixed_us": sig(hashed.fixed_us, 3),
-              "critical_hash_ns_per_token": sig(hashed.per_item_ns, 3),
+              "critical_hash_ns_per_token": sig(per_token, 3),
               "sort_rows_per_s": sig(sort_rate, 3)}
     comments = [
         "critical_hash_*: workloads/hashing.py hash_layer (NumPy, one thread) of one Engram layer over a decode "
