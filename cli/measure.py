@@ -43,15 +43,16 @@ def compare_shared_hosts(paths: list[str], profile_name: str | None, out: Path) 
         t.insert(0, "record", Path(p).name)
         tables.append(t)
     df = pd.concat(tables, ignore_index=True)
-    s = summarise(df)
     print("Shared-host fetch makespan per step (median: all workers start, the last one's rows are in staging), "
           "measured vs predicted by the server DES (tools/shared_host_check.py); the gathers' span beside:")
     shown = ["record", "workers", "gather_threads", "quiet", "measured_ms", "predicted_ms", "error_pct",
              "one_worker_ratio_measured", "one_worker_ratio_predicted", "gather_span_measured_ms",
              "gather_span_predicted_ms"]
     print(df[shown].to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
-    print(f"  |error| min/median/max: {s['abs_error_min_pct']:.1f} / {s['abs_error_median_pct']:.1f} / "
-          f"{s['abs_error_max_pct']:.1f} % over {s['points']} points ({s['quiet_points']} measured quiet)")
+    for name, part in df.groupby("record", sort=False):  # each record its own figures (a policy, a session)
+        s = summarise(part)
+        print(f"  {name}: |error| min/median/max {s['abs_error_min_pct']:.1f} / {s['abs_error_median_pct']:.1f} / "
+              f"{s['abs_error_max_pct']:.1f} % over {s['points']} points ({s['quiet_points']} measured quiet)")
     with staged_dir(out) as tmp:
         df.to_csv(tmp / "shared-host-compare.csv", index=False)
     print(f"wrote {out / 'shared-host-compare.csv'}")
