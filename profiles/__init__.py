@@ -220,12 +220,22 @@ class HostProfile:
     # waiting thread gets in at the first tick after the running one's base slice (4 ms; ASSUMED where not
     # measured: calibrate measures it).
     sched_slice_us: float = 4000.0
+    # How long after a step's fetch is submitted the runner's fetch worker starts it (its thread woken, and the
+    # engine's Python before it lets go of the interpreter's lock). Default 0: not measured (calibrate
+    # --device cpu measures it on a CPU run).
+    fetch_pickup_us: float = 0.0
+    # How late a sleeping helper thread joins a parallel call (placement.helper_threads = "sleep": woken by
+    # the call, on an idle core). Default 0: not measured (calibrate measures it: a two-thread gather with
+    # OpenMP's passive wait against the same with its spinning one).
+    thread_wake_us: float = 0.0
 
     def validate(self, path: str) -> None:
         require(self.cpu_cores >= 1, ProfileError, f"{path}.cpu_cores", "must be >= 1", "use the core count")
         require_each(self, path, ("memory_gib", "dram_gbps", "hash_tokens_per_s_per_core", "dedup_rows_per_s_per_core"),
                      ProfileError)
         require_each(self, path, ("sched_slice_us",), ProfileError, fix="use the OS's time slice in microseconds")
+        require_each(self, path, ("fetch_pickup_us", "thread_wake_us"), ProfileError, strict=False,
+                     fix="use microseconds >= 0")
         _check_curve(self.cpu_gather_per_thread, f"{path}.cpu_gather_per_thread")
         for name in ("dedup_curve", "hash_call_curve"):
             if getattr(self, name):
@@ -264,6 +274,12 @@ class SsdProfile:
     # Measured mean latency of one random read (x = reads in flight, y = microseconds); informative.
     random_read_latency_us: list[CurvePoint] = field(default_factory=list)
     read_cpu_us: float = 0.0
+    # The store's own CPU work per call on the fetch thread, beside its reads and copies (the DRAM cache's
+    # lookups and update, the block list, the rows picked out of their blocks): fixed + per unique row, and
+    # per row more with a DRAM cache. Default 0: not measured (calibrate --ssd-path measures them).
+    store_call_fixed_us: float = 0.0
+    store_row_ns: float = 0.0
+    store_cache_row_ns: float = 0.0
     # GPUDirect Storage: reads land straight in HBM (placement.ssd_reads = "gds").
     gds: bool = False
 
@@ -276,6 +292,8 @@ class SsdProfile:
         if self.random_read_latency_us:
             _check_curve(self.random_read_latency_us, f"{path}.random_read_latency_us")
         require(self.read_cpu_us >= 0, ProfileError, f"{path}.read_cpu_us", "must be >= 0", "use microseconds")
+        require_each(self, path, ("store_call_fixed_us", "store_row_ns", "store_cache_row_ns"), ProfileError,
+                     strict=False, fix="use 0 or more (calibrate --ssd-path measures them)")
         for name in ("read_call_fixed_us", "read_handoff_us"):
             value = getattr(self, name)
             require(math.isfinite(value) and 0 <= value <= MAX_READ_CALL_US, ProfileError, f"{path}.{name}",

@@ -44,6 +44,7 @@ except ImportError as exc:
     raise UserError("torch", "real runs need PyTorch", "pip install 'engram-sim[real]'") from exc
 
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -411,6 +412,8 @@ def describe(record: RunRecord, cfg: RunConfig, device: str, *, warmup: int, nvm
         "parameters": memory["parameters"],
         "model_dtype": str(backbone.dtype).replace("torch.", ""),
         "moe_impl": next((layer.ffn.impl for layer in backbone.layers if hasattr(layer.ffn, "impl")), None),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (unset)"),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset"),
     }
     if torch.device(device).type == "cuda":
         record.summary = summarise(record.steps, profile.link.h2d_gbps * 1e9)

@@ -156,6 +156,9 @@ class Simulation:
         log.fetch_start = self.env.now
         log.fetch_end = [math.nan] * len(self.layer_ids)
         thread = self.res.thread()
+        pickup = self.profile.host.fetch_pickup_us * 1e-6
+        if pickup > 0:  # the fetch worker starts the fetch this long after it is submitted
+            yield self.env.timeout(pickup)
         if plan.hash_time > 0:  # worker threads hash (with hash_on = "critical_path" the host did)
             t = self.env.now
             yield from thread.run_parallel(plan.hash_time * self.hash_threads, self.hash_threads)

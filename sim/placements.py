@@ -404,12 +404,20 @@ class SSD(OverHostLink):
         if dram + drive == 0:
             yield from self._send_row_ids(res, step, k, plan)
             return
+        # The store's own work on the fetch thread first (cache lookups, the block list), then its tiers.
+        yield from res.thread().run(self.store_time(res.profile, dram + drive))
         parts = []
         if dram:
             parts.append(res.spawn(self.miss.fetch_rows(res, step, k, dram, plan)))
         if drive:
             parts.append(res.spawn(self._from_drive(res, step, k, drive, reads)))
         yield from res.thread().wait(res.env.all_of(parts))
+
+    def store_time(self, profile: HardwareProfile, rows: int) -> float:
+        """Seconds of the store's own CPU work for a call of `rows` unique rows (ssd.store_*)."""
+        d = profile.ssd
+        per_row = d.store_row_ns + (d.store_cache_row_ns if dram_cache_rows_per_layer(self.cfg) > 0 else 0.0)
+        return d.store_call_fixed_us * 1e-6 + rows * per_row * 1e-9
 
     def _read_settings(self, profile: HardwareProfile, reads: int) -> tuple[int, float]:
         p = self.cfg.placement
@@ -437,6 +445,7 @@ class SSD(OverHostLink):
         dram, drive, reads = self._tiers(plan, k)
         if dram + drive == 0:
             return self._row_ids_alone(profile, plan, k)
+        own = self.store_time(profile, dram + drive)
         from_dram = self.miss.rows_alone(profile, plan, k, dram) if dram else 0.0
         from_drive = 0.0
         if drive:
@@ -444,7 +453,7 @@ class SSD(OverHostLink):
             from_drive = costs.ssd_read_time(profile, reads, p.ssd_threads, p.ssd_queue_depth)
             if p.ssd_reads != "gds":
                 from_drive += self.staged.rows_alone(profile, plan, k, drive)
-        return max(from_dram, from_drive)
+        return own + max(from_dram, from_drive)
 
     def sm_hold(self, profile, plan, k):
         dram = int(plan.dram_hits[k])  # only a zero-copy gather of the DRAM-cache hits holds SMs

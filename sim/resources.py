@@ -147,8 +147,11 @@ class CpuThread:
 
     def _split(self, threads: int, work):
         others = []
+        wake = self.res.helper_wake_s
         for _ in range(threads - 1):
             def helper(t=CpuThread(self.res)):
+                if wake > 0:  # a sleeping helper is woken by the call and joins it late
+                    yield self.res.env.timeout(wake)
                 yield from work(t)
                 t.release()
             others.append(self.res.env.process(helper()))
@@ -180,6 +183,8 @@ class SharedResources:
         if pool_pipe not in pools:
             pools[pool_pipe] = CorePool(env, self.net.capacities[pool_pipe], profile.host.sched_slice_us * 1e-6)
         self.cores: CorePool = pools[pool_pipe]
+        # How late the helper threads of a parallel call join it (0 where they spin between calls).
+        self.helper_wake_s = profile.host.thread_wake_us * 1e-6 if placement.helper_threads == "sleep" else 0.0
         self._threads: dict = {}
         self.sm_share = 0.0        # compute throughput lost to resident gather blocks (summed, at most 1)
         self.rate_changed = env.event()

@@ -28,6 +28,7 @@ from sim import costs
 from tools.calibrate import (
     assemble,
     assemble_mechanisms,
+    assemble_ssd,
     measure_cpu,
     measure_engine,
     measure_gpu,
@@ -310,7 +311,10 @@ def synthetic_ssd_raw(folder: str = "/data") -> dict:
                     "seq": {"gbps": 3.0, "block_bytes": MiB, "threads": 4, "call_bytes": 256 * MiB},
                     "read_cpu_us": 5.0, "read_cpu_spread_us": (4.0, 5.0, 6.0),
                     # calls of n reads: one read's latency, plus 30 us a call and 6 us a thread
-                    "calls": {n: (1e6 / 12000.0 + 30.0 + 6.0 * n) * 1e-6 for n in (1, 2, 4, 8, 16)}}}
+                    "calls": {n: (1e6 / 12000.0 + 30.0 + 6.0 * n) * 1e-6 for n in (1, 2, 4, 8, 16)},
+                    # the store's own work: 80 us + 0.7 us a row, 0.25 us a row more with a DRAM cache
+                    "store": [{"rows": n, "cache": c, "us": 80.0 + 0.7 * n + (0.25 * n if c else 0.0)}
+                              for c in (False, True) for n in (32, 512)]}}
 
 
 def synthetic_gpu_raw() -> dict:
@@ -352,6 +356,7 @@ def synthetic_gpu_raw() -> dict:
         "sort": {n: 1.0 + 0.004 * n for n in (16, 256, 4096, 65536)},
         # the worker's hash call: 15 us at 64 tokens, 150 us at 3072; the OS's slice 4 ms
         "hash_call": {64: 15.0, 3072: 150.0}, "sched_slice_us": 3970.0, "sched_slice_runs_us": [990.0, 3970.0, 3980.0],
+        "thread_wake": {"PASSIVE": 570.0, "ACTIVE": 440.0}, "thread_wake_us": 130.0,
         "gpu_info": {"name": "NVIDIA Test GPU", "total_bytes": 80 * GiB, "context_bytes": GiB // 2, "torch": "2.x",
                      "cuda": "13.0", "nvml": {"name": "NVIDIA Test GPU", "driver": "580.1", "pcie_gen": 5,
                                               "pcie_width": 16}, "uva_reason": None, "l2_bytes": 50 * MiB},
@@ -617,6 +622,22 @@ def test_hash_call_is_timed_at_every_size_and_becomes_a_rate_curve(monkeypatch):
     # tokens / seconds: 4 M tokens/s at 64 tokens, 20.5 M at 3072 (the fixed part amortised)
     assert host["hash_call_curve"] == [{"x": 64, "y": 4e6}, {"x": 3072, "y": 2.048e7}]
     assert any(c.startswith("hash_call_curve:") for c in comments)
+
+
+def test_store_call_costs_recover_the_store_work_they_were_made_from():
+    from tools.calibrate.assemble_ssd import store_call_costs
+    fixed, row_ns, cache_row_ns = store_call_costs(synthetic_ssd_raw()["ssd"]["store"])
+    assert (fixed, row_ns, cache_row_ns) == pytest.approx((80.0, 700.0, 250.0))
+    table, comments, _ = assemble_ssd.ssd_section(synthetic_ssd_raw())
+    assert table["store_call_fixed_us"] == 80.0 and table["store_cache_row_ns"] == 250.0
+    assert any(c.startswith("store_*") for c in comments)
+
+
+def test_thread_wake_is_the_passive_gather_less_the_active_one():
+    host, comments, _ = assemble.host_section({**synthetic_gpu_raw(), **synthetic_mechanism_raw(0.4)},
+                                              load_profile("h100-sxm"))
+    assert host["thread_wake_us"] == 130.0
+    assert any(c.startswith("thread_wake_us") for c in comments)
 
 
 def test_sched_slice_probe_measures_a_slice_between_a_tick_and_a_second():

@@ -115,3 +115,44 @@ def test_the_pool_never_runs_more_threads_than_cores():
         res.spawn(job())
     env.run()
     assert peak[0] == 2
+
+
+def test_sleeping_helpers_join_a_parallel_call_late_and_never_make_it_faster():
+    ends = {}
+    for helpers in ("spin", "sleep"):
+        profile = load_profile("dev-vm-cpu")
+        profile = dataclasses.replace(profile, host=dataclasses.replace(profile.host, thread_wake_us=100.0))
+        env = simpy.Environment()
+        res = SharedResources(env, profile, load_config("tiny").with_placement(helper_threads=helpers).placement)
+
+        def region():
+            yield from res.thread().run_parallel(2e-3, 2)
+            ends[helpers] = env.now
+        res.spawn(region())
+        env.run()
+    # 1 ms a thread; a sleeping helper starts 100 us late and the call waits for it
+    assert ends == pytest.approx({"spin": 1e-3, "sleep": 1.1e-3})
+
+
+def test_the_fetch_pickup_delays_every_fetch_and_never_speeds_a_step():
+    from sim.engine import simulate
+    cfg = load_config("tiny").with_placement(kind="host_dma")
+    profile = load_profile("dev-vm-cpu")
+    fast = simulate(cfg, dataclasses.replace(profile, host=dataclasses.replace(profile.host, fetch_pickup_us=0.0)),
+                    steps=8, check_capacity=False)
+    slow = simulate(cfg, dataclasses.replace(profile, host=dataclasses.replace(profile.host, fetch_pickup_us=500.0)),
+                    steps=8, check_capacity=False)
+    assert slow.summary["fetch_time_s"] == pytest.approx(fast.summary["fetch_time_s"] + 500e-6, rel=1e-6)
+    assert slow.summary["step_time_s"] >= fast.summary["step_time_s"]
+
+
+def test_the_ssd_stores_own_work_lengthens_its_fetch_by_what_the_profile_says():
+    from sim.engine import simulate
+    cfg = load_config("real_runs/records/tiny-ssd.toml").with_placement(kind="ssd")
+    profile = load_profile("dev-vm-cpu")
+    none = dataclasses.replace(profile.ssd, store_call_fixed_us=0.0, store_row_ns=0.0, store_cache_row_ns=0.0)
+    some = dataclasses.replace(profile.ssd, store_call_fixed_us=100.0, store_row_ns=1000.0, store_cache_row_ns=0.0)
+    a = simulate(cfg, dataclasses.replace(profile, ssd=none), steps=6, check_capacity=False)
+    b = simulate(cfg, dataclasses.replace(profile, ssd=some), steps=6, check_capacity=False)
+    rows = float(a.fetches["unique_rows"].mean())
+    assert b.summary["fetch_time_s"] - a.summary["fetch_time_s"] == pytest.approx(100e-6 + rows * 1e-6, rel=0.05)

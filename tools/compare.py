@@ -186,6 +186,8 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
     """(table row, one-step timelines, the predicted SimResult) for a loaded measured record."""
     n = len(record.steps)
     cfg = cfg.with_steps(n)
+    if str(record.extra.get("omp_wait_policy", "")).upper() == "PASSIVE":  # the run's helper threads slept
+        cfg = cfg.with_placement(helper_threads="sleep")
     prof, matched, note = _profile_for(record, cfg, profile)
     predicted = simulate(cfg, prof, steps=n, record_events=True, check_capacity=False)
     baselines = {kind: predicted if cfg.placement.kind == kind else
@@ -202,7 +204,9 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
         "table_bytes": int(cfg.engram.total_table_bytes), "table_gib": cfg.engram.total_table_bytes / GiB,
         "steps": n, "device": str(record.extra.get("device") or record.machine.get("device") or ""),
         "machine": gpu or str(record.machine.get("cpu_model") or "unknown CPU"),
-        "profile": prof.name, "profile_matched": bool(matched), "note": note,
+        # a profile given by path is named by it: the facts reload each profile by this
+        "profile": profile if profile and prof.name not in shipped_names() else prof.name,
+        "profile_matched": bool(matched), "note": note,
     }
     for m in METRICS:
         row[f"predicted_{m}"] = pred[m]

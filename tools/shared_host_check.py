@@ -64,12 +64,15 @@ def one_node_server(profile: HardwareProfile, workers: int) -> HardwareProfile:
     """The profile as a server of `workers` GPUs on one NUMA node that is its [host] (no switches, no NVLink)."""
     h = profile.host
     server = ServerProfile(gpus=workers, numa=[NumaNode(h.cpu_cores, h.dram_gbps, h.memory_gib, list(range(workers)))])
-    return dataclasses.replace(profile, server=server)
+    # The measured workers start hashing as the barrier lets them go: no fetch thread to hand the step to.
+    return dataclasses.replace(profile, server=server, host=dataclasses.replace(h, fetch_pickup_us=0.0))
 
 
-def point_config(cfg: RunConfig, workers: int, gather_threads: int) -> RunConfig:
-    """The record's config as the DES runs one point: every worker a replica, fetches launched with their step."""
-    return (cfg.with_deployment(gpus=workers).with_placement(gather_threads=gather_threads)
+def point_config(cfg: RunConfig, workers: int, gather_threads: int, policy: str = "") -> RunConfig:
+    """The record's config as the DES runs one point: every worker a replica, fetches launched with their step,
+    its gathers' helper threads sleeping between calls where the record's OpenMP wait policy was passive."""
+    helpers = "sleep" if policy.upper() == "PASSIVE" else "spin"
+    return (cfg.with_deployment(gpus=workers).with_placement(gather_threads=gather_threads, helper_threads=helpers)
             .with_workload(prefill_prefetch_ahead=0, decode_lookahead=0))
 
 
@@ -94,7 +97,8 @@ def compare_shared_host(record: dict, profile: HardwareProfile | None = None) ->
     for p in record["points"]:
         workers, threads = int(p["workers"]), int(p["gather_threads"])
         measured = p["summary"]["fetch_makespan_s"]
-        fetch, gather = makespans(point_config(cfg, workers, threads), one_node_server(profile, workers),
+        fetch, gather = makespans(point_config(cfg, workers, threads, str(record.get("omp_wait_policy", ""))),
+                                  one_node_server(profile, workers),
                                   int(p["steps"]))
         rows.append({"workers": workers, "gather_threads": threads, "quiet": bool(p.get("quiet", False)),
                      "measured_ms": measured["median"] * 1e3, "predicted_ms": float(np.median(fetch)) * 1e3,

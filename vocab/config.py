@@ -236,6 +236,10 @@ class PlacementConfig:
     # (a grid that grows with the step); a number: a persistent grid that loops over the rows, which
     # gathers slower but leaves more SMs to the layers it overlaps.
     uva_ctas: int | None = None
+    # How the CPU threads of a parallel hash or gather wait between calls (OpenMP's OMP_WAIT_POLICY):
+    # "spin" (the runtime's default: ready at once, holding their cores) or "sleep" (passive: each call
+    # wakes them, and they join it host.thread_wake_us late). `engram-sim run --device cpu` sleeps.
+    helper_threads: Literal["spin", "sleep"] = "spin"
 
     RANGES: ClassVar[dict] = {
         "hash_threads": THREADS, "gather_threads": THREADS, "staging_chunk_mib": (0, 1 << 14, "MiB"),

@@ -55,6 +55,8 @@ def host_section(raw: dict, base) -> tuple[dict, list[str], list[str]]:
         host["hash_call_curve"] = [{"x": int(n), "y": sig(n / (us * 1e-6))} for n, us in sorted(raw["hash_call"].items())]
     if raw.get("sched_slice_us"):
         host["sched_slice_us"] = sig(raw["sched_slice_us"], 3)
+    if "thread_wake_us" in raw:
+        host["thread_wake_us"] = sig(raw["thread_wake_us"], 3)
     critical, critical_comments = critical_path_fields(raw)
     engine, engine_comments, notes = engine_fields(raw, base)
     host.update(engine)
@@ -80,6 +82,8 @@ def host_section(raw: dict, base) -> tuple[dict, list[str], list[str]]:
         f"dedup (np.unique with inverse, 1 thread): {raw['dedup']:.4g} lookups/s",
         *([f"hash_call_curve: real_runs.inputs.step_rows of one layer on 1 thread, us by tokens: "
            f"{format_points(raw['hash_call'], val_fmt='{:.3g}')}"] if raw.get("hash_call") else []),
+        *([f"thread_wake_us: a 2-thread 4 MiB gather, us, OpenMP passive {raw['thread_wake']['PASSIVE']:.4g} "
+           f"less active {raw['thread_wake']['ACTIVE']:.4g}"] if raw.get("thread_wake") else []),
         *([f"sched_slice_us: run length of two spinning processes on one core, p10/p50/p90 us: "
            + " / ".join(f"{v:.4g}" for v in raw["sched_slice_runs_us"])] if raw.get("sched_slice_us") else []),
         *critical_comments, *engine_comments,
@@ -280,7 +284,7 @@ def _cpu_only_parts(base, base_name: str, base_desc: str, machine: str, common_n
              f"dedup_rows_per_s_per_core, dedup_curve, cpu_gather_fixed_us, cpu_gather_max_threads, "
              f"cpu_gather_per_thread, "
              f"critical_hash_fixed_us, critical_hash_ns_per_token, sort_rows_per_s, hash_call_curve, "
-             f"sched_slice_us); NOT measured (--cpu-only): "
+             f"sched_slice_us, thread_wake_us); NOT measured (--cpu-only): "
              f"gpu, link and uva are copied unchanged from the {base_desc}, and so are host.engine_step_fixed_us "
              f"and engine_step_per_seq_us (the engine's step is measured on a GPU)"] + common_notes
     return _Sections(plain(base.gpu), plain(base.link), plain(base.uva), {}, notes, machine,

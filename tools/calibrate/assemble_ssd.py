@@ -28,6 +28,23 @@ def read_call_costs(calls: dict, points: dict) -> tuple[float, float, dict]:
     return float(fixed), float(handoff), extra
 
 
+def store_call_costs(points: list[dict]) -> tuple[float, float, float]:
+    """(store_call_fixed_us, store_row_ns, store_cache_row_ns) from the store's own time by unique rows: a line
+    through the calls without a DRAM cache, and the cache's extra per row through the origin; all at least 0."""
+    plain = sorted((p["rows"], p["us"]) for p in points if not p["cache"])
+    cached = {p["rows"]: p["us"] for p in points if p["cache"]}
+    n = np.array([r for r, _ in plain], float)
+    y = np.array([u for _, u in plain])
+    if n.size >= 2:
+        per_row, fixed = np.polyfit(n, y, 1)
+    else:
+        per_row, fixed = 0.0, float(y[0]) if y.size else 0.0
+    per_row, fixed = max(0.0, float(per_row)), max(0.0, float(fixed))
+    extra = [(r, cached[r] - (fixed + per_row * r)) for r, _ in plain if r in cached]
+    num, den = sum(r * e for r, e in extra), sum(r * r for r, _ in extra)
+    return fixed, per_row * 1e3, max(0.0, num / den * 1e3) if den else 0.0
+
+
 def ssd_section(raw: dict) -> tuple[dict, list[str], list[str]]:
     """(ssd table, its comments, notes) from raw["ssd"] and the drive's facts raw["drive"]."""
     m, drive = raw["ssd"], raw["drive"]
@@ -48,6 +65,9 @@ def ssd_section(raw: dict) -> tuple[dict, list[str], list[str]]:
         "read_cpu_us": sig(m["read_cpu_us"], 3),
         "gds": False,
     }
+    if m.get("store"):
+        s_fixed, s_row, s_cache = store_call_costs(m["store"])
+        table.update(store_call_fixed_us=sig(s_fixed, 3), store_row_ns=sig(s_row, 3), store_cache_row_ns=sig(s_cache, 3))
     lo, med, hi = m["read_cpu_spread_us"]
     comments = [
         f"Measured with real_runs/direct_io.DirectReader (the SSD store's reads): O_DIRECT preadv of "
@@ -65,9 +85,13 @@ def ssd_section(raw: dict) -> tuple[dict, list[str], list[str]]:
         "read's latency at depth n: " + ", ".join(
             f"{k}: {m['calls'][k] * 1e6:.3g} us ({v:+.3g})" for k, v in extra.items()),
     ]
+    if m.get("store"):
+        comments.append("store_*: real_runs/ssd_store.SsdStore.prefetch on a 16 MiB table in the same folder, its "
+                        "time less its reads, copies and dedup, us by unique rows: " + ", ".join(
+                            f"{p['rows']}{' cached' if p['cache'] else ''}: {p['us']:.3g}" for p in m["store"]))
     skipped = [d for d in m["depths_asked"] if d not in points]
     notes = [f"measured here: ssd (random_read_iops, random_read_latency_us, seq_read_gbps, read_cpu_us, "
-             f"read_call_fixed_us, read_handoff_us) on "
+             f"read_call_fixed_us, read_handoff_us{', store_*' if m.get('store') else ''}) on "
              f"{drive['folder']}, device {drive['device']} ({drive['fs_type']}, mounted at {drive['mount_point']}, "
              f"st_dev {drive['st_dev']}, rotational {drive['rotational']}), with the SSD store's O_DIRECT reader on "
              f"a {human_bytes(drive['file_bytes'])} test file; ssd.capacity_gib is the file system's free space "

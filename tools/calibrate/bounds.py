@@ -52,6 +52,7 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
     Bound("host.hash_call_curve", "tokens/s", 1e4, 1e10, "the worker's hash call: a kernel pass and a few NumPy ops",
           "hash_call", "y"),
     Bound("host.sched_slice_us", "us", 10, 1e6, "the OS's time slice: Linux gives 0.7-12 ms", "sched_slice"),
+    Bound("host.thread_wake_us", "us", 0, 1e5, "waking a sleeping thread onto an idle core", "thread_wake"),
     Bound("host.engine_step_fixed_us", "us", 0, 1e6, "Python between two decode steps", "engine"),
     Bound("host.engine_step_per_seq_us", "us/sequence", 0, 1e4, "Python bookkeeping per sequence", "engine"),
     # gpu (measure_gpu.py, measure_rates.py, measure_sharing.py)
@@ -93,6 +94,9 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
     Bound("ssd.read_cpu_us", "us", 0.1, 1000, "a preadv system call and the pool's hand-off", "ssd"),
     Bound("ssd.read_call_fixed_us", "us", 0, 1e4, "submitting and collecting one read call's shares", "ssd"),
     Bound("ssd.read_handoff_us", "us", 0, 1e4, "waking a reader thread and taking its result", "ssd"),
+    Bound("ssd.store_call_fixed_us", "us", 0, 1e5, "the store's Python around one call's reads", "ssd"),
+    Bound("ssd.store_row_ns", "ns/row", 0, 1e6, "looking a row up, listing its block, picking it out", "ssd"),
+    Bound("ssd.store_cache_row_ns", "ns/row", 0, 1e6, "a DRAM cache's lookup, update and fill of a row", "ssd"),
 )}
 
 # Written but not measured by a timing: facts read from the machine, figures copied from the base profile,
@@ -106,7 +110,7 @@ NOT_TIMED = frozenset({
 })
 
 # The steps each side runs, in order (measure_cpu.cpu_steps and measure_gpu.gpu_steps use these names).
-CPU_STEPS = ("hashing", "cpu_gather", "dedup", "memcpy", "critical_path", "hash_call", "sched_slice")
+CPU_STEPS = ("hashing", "cpu_gather", "dedup", "memcpy", "critical_path", "hash_call", "sched_slice", "thread_wake")
 GPU_STEPS = ("copies", "hbm", "compute", "pinning", "uva", "matmul_ladder", "memory_ladder", "graphs",
              "contention", "engine")
 SSD_STEPS = ("ssd",)   # with --ssd-path (measure_ssd.ssd_steps)

@@ -26,14 +26,19 @@ torch and real_runs.backbone (which imports it) are optional heavy dependencies,
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import time
 
 import numpy as np
+import pandas as pd
 
 from real_runs.instrument import cpu_model, memory_gib
 from real_runs.timing import median_time
 from vocab.config import LengthDistribution, RunConfig, load_config
 from vocab.files import atomic_write_text
+from vocab.placements import HOST_DMA
+from vocab.records import CPU_HASH
 from vocab.serving import serving_tables
 
 MATMUL_ROWS = (1, 4, 16, 64, 256, 1024, 4096)
@@ -228,6 +233,33 @@ def measure_serve_step(config: str) -> dict:
             "by_batch_us": {k: round(v * 1e6, 1) for k, v in by_batch.items()}, "steps": int(decode.sum())}
 
 
+PICKUP_STEPS = 40   # decode steps of the pick-up run (after its warm-up)
+
+
+def measure_fetch_pickup(config: str) -> dict:
+    """host.fetch_pickup_us: how long after a step's fetch is submitted the runner's fetch worker starts it (its
+    thread woken, the Python the engine runs before it gives up the interpreter's lock): a real decode run on
+    this CPU (real_runs/runner.py, the config's backbone, the table in memory: host_dma), the median over steps
+    of the worker's hash start less the step's fetch submission."""
+    from real_runs.runner import run  # torch: an optional heavy dependency
+
+    cfg = load_config(config).with_workload(phase="decode")
+    record = run(cfg, HOST_DMA, steps=PICKUP_STEPS, device="cpu", warmup=2)
+    fetches = record.fetches.groupby("step")["fetch_start_s"].min()
+    events = pd.DataFrame(record.events) if not isinstance(record.events, pd.DataFrame) else record.events
+    hashes = events[events["actor"] == CPU_HASH].groupby("step")["start_s"].min()
+    pickup = (hashes - fetches.reindex(hashes.index)).dropna().to_numpy() * 1e6
+    return {"fetch_pickup_us": round(float(np.median(pickup)), 1),
+            "spread_us": [round(float(np.percentile(pickup, q)), 1) for q in (10, 50, 90)], "steps": int(pickup.size)}
+
+
+def format_fetch_pickup(pickup: dict) -> str:
+    return "\n".join([
+        f"# The runner's fetch worker starts a step's fetch this long after it is submitted (a real decode run on this "
+        f"CPU, {pickup['steps']} steps, p10/p50/p90 us: " + " / ".join(map(str, pickup["spread_us"])) + ")",
+        f"fetch_pickup_us = {pickup['fetch_pickup_us']}"])
+
+
 def format_serve_step(engine: dict) -> str:
     """The two [host] fields as TOML lines, with the points they were fitted to."""
     return "\n".join([
@@ -240,14 +272,18 @@ def format_serve_step(engine: dict) -> str:
 
 def run_cpu_device(args) -> int:
     """`calibrate --device cpu`: measure, print the [gpu] section (and write it to --out if given)."""
+    # As `engram-sim run` does (real_runs/command.py): idle OpenMP threads sleep, unless the environment says.
+    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     repeats = 5 if getattr(args, "quick", False) else 15
     config = getattr(args, "config", None) or "tiny"
     ops = measure_ops(config, repeats)
     rates = measure_rates(config, ops["per_op_us"] * 1e-6, repeats)
     fields = {"name": f'"{cpu_model()}"', **gpu_section(ops, rates, memory_gib())}
     engine = measure_serve_step(config)
+    pickup = measure_fetch_pickup(config)
     text = ("[gpu]\n" + format_section(fields, ops, rates) + "\n\n# merge into the profile's [host] section\n[host]\n"
-            + format_serve_step(engine) + "\n")
+            + format_serve_step(engine) + "\n" + format_fetch_pickup(pickup) + "\n")
     print(text)
     if getattr(args, "out", None):
         atomic_write_text(args.out, text)

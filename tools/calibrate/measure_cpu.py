@@ -6,8 +6,11 @@ from __future__ import annotations
 import functools
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -21,8 +24,8 @@ from vocab.geometry import table_offsets
 from vocab.units import MiB
 from workloads.hashing import hash_layer
 
-# Lookups per dedup call measured (a decode step's to a long prefill's), up to the plan's dedup_lookups.
-DEDUP_SIZES = (1 << 12, 1 << 15, 1 << 18)
+# Lookups per dedup call measured (a small decode step's to a long prefill's), up to the plan's dedup_lookups.
+DEDUP_SIZES = (32, 1 << 12, 1 << 15, 1 << 18)
 # A fetch worker's hash and dedup calls run after its gathers have streamed their rows through the caches:
 # each timed call follows a pass over this many bytes (two 4 MiB staging chunks, the default staging), so it
 # starts with cold caches as there (warm, back to back, a 4,096-token call runs 20-30 % faster).
@@ -184,7 +187,7 @@ def measure_critical_path(sizes: Sizes, plan: dict, raw: dict):
 # Prompt chunks (sequences x tokens, a quarter of each left as padding, as chunks of ragged prompts leave)
 # and decode batches the worker's hash call is timed at.
 HASH_CALL_PREFILL = ((8, 128), (32, 128), (64, 128))
-HASH_CALL_DECODE = (64, 512)
+HASH_CALL_DECODE = (1, 4, 64, 512)
 
 
 def measure_hash_call(sizes: Sizes, plan: dict, raw: dict):
@@ -264,6 +267,48 @@ def measure_sched_slice(sizes: Sizes, plan: dict, raw: dict):
     yield "sched slice"
 
 
+# A two-thread gather of one staging chunk (4 MiB of 256 B rows), timed in a fresh process under each OpenMP
+# wait policy; between calls the process sleeps, as a worker between its steps' gathers.
+WAKE_PROBE = """
+import json, sys, time
+import numba, numpy as np
+from real_runs.tables import gather_rows
+rows, n = 1 << 22, 16384
+table = np.ones((rows, 32), np.uint64)
+out = np.zeros((n, 32), np.uint64)
+rng = np.random.default_rng(0)
+sets = [np.sort(rng.choice(rows, n, replace=False)).astype(np.int64) for _ in range(8)]
+numba.set_num_threads(2)
+gather_rows(table, sets[0], out)
+times = []
+for i in range(int(sys.argv[1])):
+    time.sleep(0.002)
+    t0 = time.perf_counter_ns()
+    gather_rows(table, sets[i % 8], out)
+    times.append(time.perf_counter_ns() - t0)
+print(json.dumps(float(np.median(times[3:])) / 1e3))
+"""
+
+
+def measure_thread_wake(sizes: Sizes, plan: dict, raw: dict):
+    """host.thread_wake_us: how late a sleeping helper thread joins a parallel call: a two-thread gather with
+    OpenMP's passive wait (helpers sleep between calls) less the same with its active one (they spin), each in a
+    fresh process (the runtime reads the policy when it loads). Nothing where fewer than 2 threads run."""
+    if plan["max_threads"] < 2:
+        yield "thread wake (one thread: nothing to wake)"
+        return
+    root = Path(__file__).resolve().parents[2]
+    got = {}
+    for policy in ("PASSIVE", "ACTIVE"):
+        env = {**os.environ, "OMP_WAIT_POLICY": policy, "PYTHONPATH": str(root)}
+        done = subprocess.run([sys.executable, "-c", WAKE_PROBE, str(max(sizes.repeats, 25))], env=env,
+                              capture_output=True, text=True, timeout=300, check=True)
+        got[policy] = float(done.stdout.strip().splitlines()[-1])
+    raw["thread_wake"] = got
+    raw["thread_wake_us"] = max(0.0, got["PASSIVE"] - got["ACTIVE"])
+    yield "thread wake"
+
+
 def cpu_steps(sizes: Sizes, plan: dict, pin_staging: bool) -> list[tuple]:
     """(name, measure(raw) -> generator) of each CPU measurement step, in order (names: bounds.CPU_STEPS);
     a step can be run again into the same raw (calibrate re-measures a step whose figures look wrong)."""
@@ -275,6 +320,7 @@ def cpu_steps(sizes: Sizes, plan: dict, pin_staging: bool) -> list[tuple]:
         ("critical_path", lambda raw: measure_critical_path(sizes, plan, raw)),
         ("hash_call", lambda raw: measure_hash_call(sizes, plan, raw)),
         ("sched_slice", lambda raw: measure_sched_slice(sizes, plan, raw)),
+        ("thread_wake", lambda raw: measure_thread_wake(sizes, plan, raw)),
     ]
 
 

@@ -15,6 +15,7 @@ the threads. Each is a generator that fills raw["ssd"] and yields a label after 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from real_runs.direct_io import DirectReader, aligned_blocks
 from real_runs.timing import time_spread
 from tools.calibrate.drive import FIELD
 from tools.calibrate.plan import Sizes
+from vocab.records import H2D_LINK, SSD_READ
 
 # In quick mode a depth whose IOPS is under this many times the best so far ends the ladder.
 STILL_RISING = 1.05
@@ -100,6 +102,48 @@ def measure_read_calls(sizes: Sizes, path, block_bytes: int, raw: dict):
     yield "ssd read calls"
 
 
+# The SSD store's own work around its reads is timed on a small table in the measured folder: calls of these
+# many unique rows (a decode step's, a prefill step's), without and with a DRAM cache of a quarter of it.
+STORE_ROWS = (32, 512)
+STORE_TABLE_ROWS = 1 << 16   # 256 B rows: a 16 MiB table file
+STORE_ROW_VALUES = 128       # bf16 values a row (256 B)
+
+
+def measure_store_calls(sizes: Sizes, path, block_bytes: int, raw: dict):
+    """The SSD store's own CPU work per call (real_runs/ssd_store.SsdStore.prefetch on the CPU: the DRAM
+    cache's lookups and update, the block list, the rows picked out of their blocks and put in the cache),
+    i.e. the call's time less its drive reads, its copies and its dedup, by unique rows and DRAM cache:
+    raw["ssd"]["store"] = [{"rows", "cache", "us"}]."""
+    from real_runs.ssd_store import SsdStore, SsdTable  # imports torch
+    from real_runs.tables import dedup
+
+    rng = np.random.default_rng(9)
+    folder = Path(path).parent if Path(path).is_file() else Path(path)
+    table = SsdTable(STORE_TABLE_ROWS, STORE_ROW_VALUES, "bf16", seed=1, folder=folder, block_bytes=block_bytes)
+    points = raw["ssd"]["store"] = []
+    try:
+        for cache_rows in (0, STORE_TABLE_ROWS // 4):
+            store = SsdStore(table, "cpu", threads=CALL_THREADS, dram_cache_rows=cache_rows)
+            try:
+                for n in STORE_ROWS:
+                    own = []
+                    for i in range(sizes.warmup + max(sizes.repeats, CALL_MIN_REPEATS)):
+                        ids = rng.choice(STORE_TABLE_ROWS, size=n, replace=False)
+                        d0 = time.perf_counter_ns()
+                        dedup(ids, STORE_TABLE_ROWS)
+                        d1 = time.perf_counter_ns()
+                        f = store.prefetch(ids)
+                        io = sum(b - a for actor, _, a, b in f.events if actor in (SSD_READ, H2D_LINK))
+                        if i >= sizes.warmup:
+                            own.append(max(0, f.issued_ns - f.start_ns - io - (d1 - d0)) / 1e3)
+                    points.append({"rows": n, "cache": cache_rows > 0, "us": float(np.median(own))})
+            finally:
+                store.close()
+    finally:
+        table.close()
+    yield "ssd store calls"
+
+
 def measure_drive(sizes: Sizes, path, block_bytes: int, raw: dict):
     """All the drive's measurements into raw["ssd"] (a re-run replaces them)."""
     raw["ssd"] = {"block_bytes": block_bytes, "depths_asked": list(sizes.ssd_depths)}
@@ -107,11 +151,12 @@ def measure_drive(sizes: Sizes, path, block_bytes: int, raw: dict):
     yield from measure_seq_reads(sizes, path, raw)
     yield from measure_read_cpu(sizes, path, block_bytes, raw)
     yield from measure_read_calls(sizes, path, block_bytes, raw)
+    yield from measure_store_calls(sizes, path, block_bytes, raw)
 
 
 def drive_count(sizes: Sizes) -> int:
     """Labels measure_drive yields (the progress bar's share)."""
-    return len(sizes.ssd_depths) + 3
+    return len(sizes.ssd_depths) + 4
 
 
 def ssd_steps(sizes: Sizes, path, block_bytes: int) -> list[tuple]:
