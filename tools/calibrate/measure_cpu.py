@@ -273,7 +273,7 @@ WAKE_PROBE = """
 import json, sys, time
 import numba, numpy as np
 from real_runs.tables import gather_rows
-rows, n = 1 << 22, 16384
+rows, n = 1 << 21, 16384
 table = np.ones((rows, 32), np.uint64)
 out = np.zeros((n, 32), np.uint64)
 rng = np.random.default_rng(0)
@@ -290,6 +290,9 @@ print(json.dumps(float(np.median(times[3:])) / 1e3))
 """
 
 
+WAKE_SETTLE_S = 1.0
+
+
 def measure_thread_wake(sizes: Sizes, plan: dict, raw: dict):
     """host.thread_wake_us: how late a sleeping helper thread joins a parallel call: a two-thread gather with
     OpenMP's passive wait (helpers sleep between calls) less the same with its active one (they spin), each in a
@@ -298,12 +301,16 @@ def measure_thread_wake(sizes: Sizes, plan: dict, raw: dict):
         yield "thread wake (one thread: nothing to wake)"
         return
     root = Path(__file__).resolve().parents[2]
-    got = {}
-    for policy in ("PASSIVE", "ACTIVE"):
+    # This process's own OpenMP threads may still spin after its gathers (the default policy): let them go to
+    # sleep first, so that they take no core from the probe; then each policy twice, alternating.
+    time.sleep(WAKE_SETTLE_S)
+    runs = {"PASSIVE": [], "ACTIVE": []}
+    for policy in ("PASSIVE", "ACTIVE") * 2:
         env = {**os.environ, "OMP_WAIT_POLICY": policy, "PYTHONPATH": str(root)}
         done = subprocess.run([sys.executable, "-c", WAKE_PROBE, str(max(sizes.repeats, 25))], env=env,
                               capture_output=True, text=True, timeout=300, check=True)
-        got[policy] = float(done.stdout.strip().splitlines()[-1])
+        runs[policy].append(float(done.stdout.strip().splitlines()[-1]))
+    got = {policy: float(np.median(v)) for policy, v in runs.items()}
     raw["thread_wake"] = got
     raw["thread_wake_us"] = max(0.0, got["PASSIVE"] - got["ACTIVE"])
     yield "thread wake"
