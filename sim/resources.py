@@ -132,12 +132,45 @@ class CpuThread:
     def run_parallel(self, core_seconds: float, threads: int):
         """DES process: CPU work split evenly over this thread and threads - 1 more (a parallel region: the
         others are woken, each takes a core when one is free; this thread then waits for the last of them)."""
-        yield from self._split(threads, lambda t: t.run(core_seconds / threads))
+        remaining = core_seconds
+        pool = self.pool.cpus
+        free = pool.capacity - pool.count + (1 if self.request is not None else 0)
+        if threads > 1 and self.res.helper_wake_s == 0 and not pool.queue and free >= threads:
+            # Every thread gets a core at once: they run in step, a slice at a time, as one (fewer events); if
+            # others wait when a slice ends, the threads go on one by one as below.
+            yield from self._core()
+            others = [pool.request() for _ in range(threads - 1)]   # granted at once: cores are free
+            try:
+                while remaining > 1e-12:
+                    piece = min(remaining, threads * max(self.pool.slice_s - (self.res.env.now - self.since), 1e-9))
+                    yield self.res.transfer(piece, {CPU_CORES: 1.0}, cap=float(threads))
+                    remaining -= piece
+                    if pool.queue:
+                        break
+            finally:
+                for r in others:
+                    pool.release(r)
+            if remaining <= 1e-12:
+                return
+        yield from self._split(threads, lambda t: t.run(remaining / threads))
 
     def move(self, nbytes: float, uses: dict[str, float], rate: float, threads: int):
         """DES process: a parallel CPU copy of `nbytes` over the logical pipes `uses` at `rate` bytes/s on
         `threads` threads (each a share at rate / threads, on its own core while it runs)."""
         share, per = nbytes / threads, rate / threads
+        pool = self.pool.cpus
+        free = pool.capacity - pool.count + (1 if self.request is not None else 0)
+        if threads > 1 and self.res.helper_wake_s == 0 and not pool.queue and free >= threads:
+            # Every thread gets a core at once and they run in step: one transfer for all (the same times as
+            # a transfer per thread, with fewer events).
+            yield from self._core()
+            others = [pool.request() for _ in range(threads - 1)]   # granted at once: cores are free
+            try:
+                yield self.res.transfer(nbytes, {**uses, CPU_CORES: threads / rate}, cap=rate)
+            finally:
+                for r in others:
+                    pool.release(r)
+            return
         uses = {**uses, CPU_CORES: 1.0 / per}
 
         def one(t: CpuThread):

@@ -57,6 +57,10 @@ def host_section(raw: dict, base) -> tuple[dict, list[str], list[str]]:
         host["sched_slice_us"] = sig(raw["sched_slice_us"], 3)
     if "thread_wake_us" in raw:
         host["thread_wake_us"] = sig(raw["thread_wake_us"], 3)
+    # Measured by `calibrate --device cpu` (a run on this CPU), not by these steps: kept from the base.
+    for name in ("serve_step_fixed_us", "serve_step_per_seq_us", "fetch_pickup_us"):
+        if getattr(base.host, name, None) is not None:
+            host[name] = getattr(base.host, name)
     critical, critical_comments = critical_path_fields(raw)
     engine, engine_comments, notes = engine_fields(raw, base)
     host.update(engine)

@@ -103,6 +103,8 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
 # the fit's grid choices (uva.translation_unit_kib, tlb_reach_gib, miss_exponent pick from fixed grids).
 NOT_TIMED = frozenset({
     "host.cpu", "host.cpu_cores", "host.memory_gib",
+    # measured by `calibrate --device cpu` (a run on this CPU), carried from the base by the other steps
+    "host.serve_step_fixed_us", "host.serve_step_per_seq_us", "host.fetch_pickup_us",
     "gpu.name", "gpu.hbm_gib", "gpu.hbm_reserved_gib", "gpu.fp8_tflops", "gpu.kernels_per_layer",
     "gpu.uva_blocks_per_sm", "gpu.l2_mib", "link.kind",
     "uva.translation_unit_kib", "uva.tlb_reach_gib", "uva.miss_exponent", "uva.upper_line_mib",
