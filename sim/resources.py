@@ -133,23 +133,19 @@ class CpuThread:
         """DES process: CPU work split evenly over this thread and threads - 1 more (a parallel region: the
         others are woken, each takes a core when one is free; this thread then waits for the last of them)."""
         remaining = core_seconds
-        pool = self.pool.cpus
-        free = pool.capacity - pool.count + (1 if self.request is not None else 0)
-        if threads > 1 and self.res.helper_wake_s == 0 and not pool.queue and free >= threads:
-            # Every thread gets a core at once: they run in step, a slice at a time, as one (fewer events); if
+        others = yield from self._all_cores(threads)
+        if others is not None:
+            # Every thread got a core at once: they run in step, a slice at a time, as one (fewer events); if
             # others wait when a slice ends, the threads go on one by one as below.
-            yield from self._core()
-            others = [pool.request() for _ in range(threads - 1)]   # granted at once: cores are free
             try:
                 while remaining > 1e-12:
                     piece = min(remaining, threads * max(self.pool.slice_s - (self.res.env.now - self.since), 1e-9))
                     yield self.res.transfer(piece, {CPU_CORES: 1.0}, cap=float(threads))
                     remaining -= piece
-                    if pool.queue:
+                    if self.pool.cpus.queue:
                         break
             finally:
-                for r in others:
-                    pool.release(r)
+                self._give_back(others)
             if remaining <= 1e-12:
                 return
         yield from self._split(threads, lambda t: t.run(remaining / threads))
@@ -157,26 +153,36 @@ class CpuThread:
     def move(self, nbytes: float, uses: dict[str, float], rate: float, threads: int):
         """DES process: a parallel CPU copy of `nbytes` over the logical pipes `uses` at `rate` bytes/s on
         `threads` threads (each a share at rate / threads, on its own core while it runs)."""
-        share, per = nbytes / threads, rate / threads
-        pool = self.pool.cpus
-        free = pool.capacity - pool.count + (1 if self.request is not None else 0)
-        if threads > 1 and self.res.helper_wake_s == 0 and not pool.queue and free >= threads:
-            # Every thread gets a core at once and they run in step: one transfer for all (the same times as
-            # a transfer per thread, with fewer events).
-            yield from self._core()
-            others = [pool.request() for _ in range(threads - 1)]   # granted at once: cores are free
+        others = yield from self._all_cores(threads)
+        if others is not None:
+            # Every thread got a core at once and they run in step: one transfer for all (the same times as a
+            # transfer per thread, with fewer events).
             try:
                 yield self.res.transfer(nbytes, {**uses, CPU_CORES: threads / rate}, cap=rate)
             finally:
-                for r in others:
-                    pool.release(r)
+                self._give_back(others)
             return
+        share, per = nbytes / threads, rate / threads
         uses = {**uses, CPU_CORES: 1.0 / per}
 
         def one(t: CpuThread):
             yield from t._core()
             yield self.res.transfer(share, uses, cap=per)
         yield from self._split(threads, one)
+
+    def _all_cores(self, threads: int):
+        """DES process: where a parallel call's helpers are awake and a core is free for each of its threads,
+        take them all now (this thread's included) and return the helpers' requests; else None."""
+        pool = self.pool.cpus
+        free = pool.capacity - pool.count + (1 if self.request is not None else 0)
+        if threads < 2 or self.res.helper_wake_s > 0 or pool.queue or free < threads:
+            return None
+        yield from self._core()
+        return [pool.request() for _ in range(threads - 1)]   # granted at once: the cores are free
+
+    def _give_back(self, requests) -> None:
+        for r in requests:
+            self.pool.cpus.release(r)
 
     def _split(self, threads: int, work):
         others = []
