@@ -30,6 +30,9 @@ DEDUP_SIZES = (32, 1 << 12, 1 << 15, 1 << 18)
 # each timed call follows a pass over this many bytes (two 4 MiB staging chunks, the default staging), so it
 # starts with cold caches as there (warm, back to back, a 4,096-token call runs 20-30 % faster).
 COLD_CACHE_BYTES = 8 * MiB
+# Sizes with this many repeats (FULL) run the OS probes (time slice, thread wake) whole; fewer (--quick, tests)
+# run them briefly.
+FULL_REPEATS = 7
 
 
 def cold_caches(arg=None):
@@ -251,7 +254,8 @@ def measure_sched_slice(sizes: Sizes, plan: dict, raw: dict):
     ctx = multiprocessing.get_context("spawn")   # no fork: this process may run Numba's threads already
     core = min(os.sched_getaffinity(0))
     pipes = [ctx.Pipe(duplex=False) for _ in range(2)]
-    procs = [ctx.Process(target=_spin, args=(core, SLICE_PROBE_S, send), daemon=True) for _, send in pipes]
+    seconds = SLICE_PROBE_S if sizes.repeats >= FULL_REPEATS else SLICE_PROBE_S / 4
+    procs = [ctx.Process(target=_spin, args=(core, seconds, send), daemon=True) for _, send in pipes]
     try:
         for p in procs:
             p.start()
@@ -273,7 +277,7 @@ WAKE_PROBE = """
 import json, sys, time
 import numba, numpy as np
 from real_runs.tables import gather_rows
-rows, n = 1 << 21, 16384
+rows, n = 1 << 19, 16384
 table = np.ones((rows, 32), np.uint64)
 out = np.zeros((n, 32), np.uint64)
 rng = np.random.default_rng(0)
@@ -303,9 +307,10 @@ def measure_thread_wake(sizes: Sizes, plan: dict, raw: dict):
     root = Path(__file__).resolve().parents[2]
     # This process's own OpenMP threads may still spin after its gathers (the default policy): let them go to
     # sleep first, so that they take no core from the probe; then each policy twice, alternating.
-    time.sleep(WAKE_SETTLE_S)
+    full = sizes.repeats >= FULL_REPEATS
+    time.sleep(WAKE_SETTLE_S if full else WAKE_SETTLE_S / 5)
     runs = {"PASSIVE": [], "ACTIVE": []}
-    for policy in ("PASSIVE", "ACTIVE") * 2:
+    for policy in ("PASSIVE", "ACTIVE") * (2 if full else 1):
         env = {**os.environ, "OMP_WAIT_POLICY": policy, "PYTHONPATH": str(root)}
         done = subprocess.run([sys.executable, "-c", WAKE_PROBE, str(max(sizes.repeats, 25))], env=env,
                               capture_output=True, text=True, timeout=300, check=True)
