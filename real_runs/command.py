@@ -29,17 +29,17 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                                      "default: the system's temp folder)")
     p.add_argument("--omp-wait-policy", choices=("passive", "active", "default"),
                    help="OMP_WAIT_POLICY for the run's Numba and torch (OpenMP) threads, unless the environment "
-                        "sets it (default: passive with --device cpu, else the runtime's own): passive lets idle "
-                        "threads sleep; the runtime's default spins, and on a machine of few cores a spinning "
-                        "thread holds a core for a time slice while the fetch's threads wait (CPU runs on 2 "
-                        "cores: a 4 ms stall in 40 %% of decode steps)")
+                        "sets it (default: the runtime's own, which spins). passive lets idle threads sleep: on a "
+                        "machine of few cores a spinning thread can hold a core for a time slice while the ssd "
+                        "store's reader threads wait (2 cores: a 4 ms stall in 40 %% of decode steps), but each "
+                        "call then wakes its threads (a 2-core CPU serving run: 2.6x slower)")
 
 
 def cmd_run(args) -> int:
     if getattr(args, "out", None) is not None:  # before torch loads and the tables fill
         check_writable_file(Path(args.out), "--out")
     # The OpenMP runtimes read it when they load (torch's with the runner, Numba's at its first parallel call).
-    policy = getattr(args, "omp_wait_policy", None) or ("passive" if getattr(args, "device", None) == "cpu" else "default")
+    policy = getattr(args, "omp_wait_policy", None) or "default"
     if policy != "default" and "OMP_WAIT_POLICY" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = policy.upper()
     # torch is an optional heavy dependency: the runner (which imports it) loads only for a real run.

@@ -238,7 +238,7 @@ class PlacementConfig:
     uva_ctas: int | None = None
     # How the CPU threads of a parallel hash or gather wait between calls (OpenMP's OMP_WAIT_POLICY):
     # "spin" (the runtime's default: ready at once, holding their cores) or "sleep" (passive: each call
-    # wakes them, and they join it host.thread_wake_us late). `engram-sim run --device cpu` sleeps.
+    # wakes them, and they join it host.thread_wake_us late: `engram-sim run --omp-wait-policy passive`).
     helper_threads: Literal["spin", "sleep"] = "spin"
 
     RANGES: ClassVar[dict] = {

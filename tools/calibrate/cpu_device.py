@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 
 import numpy as np
@@ -249,14 +248,15 @@ def measure_fetch_pickup(config: str) -> dict:
     events = pd.DataFrame(record.events) if not isinstance(record.events, pd.DataFrame) else record.events
     hashes = events[events["actor"] == CPU_HASH].groupby("step")["start_s"].min()
     pickup = (hashes - fetches.reindex(hashes.index)).dropna().to_numpy() * 1e6
-    return {"fetch_pickup_us": round(float(np.median(pickup)), 1),
+    return {"fetch_pickup_us": round(float(np.median(pickup)), 1), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
             "spread_us": [round(float(np.percentile(pickup, q)), 1) for q in (10, 50, 90)], "steps": int(pickup.size)}
 
 
 def format_fetch_pickup(pickup: dict) -> str:
     return "\n".join([
         f"# The runner's fetch worker starts a step's fetch this long after it is submitted (a real decode run on this "
-        f"CPU, {pickup['steps']} steps, p10/p50/p90 us: " + " / ".join(map(str, pickup["spread_us"])) + ")",
+        f"CPU, OMP_WAIT_POLICY {pickup['omp_wait_policy']}, {pickup['steps']} steps, p10/p50/p90 us: "
+        + " / ".join(map(str, pickup["spread_us"])) + ")",
         f"fetch_pickup_us = {pickup['fetch_pickup_us']}"])
 
 
@@ -272,9 +272,6 @@ def format_serve_step(engine: dict) -> str:
 
 def run_cpu_device(args) -> int:
     """`calibrate --device cpu`: measure, print the [gpu] section (and write it to --out if given)."""
-    # As `engram-sim run` does (real_runs/command.py): idle OpenMP threads sleep, unless the environment says.
-    if "OMP_WAIT_POLICY" not in os.environ and "torch" not in sys.modules:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     repeats = 5 if getattr(args, "quick", False) else 15
     config = getattr(args, "config", None) or "tiny"
     ops = measure_ops(config, repeats)
