@@ -35,6 +35,8 @@ class SharedBandwidth:
         self.capacities = dict(capacities)
         self.active: list[Transfer] = []
         self.bytes_moved = {name: 0.0 for name in capacities}
+        # The core pipes' schedulers (sim.resources.CorePool), by pipe, shared by every GPU on them.
+        self.core_pools: dict = {}
         self._last = 0.0
         self._generation = 0
 

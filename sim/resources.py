@@ -116,7 +116,7 @@ class CpuThread:
     def wait(self, event: simpy.Event):
         """DES process: block on `event` (the core goes to others unless it has fired already: a request
         granted at once; a timeout is triggered when made, but fires later)."""
-        if not event.triggered or getattr(event, "_delay", 0) > 0:
+        if not event.triggered or isinstance(event, simpy.Timeout):
             self.release()
         yield event
 
@@ -218,7 +218,7 @@ class SharedResources:
         self.net = net or SharedBandwidth(env, single_gpu_pipes(profile))
         self._resolved: dict[tuple, dict[str, float]] = {}
         (pool_pipe,) = self.routes[CPU_CORES]
-        pools = self.net.__dict__.setdefault("core_pools", {})
+        pools = self.net.core_pools
         if pool_pipe not in pools:
             pools[pool_pipe] = CorePool(env, self.net.capacities[pool_pipe], profile.host.sched_slice_us * 1e-6)
         self.cores: CorePool = pools[pool_pipe]

@@ -46,7 +46,7 @@ from profiles import load_profile, shipped_names
 from reports.trace import write_chrome_trace
 from sim.engine import simulate
 from sim.serve import simulate_serving
-from vocab.config import from_dict
+from vocab.config import from_dict, helper_threads_for
 from vocab.errors import UserError
 from vocab.files import staged_dir
 from vocab.placements import HBM, NONE
@@ -186,8 +186,8 @@ def compare_one(path: Path, record, cfg, profile: str | None = None) -> tuple[di
     """(table row, one-step timelines, the predicted SimResult) for a loaded measured record."""
     n = len(record.steps)
     cfg = cfg.with_steps(n)
-    if str(record.extra.get("omp_wait_policy", "")).upper() == "PASSIVE":  # the run's helper threads slept
-        cfg = cfg.with_placement(helper_threads="sleep")
+    if record.extra.get("omp_wait_policy"):  # the run's threads slept between calls, or spun
+        cfg = cfg.with_placement(helper_threads=helper_threads_for(record.extra["omp_wait_policy"]))
     prof, matched, note = _profile_for(record, cfg, profile)
     predicted = simulate(cfg, prof, steps=n, record_events=True, check_capacity=False)
     baselines = {kind: predicted if cfg.placement.kind == kind else

@@ -25,7 +25,7 @@ import pandas as pd
 
 from profiles import HardwareProfile, NumaNode, ServerProfile, load_profile
 from sim.server import simulate_server
-from vocab.config import RunConfig, from_dict
+from vocab.config import RunConfig, from_dict, helper_threads_for
 from vocab.errors import UserError
 from vocab.records import CPU_GATHER
 
@@ -71,8 +71,8 @@ def one_node_server(profile: HardwareProfile, workers: int) -> HardwareProfile:
 def point_config(cfg: RunConfig, workers: int, gather_threads: int, policy: str = "") -> RunConfig:
     """The record's config as the DES runs one point: every worker a replica, fetches launched with their step,
     its gathers' helper threads sleeping between calls where the record's OpenMP wait policy was passive."""
-    helpers = "sleep" if policy.upper() == "PASSIVE" else "spin"
-    return (cfg.with_deployment(gpus=workers).with_placement(gather_threads=gather_threads, helper_threads=helpers)
+    return (cfg.with_deployment(gpus=workers)
+            .with_placement(gather_threads=gather_threads, helper_threads=helper_threads_for(policy))
             .with_workload(prefill_prefetch_ahead=0, decode_lookahead=0))
 
 

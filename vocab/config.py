@@ -197,6 +197,11 @@ class EngramConfig:
         return sum(self.layer_table_bytes(layer) for layer in self.layer_ids)
 
 
+def helper_threads_for(omp_wait_policy: str) -> str:
+    """placement.helper_threads of a run made under this OMP_WAIT_POLICY (passive threads sleep)."""
+    return "sleep" if str(omp_wait_policy).strip().upper() == "PASSIVE" else "spin"
+
+
 @dataclass
 class PlacementConfig:
     kind: Placement = "hbm"

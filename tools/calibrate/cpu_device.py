@@ -30,7 +30,6 @@ import os
 import time
 
 import numpy as np
-import pandas as pd
 
 from real_runs.instrument import cpu_model, memory_gib
 from real_runs.timing import median_time
@@ -245,7 +244,7 @@ def measure_fetch_pickup(config: str) -> dict:
     cfg = load_config(config).with_workload(phase="decode")
     record = run(cfg, HOST_DMA, steps=PICKUP_STEPS, device="cpu", warmup=2)
     fetches = record.fetches.groupby("step")["fetch_start_s"].min()
-    events = pd.DataFrame(record.events) if not isinstance(record.events, pd.DataFrame) else record.events
+    events = record.events
     hashes = events[events["actor"] == CPU_HASH].groupby("step")["start_s"].min()
     pickup = (hashes - fetches.reindex(hashes.index)).dropna().to_numpy() * 1e6
     return {"fetch_pickup_us": round(float(np.median(pickup)), 1), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),

@@ -18,7 +18,7 @@ import numpy as np
 from real_runs.hashing import NgramHasher
 from real_runs.instrument import cpu_model, memory_gib
 from real_runs.timing import fresh_ids, median_time
-from tools.calibrate.plan import Sizes
+from tools.calibrate.plan import HASH_CALL_DECODE, HASH_CALL_PREFILL, Sizes
 from tools.calibrate.shapes import preset_shapes
 from vocab.geometry import table_offsets
 from vocab.units import MiB
@@ -187,12 +187,6 @@ def measure_critical_path(sizes: Sizes, plan: dict, raw: dict):
         yield f"sort {ids.size} ids"
 
 
-# Prompt chunks (sequences x tokens, a quarter of each left as padding, as chunks of ragged prompts leave)
-# and decode batches the worker's hash call is timed at.
-HASH_CALL_PREFILL = ((8, 128), (32, 128), (64, 128))
-HASH_CALL_DECODE = (1, 4, 64, 512)
-
-
 def measure_hash_call(sizes: Sizes, plan: dict, raw: dict):
     """The fetch worker's whole hash call of one Engram layer (real_runs.inputs.step_rows, one thread: the
     window put together, the kernel over it, the valid tokens picked out, the head offsets added),
@@ -271,27 +265,29 @@ def measure_sched_slice(sizes: Sizes, plan: dict, raw: dict):
     yield "sched slice"
 
 
-# A two-thread gather of one staging chunk (4 MiB of 256 B rows), timed in a fresh process under each OpenMP
-# wait policy; between calls the process sleeps, as a worker between its steps' gathers.
-WAKE_PROBE = """
-import json, sys, time
-import numba, numpy as np
-from real_runs.tables import gather_rows
-rows, n = 1 << 19, 16384
-table = np.ones((rows, 32), np.uint64)
-out = np.zeros((n, 32), np.uint64)
-rng = np.random.default_rng(0)
-sets = [np.sort(rng.choice(rows, n, replace=False)).astype(np.int64) for _ in range(8)]
-numba.set_num_threads(2)
-gather_rows(table, sets[0], out)
-times = []
-for i in range(int(sys.argv[1])):
-    time.sleep(0.002)
-    t0 = time.perf_counter_ns()
-    gather_rows(table, sets[i % 8], out)
-    times.append(time.perf_counter_ns() - t0)
-print(json.dumps(float(np.median(times[3:])) / 1e3))
-"""
+def wake_probe(calls: int) -> float:
+    """Median microseconds of a two-thread gather of one staging chunk (4 MiB of 256 B rows) in this process,
+    which sleeps 2 ms before each call, as a worker between its steps' gathers (run in a fresh process under
+    each OpenMP wait policy by measure_thread_wake: the runtime reads the policy when it loads)."""
+    from real_runs.tables import gather_rows  # imports torch
+
+    rows, n = 1 << 19, 16384
+    table = np.ones((rows, 32), np.uint64)
+    out = np.zeros((n, 32), np.uint64)
+    rng = np.random.default_rng(0)
+    sets = [np.sort(rng.choice(rows, n, replace=False)).astype(np.int64) for _ in range(8)]
+    numba.set_num_threads(2)
+    gather_rows(table, sets[0], out)
+    times = []
+    for i in range(calls):
+        time.sleep(0.002)
+        t0 = time.perf_counter_ns()
+        gather_rows(table, sets[i % 8], out)
+        times.append(time.perf_counter_ns() - t0)
+    return float(np.median(times[3:])) / 1e3
+
+
+WAKE_PROBE = "import sys; from tools.calibrate.measure_cpu import wake_probe; print(wake_probe(int(sys.argv[1])))"
 
 
 WAKE_SETTLE_S = 1.0

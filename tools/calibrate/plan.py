@@ -112,8 +112,11 @@ def sizes_for(quick: bool) -> Sizes:
     return QUICK if quick else FULL
 
 
-# measure_cpu.measure_hash_call's calls timed (its HASH_CALL_DECODE and HASH_CALL_PREFILL).
-HASH_CALL_STEPS = 7
+# measure_cpu.measure_hash_call times the worker's hash call at these prompt chunks (sequences x tokens, a
+# quarter of each left as padding, as chunks of ragged prompts leave) and decode batches.
+HASH_CALL_PREFILL = ((8, 128), (32, 128), (64, 128))
+HASH_CALL_DECODE = (1, 4, 64, 512)
+HASH_CALL_STEPS = len(HASH_CALL_PREFILL) + len(HASH_CALL_DECODE)
 
 
 def cpu_plan(sizes: Sizes) -> dict:
