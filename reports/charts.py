@@ -148,12 +148,19 @@ def stall_chart(df: pd.DataFrame) -> alt.FacetChart:
                        tooltip, "Exposed Engram stall per step")
 
 
+# Window axis ticks (%): the symlog scale's own ones leave 1-1,000 % unlabelled.
+WINDOW_TICKS_PCT = [0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10000]
+
+
 def window_chart(df: pd.DataFrame) -> alt.FacetChart:
     """How much of the time before its rows are needed each fetch uses (1 = just hidden)."""
     _check(df, ["table_gib", "placement", "phase", "window_use"])
     data = df[df["placement"] != "hbm"].assign(window_pct=lambda d: d["window_use"] * 100, limit_pct=100.0)
     tooltip = [alt.Tooltip("window_pct:Q", title="window used %", format=".1f")]
-    return _line_chart(data, "window_pct", alt.Y("window_pct:Q", title="fetch time / window (%)"), tooltip,
+    # symlog: a drive's fetch can take 90x its window, which on a linear axis flattens every hidden fetch to 0
+    y = alt.Y("window_pct:Q", title="fetch time / window (%, symlog)", scale=alt.Scale(type="symlog"),
+              axis=alt.Axis(values=WINDOW_TICKS_PCT))
+    return _line_chart(data, "window_pct", y, tooltip,
                        "Fetch time as a share of its window (above 100 %: the GPU waits)",
                        [threshold_rule("limit_pct", "limit %")], ["black dashed rule: 100 %, the whole window"],
                        y_independent=False)
