@@ -242,6 +242,29 @@ class HostDMA(OverHostLink):
             copies.append(res.env.process(self._copy_chunk(res, step, layer, nbytes)))
         yield from thread.wait(res.env.all_of(copies))
 
+    def gather_rows(self, res: SharedResources, step: int, k: int, rows: int, source: str = TABLE_CPU):
+        """DES process: one CPU gather of `rows` rows from `source` into a store's own row staging (no chunks,
+        no copy: the SSD store copies its DRAM-cache hits and drive rows together)."""
+        threads = self._gather_threads(res.profile)
+        layer = self.layer_ids[k]
+        thread = res.thread()
+        t = res.env.now
+        yield from thread.run(res.profile.host.cpu_gather_fixed_us * 1e-6)
+        uses = {source: 1.0}
+        uses[STAGING_CPU] = uses.get(STAGING_CPU, 0.0) + 1.0  # reads `source`, writes the row staging
+        yield from thread.move(rows * self.cfg.engram.row_bytes, uses, self._gather_rate(res.profile), threads)
+        res.log(CPU_GATHER, f"gather L{layer}", t, step, layer)
+
+    @staticmethod
+    def copy_rows(res: SharedResources, step: int, layer: int, nbytes: int):
+        """DES process: one copy of `nbytes` of staged rows to HBM (its fixed cost once)."""
+        with res.copy_engines.request() as engine:
+            yield engine
+            t = res.env.now
+            yield res.env.timeout(res.profile.link.copy_fixed_us * 1e-6)
+            yield res.transfer(nbytes, {PCIE_H2D: 1.0, STAGING_GPU: 1.0})
+            res.log(H2D_LINK, f"copy L{layer}", t, step, layer)
+
     @staticmethod
     def _copy_chunk(res: SharedResources, step: int, layer: int, nbytes: int):
         with res.copy_engines.request() as engine:
@@ -399,6 +422,12 @@ class SSD(OverHostLink):
         dram = int(plan.dram_hits[k])
         return dram, int(plan.host_rows[k]) - dram, int(plan.ssd_reads[k])
 
+    @property
+    def _one_copy(self) -> bool:
+        """DRAM-cache hits gathered by the CPU land in the store's row staging beside the drive rows, and all
+        of them go to HBM in one copy (real_runs/ssd_store.py); zero-copy hits are read by the GPU apart."""
+        return isinstance(self.miss, HostDMA)
+
     def fetch_layer(self, res, step, k, plan):
         dram, drive, reads = self._tiers(plan, k)
         if dram + drive == 0:
@@ -408,16 +437,24 @@ class SSD(OverHostLink):
         yield from res.thread().run(self.store_time(res.profile, dram + drive))
         parts = []
         if dram:
-            parts.append(res.spawn(self.miss.fetch_rows(res, step, k, dram, plan)))
+            parts.append(res.spawn(self.miss.gather_rows(res, step, k, dram) if self._one_copy
+                                   else self.miss.fetch_rows(res, step, k, dram, plan)))
         if drive:
             parts.append(res.spawn(self._from_drive(res, step, k, drive, reads)))
         yield from res.thread().wait(res.env.all_of(parts))
+        if self._one_copy and self.cfg.placement.ssd_reads != "gds":
+            yield from res.thread().wait(res.env.process(
+                HostDMA.copy_rows(res, step, self.layer_ids[k], (dram + drive) * self.cfg.engram.row_bytes)))
+        elif self._one_copy and dram:  # GDS: the drive rows are in HBM; the DRAM hits are copied alone
+            yield from res.thread().wait(res.env.process(
+                HostDMA.copy_rows(res, step, self.layer_ids[k], dram * self.cfg.engram.row_bytes)))
 
     def store_time(self, profile: HardwareProfile, rows: int) -> float:
         """Seconds of the store's own CPU work for a call of `rows` unique rows (ssd.store_*)."""
         d = profile.ssd
-        per_row = d.store_row_ns + (d.store_cache_row_ns if dram_cache_rows_per_layer(self.cfg) > 0 else 0.0)
-        return d.store_call_fixed_us * 1e-6 + rows * per_row * 1e-9
+        if dram_cache_rows_per_layer(self.cfg) > 0:
+            return (d.store_call_fixed_us + d.store_cache_call_us) * 1e-6 + rows * (d.store_row_ns + d.store_cache_row_ns) * 1e-9
+        return d.store_call_fixed_us * 1e-6 + rows * d.store_row_ns * 1e-9
 
     def _read_settings(self, profile: HardwareProfile, reads: int) -> tuple[int, float]:
         p = self.cfg.placement
@@ -438,7 +475,11 @@ class SSD(OverHostLink):
         pipes = {SSD_DRIVE: 1.0, PCIE_H2D: 1.0} if gds else {SSD_DRIVE: 1.0, STAGING_GPU: 1.0}
         yield res.transfer((reads - depth) * block, pipes, cap=rate * block)
         res.log(SSD_READ, f"read L{layer}", t, step, layer)
-        if not gds:  # the rows, picked out of their blocks, go to HBM as host_dma's chunks do
+        if gds:
+            return
+        if self._one_copy:  # the rows picked out of their blocks into the row staging; fetch_layer copies
+            yield from self.staged.gather_rows(res, step, k, rows, STAGING_CPU)
+        else:  # the rows, picked out of their blocks, go to HBM as host_dma's chunks do
             yield from self.staged.fetch_rows(res, step, k, rows, None)
 
     def fetch_alone(self, profile, plan, k):
@@ -446,14 +487,21 @@ class SSD(OverHostLink):
         if dram + drive == 0:
             return self._row_ids_alone(profile, plan, k)
         own = self.store_time(profile, dram + drive)
-        from_dram = self.miss.rows_alone(profile, plan, k, dram) if dram else 0.0
+        row_bytes = self.cfg.engram.row_bytes
+        p = self.cfg.placement
+        gds = p.ssd_reads == "gds"
+        if self._one_copy:
+            from_dram = self.miss.gather_alone(profile, dram * row_bytes) if dram else 0.0
+        else:
+            from_dram = self.miss.rows_alone(profile, plan, k, dram) if dram else 0.0
         from_drive = 0.0
         if drive:
-            p = self.cfg.placement
             from_drive = costs.ssd_read_time(profile, reads, p.ssd_threads, p.ssd_queue_depth)
-            if p.ssd_reads != "gds":
-                from_drive += self.staged.rows_alone(profile, plan, k, drive)
-        return own + max(from_dram, from_drive)
+            if not gds:
+                from_drive += (self.staged.gather_alone(profile, drive * row_bytes) if self._one_copy
+                               else self.staged.rows_alone(profile, plan, k, drive))
+        copied = (dram + (0 if gds else drive)) if self._one_copy else 0
+        return own + max(from_dram, from_drive) + (costs.copy_time(profile, copied * row_bytes) if copied else 0.0)
 
     def sm_hold(self, profile, plan, k):
         dram = int(plan.dram_hits[k])  # only a zero-copy gather of the DRAM-cache hits holds SMs

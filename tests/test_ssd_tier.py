@@ -147,3 +147,20 @@ def test_a_dram_cache_larger_than_host_memory_does_not_fit():
     cfg = _ssd_cfg(dram_cache_gib=500.0)
     with pytest.raises(CapacityError, match="host memory"):
         simulate(cfg)
+
+
+@pytest.mark.parametrize("miss_path", ["host_dma", "host_uva"])
+def test_dram_hits_and_drive_rows_go_to_hbm_in_one_copy(miss_path):
+    # The store puts the CPU-gathered DRAM-cache hits beside the rows picked out of the drive's blocks and copies
+    # them in one call (real_runs/ssd_store.py); zero-copy hits are read by the GPU apart, so only the drive rows
+    # are copied.
+    cfg = _ssd_cfg(dram_cache_gib=1.0, miss_path=miss_path)
+    r = simulate(cfg, record_events=True, check_capacity=False)
+    f = r.fetches
+    assert (f["dram_hits"] > 0).all() and (f["host_rows"] > f["dram_hits"]).all()
+    copies = r.events[(r.events["actor"] == "h2d link") & r.events["name"].str.startswith("copy")]
+    assert (copies.groupby(["step", "layer"]).size() == 1).all()
+    assert len(copies) == len(f)
+    if miss_path == "host_dma":  # every row past the HBM crosses the link once, in those copies
+        assert r.pipe_bytes["pcie_h2d"] == pytest.approx(f["host_rows"].sum() * cfg.engram.row_bytes)
+
