@@ -254,7 +254,8 @@ class SsdProfile:
     random_read_iops gives block reads per second against the reads in flight (x = queue depth: the
     submitting threads times each one's depth); the latency of one read at that depth follows from
     Little's law (depth / IOPS), and random_read_latency_us keeps the measured latencies beside it.
-    Each read also costs its submitting host thread read_cpu_us (the system call and completion).
+    Each read also costs its submitting host thread read_cpu_us (the system call and completion, with the
+    reader threads all in flight: where the cores bind the rate, at most cores / read_cpu_us reads a second).
     A read call (one layer's fetch: its blocks split into contiguous shares, one per reader thread) also
     costs read_call_fixed_us once, and read_handoff_us for each thread it hands a share to: what a call of
     few reads pays that the IOPS curve, measured with many reads a call, amortises.
@@ -276,9 +277,11 @@ class SsdProfile:
     read_cpu_us: float = 0.0
     # The store's own CPU work per call on the fetch thread, beside its reads and copies (the DRAM cache's
     # lookups and update, the block list, the rows picked out of their blocks): fixed + per unique row, and
-    # per row more with a DRAM cache. Default 0: not measured (calibrate --ssd-path measures them).
+    # with a DRAM cache more a call (its lookup, update and fill calls) and more a row. Default 0: not
+    # measured (calibrate --ssd-path measures them).
     store_call_fixed_us: float = 0.0
     store_row_ns: float = 0.0
+    store_cache_call_us: float = 0.0
     store_cache_row_ns: float = 0.0
     # GPUDirect Storage: reads land straight in HBM (placement.ssd_reads = "gds").
     gds: bool = False
@@ -292,7 +295,8 @@ class SsdProfile:
         if self.random_read_latency_us:
             _check_curve(self.random_read_latency_us, f"{path}.random_read_latency_us")
         require(self.read_cpu_us >= 0, ProfileError, f"{path}.read_cpu_us", "must be >= 0", "use microseconds")
-        require_each(self, path, ("store_call_fixed_us", "store_row_ns", "store_cache_row_ns"), ProfileError,
+        require_each(self, path, ("store_call_fixed_us", "store_row_ns", "store_cache_call_us", "store_cache_row_ns"),
+                     ProfileError,
                      strict=False, fix="use 0 or more (calibrate --ssd-path measures them)")
         for name in ("read_call_fixed_us", "read_handoff_us"):
             value = getattr(self, name)

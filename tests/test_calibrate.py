@@ -312,8 +312,9 @@ def synthetic_ssd_raw(folder: str = "/data") -> dict:
                     "read_cpu_us": 5.0, "read_cpu_spread_us": (4.0, 5.0, 6.0),
                     # calls of n reads: one read's latency, plus 30 us a call and 6 us a thread
                     "calls": {n: (1e6 / 12000.0 + 30.0 + 6.0 * n) * 1e-6 for n in (1, 2, 4, 8, 16)},
-                    # the store's own work: 80 us + 0.7 us a row, 0.25 us a row more with a DRAM cache
-                    "store": [{"rows": n, "cache": c, "us": 80.0 + 0.7 * n + (0.25 * n if c else 0.0)}
+                    # the store's own work: 80 us + 0.7 us a row, 30 us a call and 0.25 us a row more with a
+                    # DRAM cache
+                    "store": [{"rows": n, "cache": c, "us": 80.0 + 0.7 * n + (30.0 + 0.25 * n if c else 0.0)}
                               for c in (False, True) for n in (32, 512)]}}
 
 
@@ -626,10 +627,11 @@ def test_hash_call_is_timed_at_every_size_and_becomes_a_rate_curve(monkeypatch):
 
 def test_store_call_costs_recover_the_store_work_they_were_made_from():
     from tools.calibrate.assemble_ssd import store_call_costs
-    fixed, row_ns, cache_row_ns = store_call_costs(synthetic_ssd_raw()["ssd"]["store"])
-    assert (fixed, row_ns, cache_row_ns) == pytest.approx((80.0, 700.0, 250.0))
+    fixed, row_ns, cache_call_us, cache_row_ns = store_call_costs(synthetic_ssd_raw()["ssd"]["store"])
+    assert (fixed, row_ns, cache_call_us, cache_row_ns) == pytest.approx((80.0, 700.0, 30.0, 250.0))
     table, comments, _ = assemble_ssd.ssd_section(synthetic_ssd_raw())
     assert table["store_call_fixed_us"] == 80.0 and table["store_cache_row_ns"] == 250.0
+    assert table["store_cache_call_us"] == 30.0
     assert any(c.startswith("store_*") for c in comments)
 
 

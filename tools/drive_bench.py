@@ -67,7 +67,7 @@ def table(ours: list[dict], fio: list[dict]) -> list[str]:
     if fio:
         lines.append(f"fio libaio iodepth {LIBAIO_DEPTH} (one job, for reference): "
                      f"{spread([r['libaio'].iops for r in fio])} IOPS, clat {spread([r['libaio'].clat_mean_us for r in fio])} us")
-    lines.append(f"ours, host CPU per read at depth 1: {spread([r['read_cpu_us'] for r in ours])} us")
+    lines.append(f"ours, host CPU per read at depth {ours[0].get('read_cpu_threads', 1)}: {spread([r['read_cpu_us'] for r in ours])} us")
     return lines
 
 

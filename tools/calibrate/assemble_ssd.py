@@ -28,21 +28,29 @@ def read_call_costs(calls: dict, points: dict) -> tuple[float, float, dict]:
     return float(fixed), float(handoff), extra
 
 
-def store_call_costs(points: list[dict]) -> tuple[float, float, float]:
-    """(store_call_fixed_us, store_row_ns, store_cache_row_ns) from the store's own time by unique rows: a line
-    through the calls without a DRAM cache, and the cache's extra per row through the origin; all at least 0."""
+def store_call_costs(points: list[dict]) -> tuple[float, float, float, float]:
+    """(store_call_fixed_us, store_row_ns, store_cache_call_us, store_cache_row_ns) from the store's own time by
+    unique rows: a line through the calls without a DRAM cache, and a line through the cache's extra over them
+    (its lookup, update and fill calls cost something a call however few rows); all at least 0."""
+    def line(pairs):
+        n = np.array([r for r, _ in pairs], float)
+        y = np.array([u for _, u in pairs])
+        if n.size >= 2:
+            per_row, fixed = np.polyfit(n, y, 1)
+        else:
+            per_row, fixed = 0.0, float(y[0]) if y.size else 0.0
+        if fixed < 0:   # through the origin: all of it is per row
+            return 0.0, max(0.0, float(n @ y / (n @ n)))
+        if per_row < 0:  # flat: all of it is per call
+            return max(0.0, float(np.mean(y))), 0.0
+        return float(fixed), float(per_row)
+
     plain = sorted((p["rows"], p["us"]) for p in points if not p["cache"])
     cached = {p["rows"]: p["us"] for p in points if p["cache"]}
-    n = np.array([r for r, _ in plain], float)
-    y = np.array([u for _, u in plain])
-    if n.size >= 2:
-        per_row, fixed = np.polyfit(n, y, 1)
-    else:
-        per_row, fixed = 0.0, float(y[0]) if y.size else 0.0
-    per_row, fixed = max(0.0, float(per_row)), max(0.0, float(fixed))
+    fixed, per_row = line(plain)
     extra = [(r, cached[r] - (fixed + per_row * r)) for r, _ in plain if r in cached]
-    num, den = sum(r * e for r, e in extra), sum(r * r for r, _ in extra)
-    return fixed, per_row * 1e3, max(0.0, num / den * 1e3) if den else 0.0
+    cache_fixed, cache_row = line(extra) if extra else (0.0, 0.0)
+    return fixed, per_row * 1e3, cache_fixed, cache_row * 1e3
 
 
 def ssd_section(raw: dict) -> tuple[dict, list[str], list[str]]:
@@ -66,8 +74,9 @@ def ssd_section(raw: dict) -> tuple[dict, list[str], list[str]]:
         "gds": False,
     }
     if m.get("store"):
-        s_fixed, s_row, s_cache = store_call_costs(m["store"])
-        table.update(store_call_fixed_us=sig(s_fixed, 3), store_row_ns=sig(s_row, 3), store_cache_row_ns=sig(s_cache, 3))
+        s_fixed, s_row, c_fixed, c_row = store_call_costs(m["store"])
+        table.update(store_call_fixed_us=sig(s_fixed, 3), store_row_ns=sig(s_row, 3),
+                     store_cache_call_us=sig(c_fixed, 3), store_cache_row_ns=sig(c_row, 3))
     lo, med, hi = m["read_cpu_spread_us"]
     comments = [
         f"Measured with real_runs/direct_io.DirectReader (the SSD store's reads): O_DIRECT preadv of "
@@ -79,7 +88,7 @@ def ssd_section(raw: dict) -> tuple[dict, list[str], list[str]]:
         "  latency = depth x call seconds / reads (each thread is busy the whole call: Little's law)",
         f"seq_read_gbps: {human_bytes(seq['block_bytes'])} blocks, {seq['threads']} threads each reading its own "
         f"contiguous share, {human_bytes(seq['call_bytes'])} a call",
-        f"read_cpu_us: process CPU time per read at depth 1 (min/median/max over batches {lo:.3g}/{med:.3g}/"
+        f"read_cpu_us: process CPU time per read at depth {m.get('read_cpu_threads', 1)} (min/median/max over batches {lo:.3g}/{med:.3g}/"
         f"{hi:.3g} us)",
         "read_call_fixed_us + read_handoff_us x n: fitted to calls of n reads, one per reader thread, less one "
         "read's latency at depth n: " + ", ".join(

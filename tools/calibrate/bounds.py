@@ -96,6 +96,7 @@ BOUNDS: dict[str, Bound] = {b.field: b for b in (
     Bound("ssd.read_handoff_us", "us", 0, 1e4, "waking a reader thread and taking its result", "ssd"),
     Bound("ssd.store_call_fixed_us", "us", 0, 1e5, "the store's Python around one call's reads", "ssd"),
     Bound("ssd.store_row_ns", "ns/row", 0, 1e6, "looking a row up, listing its block, picking it out", "ssd"),
+    Bound("ssd.store_cache_call_us", "us", 0, 1e5, "a DRAM cache's lookup, update and fill calls", "ssd"),
     Bound("ssd.store_cache_row_ns", "ns/row", 0, 1e6, "a DRAM cache's lookup, update and fill of a row", "ssd"),
 )}
 

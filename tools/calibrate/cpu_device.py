@@ -18,7 +18,13 @@ many it issues per layer (kernels_per_layer). Host timer, medians of repeats.
 - matmul_curve: float32 GEMMs of M rows at the layer's (K, N), rate net of one
   op's cost, over the peak (a large square GEMM); memory_curve: reductions over
   n bytes, rate net of one op's cost, over the largest's (hbm_gbps);
-- hbm_gather: index_select of 16384 rows of each row size, GB/s.
+- hbm_gather: index_select of 16384 rows of each row size, GB/s;
+- [link]: a CPU run's "host-to-device copy" is torch's copy_ of staged rows
+  into the device tensor, both in host memory, as the stores make it
+  (real_runs/ssd_store.py, stores.py: uint8 views, then copy_), once a step
+  after the fetch worker idled with cold caches (measure_cpu.idle_then):
+  copy_fixed_us and h2d_gbps a line fitted to its times over sizes; the
+  other directions are the same copy.
 
 torch and real_runs.backbone (which imports it) are optional heavy dependencies, imported inside.
 """
@@ -173,6 +179,19 @@ def gpu_section(ops: dict, rates: dict, memory_gib: float) -> dict:
     }
 
 
+def _toml_lines(fields: dict) -> list[str]:
+    """TOML lines of a section's fields (values already TOML text, or lists of curve points)."""
+    lines = []
+    for key, value in fields.items():
+        if isinstance(value, list):
+            lines.append(f"{key} = [")
+            lines += [f"    {{x = {p['x']}, y = {p['y']}}}," for p in value]
+            lines.append("]")
+        else:
+            lines.append(f"{key} = {value}")
+    return lines
+
+
 def format_section(fields: dict, ops: dict, rates: dict) -> str:
     """The [gpu] fields as TOML lines, with the raw points as comments."""
     lines = [f"# ops per layer (packed serving decode, 16 sequences) by layer: {ops['ops_by_layer']}; Engram module adds "
@@ -182,14 +201,45 @@ def format_section(fields: dict, ops: dict, rates: dict) -> str:
              f"# float32 GEMM peak ({PEAK_GEMM}^3): {rates['peak_flops'] / 1e9:.1f} GFLOP/s; ladder (net of one op's "
              "cost) GFLOP/s by rows: " + ", ".join(f"{m}: {r / 1e9:.2f}" for m, r in
                                                    rates["matmul_flops_by_rows"].items())]
-    for key, value in fields.items():
-        if isinstance(value, list):
-            lines.append(f"{key} = [")
-            lines += [f"    {{x = {p['x']}, y = {p['y']}}}," for p in value]
-            lines.append("]")
-        else:
-            lines.append(f"{key} = {value}")
-    return "\n".join(lines)
+    return "\n".join(lines + _toml_lines(fields))
+
+
+COPY_BYTES = (1 << 11, 1 << 16, 1 << 20, 1 << 24)   # a decode step's rows to a long prefill's
+
+
+def measure_copy(repeats: int) -> dict:
+    """Seconds of the CPU device's row copy by bytes, each call after the worker idled with cold caches."""
+    import torch  # an optional heavy dependency
+
+    from tools.calibrate.measure_cpu import idle_then
+
+    seconds = {}
+    for n in COPY_BYTES:
+        staging = torch.from_numpy(np.ones(n, np.uint8))
+        dst = torch.empty(n // 2, dtype=torch.bfloat16)
+
+        def copy(_):
+            dst.view(torch.uint8).view(-1).copy_(staging[:n].view(-1))
+
+        seconds[n] = median_time(copy, 2, max(repeats, 15), setup=idle_then)
+    return seconds
+
+
+def link_section(seconds: dict) -> dict:
+    """[link] of the CPU device: fixed cost + bytes / rate, least squares on relative error over the sizes."""
+    n = np.array(list(seconds), dtype=float)
+    t = np.array(list(seconds.values()))
+    per_byte, fixed = np.polyfit(n, t, 1, w=1 / t)
+    gbps = round(1 / max(per_byte, 1e-15) / 1e9, 2)
+    return {"kind": '"CPU device: torch copy_ in host memory"', "h2d_gbps": gbps, "d2h_gbps": gbps,
+            "copy_fixed_us": round(max(fixed, 0.0) * 1e6, 1), "copy_engines": 1, "pageable_h2d_gbps": gbps,
+            "h2d_points": [{"x": float(b), "y": round(b / s / 1e9, 3)} for b, s in seconds.items()]}
+
+
+def format_link(fields: dict, seconds: dict) -> str:
+    lines = ["# The CPU device's row copy (torch copy_ in host memory, after an idle with cold caches), us by bytes: "
+             + ", ".join(f"{b}: {s * 1e6:.1f}" for b, s in seconds.items()) + "; a line fitted over them"]
+    return "\n".join(lines + _toml_lines(fields))
 
 
 # The serving run the engine's own step work is timed on: small requests on the config's backbone, a batch
@@ -276,9 +326,11 @@ def run_cpu_device(args) -> int:
     ops = measure_ops(config, repeats)
     rates = measure_rates(config, ops["per_op_us"] * 1e-6, repeats)
     fields = {"name": f'"{cpu_model()}"', **gpu_section(ops, rates, memory_gib())}
+    copies = measure_copy(repeats)
     engine = measure_serve_step(config)
     pickup = measure_fetch_pickup(config)
-    text = ("[gpu]\n" + format_section(fields, ops, rates) + "\n\n# merge into the profile's [host] section\n[host]\n"
+    text = ("[gpu]\n" + format_section(fields, ops, rates) + "\n\n[link]\n" + format_link(link_section(copies), copies)
+            + "\n\n# merge into the profile's [host] section\n[host]\n"
             + format_serve_step(engine) + "\n" + format_fetch_pickup(pickup) + "\n")
     print(text)
     if getattr(args, "out", None):

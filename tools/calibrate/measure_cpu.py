@@ -30,6 +30,12 @@ DEDUP_SIZES = (32, 1 << 12, 1 << 15, 1 << 18)
 # each timed call follows a pass over this many bytes (two 4 MiB staging chunks, the default staging), so it
 # starts with cold caches as there (warm, back to back, a 4,096-token call runs 20-30 % faster).
 COLD_CACHE_BYTES = 8 * MiB
+# A fetch worker's calls come once a step: its core has idled while the step computed, and the step's other
+# work has evicted its caches. Its per-step calls are timed so: a pass over COLD_CACHE_BYTES, then a pause this
+# long (here a small call after the pause took 1.5-1.9x one after the pass alone, and 3-13x one back to back:
+# the idle core halted, and woke slow and cold; a 4-token hash call 50 us cold, 77-83 us cold and idle, 83-97 us
+# in a real decode run's fetch).
+IDLE_BEFORE_CALL_S = 0.002
 # Sizes with this many repeats (FULL) run the OS probes (time slice, thread wake) whole; fewer (--quick, tests)
 # run them briefly.
 FULL_REPEATS = 7
@@ -39,6 +45,13 @@ def cold_caches(arg=None):
     """setup for time_spread: evict the caches (a pass over COLD_CACHE_BYTES), then hand over `arg`."""
     buf = _cold_buffer()
     buf += 1
+    return arg
+
+
+def idle_then(arg=None):
+    """setup for time_spread: the caches evicted, then a pause with the threads idle; hands over `arg`."""
+    cold_caches()
+    time.sleep(IDLE_BEFORE_CALL_S)
     return arg
 
 
@@ -130,19 +143,34 @@ def _gather_fixed_cost(sizes: Sizes, plan: dict, raw: dict, flat, staging, rng):
 
 
 def measure_dedup(sizes: Sizes, plan: dict, raw: dict):
-    """Lookups/s of the stores' dedup on one thread, each call with cold caches (COLD_CACHE_BYTES)."""
+    """Lookups/s of the stores' dedup on one thread, each call as the fetch worker makes it: after its hash call
+    of a small decode step, itself after the worker idled with cold caches (idle_then)."""
     from real_runs.stores import dedup  # imports torch
 
     rng = np.random.default_rng(2)
+    hash_call, steps = _hash_calls()
+    decode = steps[0]
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    hash_call(decode)  # compile outside the timing
+
+    def after_hash(ids):
+        idle_then()
+        hash_call(decode)
+        return ids
+
     raw["dedup_curve"] = {}
-    # A call's rate by its size (a sort's cost per row grows with it); the largest is dedup_rows_per_s_per_core.
-    for n in sorted({*DEDUP_SIZES, sizes.dedup_lookups}):
-        if n > sizes.dedup_lookups:
-            continue
-        sets = [rng.integers(0, 4 * n, size=n, dtype=np.int64) for _ in range(3)]
-        s = median_time(lambda ids: dedup(ids, 4 * n), sizes.warmup, sizes.repeats,
-                        setup=lambda i: cold_caches(sets[i % 3]))
-        raw["dedup_curve"][n] = n / s
+    try:
+        # A call's rate by its size (a sort's cost per row grows with it); the largest is dedup_rows_per_s_per_core.
+        for n in sorted({*DEDUP_SIZES, sizes.dedup_lookups}):
+            if n > sizes.dedup_lookups:
+                continue
+            sets = [rng.integers(0, 4 * n, size=n, dtype=np.int64) for _ in range(3)]
+            s = median_time(lambda ids: dedup(ids, 4 * n), sizes.warmup, sizes.repeats,
+                            setup=lambda i: after_hash(sets[i % 3]))
+            raw["dedup_curve"][n] = n / s
+    finally:
+        numba.set_num_threads(before)
     raw["dedup"] = raw["dedup_curve"][sizes.dedup_lookups]
     yield "dedup"
 
@@ -187,10 +215,9 @@ def measure_critical_path(sizes: Sizes, plan: dict, raw: dict):
         yield f"sort {ids.size} ids"
 
 
-def measure_hash_call(sizes: Sizes, plan: dict, raw: dict):
-    """The fetch worker's whole hash call of one Engram layer (real_runs.inputs.step_rows, one thread: the
-    window put together, the kernel over it, the valid tokens picked out, the head offsets added),
-    microseconds by the step's tokens, each call with cold caches (COLD_CACHE_BYTES)."""
+def _hash_calls():
+    """(call(step), steps): the fetch worker's hash call of the preset's first Engram layer (one thread) and the
+    steps it is timed on (HASH_CALL_DECODE batches of one token, HASH_CALL_PREFILL chunks)."""
     from real_runs.inputs import StepInput, step_rows
     engram = preset_shapes().engram
     layer = engram.layer_ids[0]
@@ -206,14 +233,21 @@ def measure_hash_call(sizes: Sizes, plan: dict, raw: dict):
              for b in HASH_CALL_DECODE]
     steps += [StepInput(ids=ids(b, t), lengths=np.full(b, t * 3 // 4, np.int64), context=ids(b, back))
               for b, t in HASH_CALL_PREFILL]
+    return (lambda st: step_rows(hasher, st, layer, offsets)), steps
+
+
+def measure_hash_call(sizes: Sizes, plan: dict, raw: dict):
+    """The fetch worker's whole hash call of one Engram layer (real_runs.inputs.step_rows, one thread: the
+    window put together, the kernel over it, the valid tokens picked out, the head offsets added),
+    microseconds by the step's tokens, each call as the worker makes it once a step (idle_then)."""
+    call, steps = _hash_calls()
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     raw["hash_call"] = {}
     try:
         for st in steps:
-            step_rows(hasher, st, layer, offsets)  # compile outside the timing
-            s = median_time(lambda _: step_rows(hasher, st, layer, offsets), sizes.warmup, max(sizes.repeats, 15),
-                            setup=cold_caches)
+            call(st)  # compile outside the timing
+            s = median_time(lambda _: call(st), sizes.warmup, max(sizes.repeats, 15), setup=idle_then)
             raw["hash_call"][st.tokens] = s * 1e6
             yield f"hash call {st.tokens} tokens"
     finally:

@@ -22,7 +22,7 @@ import numpy as np
 from real_runs.direct_io import DirectReader, aligned_blocks
 from real_runs.timing import time_spread
 from tools.calibrate.drive import FIELD
-from tools.calibrate.measure_cpu import cold_caches
+from tools.calibrate.measure_cpu import idle_then
 from tools.calibrate.plan import Sizes
 from vocab.records import H2D_LINK, SSD_READ
 
@@ -32,17 +32,8 @@ STILL_RISING = 1.05
 CALL_READS = (1, 2, 4, 8, 16)
 CALL_THREADS = 16
 CALL_MIN_REPEATS = 21   # calls take a fraction of a millisecond: enough of them for a steady median
-# A store's read call comes once a step, after the step's other work: its reader threads have slept and the
-# caches are cold. The call measurements pause this long (and evict the caches) before each call, so that a
-# call's cost is that of one woken from idle, not of one right after another (1.3-1.5x faster here).
-IDLE_BEFORE_CALL_S = 0.002
-
-
-def idle_then(arg=None):
-    """setup for time_spread: the caches evicted, then a pause with the threads idle; hands over `arg`."""
-    cold_caches()
-    time.sleep(IDLE_BEFORE_CALL_S)
-    return arg
+# A store's calls come once a step, after its threads have slept and the step's other work has evicted the
+# caches: each is timed after measure_cpu.idle_then (1.3-1.5x slower here than one right after another).
 
 
 def measure_random_reads(sizes: Sizes, path, block_bytes: int, raw: dict):
@@ -82,13 +73,15 @@ def measure_seq_reads(sizes: Sizes, path, raw: dict):
 
 
 def measure_read_cpu(sizes: Sizes, path, block_bytes: int, raw: dict):
-    """Microseconds of host CPU (the whole process: the reading thread and the pool's hand-off) per random
-    block read at depth 1, median over batches of ssd_cpu_reads."""
+    """Microseconds of host CPU (the whole process: the reading threads and the pool's hand-off) per random
+    block read with the store's CALL_THREADS reader threads each keeping one in flight (where the cores can
+    bind the rate: at depth 1 each read also pays an idle core's halt and wake, 26-37 us a read here against
+    18 us at depth 16), median over batches of ssd_cpu_reads (at least a read per thread)."""
     rng = np.random.default_rng(4)
-    n = sizes.ssd_cpu_reads
+    n = max(sizes.ssd_cpu_reads, CALL_THREADS)
     out = aligned_blocks(n, block_bytes)
     per_read = []
-    with DirectReader(path, block_bytes, threads=1, field=FIELD) as reader:
+    with DirectReader(path, block_bytes, threads=CALL_THREADS, field=FIELD) as reader:
         for i in range(sizes.warmup + sizes.repeats):
             blocks = rng.integers(0, reader.file_blocks, size=n)
             before = time.process_time()      # CLOCK_PROCESS_CPUTIME_ID: precise, unlike getrusage's ticks
@@ -97,6 +90,7 @@ def measure_read_cpu(sizes: Sizes, path, block_bytes: int, raw: dict):
                 per_read.append((time.process_time() - before) / n * 1e6)
     raw["ssd"]["read_cpu_us"] = float(np.median(per_read))
     raw["ssd"]["read_cpu_spread_us"] = (min(per_read), float(np.median(per_read)), max(per_read))
+    raw["ssd"]["read_cpu_threads"] = CALL_THREADS
     yield "ssd CPU per read"
 
 

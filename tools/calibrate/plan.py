@@ -63,7 +63,7 @@ class Sizes:
     ssd_seq_block_bytes: int = MiB
     ssd_seq_threads: int = 4
     ssd_seq_call_bytes: int = 256 * MiB            # contiguous bytes per timed call of sequential reads
-    ssd_cpu_reads: int = 2048                      # reads per timed batch of the CPU cost at depth 1
+    ssd_cpu_reads: int = 2048                      # reads per timed batch of the CPU cost a read (16 threads)
     ssd_stop_when_flat: bool = False               # skip the deeper depths once IOPS stops rising
     # zero-copy gathers warm and after an L2 flush (uva.cold_line_ns): footprints (those the pinned table
     # holds), the row bytes and row counts of the e2e experiment's step (512 x 16 rows of 160 B) and more
