@@ -39,6 +39,7 @@ import numpy as np
 
 from real_runs.instrument import cpu_model, memory_gib
 from real_runs.timing import median_time
+from tools.calibrate.measure_cpu import idle_then
 from vocab.config import LengthDistribution, RunConfig, load_config
 from vocab.files import atomic_write_text
 from vocab.placements import HOST_DMA
@@ -210,8 +211,6 @@ COPY_BYTES = (1 << 11, 1 << 16, 1 << 20, 1 << 24)   # a decode step's rows to a 
 def measure_copy(repeats: int) -> dict:
     """Seconds of the CPU device's row copy by bytes, each call after the worker idled with cold caches."""
     import torch  # an optional heavy dependency
-
-    from tools.calibrate.measure_cpu import idle_then
 
     seconds = {}
     for n in COPY_BYTES:
