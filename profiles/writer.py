@@ -36,7 +36,7 @@ def plain(value):
     return value
 
 
-def _array(values: list):
+def toml_array(values: list):
     """Scalars on one line; tables (dicts) as inline tables, one a line."""
     arr = tomlkit.array()
     for v in values:
@@ -59,7 +59,7 @@ def _fill(table, data: dict, name: str, comments: dict) -> None:
         if isinstance(value, dict):
             subtables.append((key, value))
         elif isinstance(value, (list, tuple)):
-            table.add(key, _array(list(value)))
+            table.add(key, toml_array(list(value)))
         else:
             table.add(key, value)
     for key, value in subtables:   # after every scalar: a key below a [table] header would belong to it

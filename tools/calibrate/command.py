@@ -44,8 +44,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--ssd-size-gib", type=float, default=None,
                    help="the test file's size (default 2 GiB, 1 with --quick); larger than the drive's caches")
     p.add_argument("--device", choices=["cpu"],
-                   help="cpu: measure this CPU as the device of `run --device cpu` and print its [gpu] section "
-                        "(--out: also write it there); nothing else is measured")
+                   help="cpu: measure this CPU as the device of `run --device cpu` and print its [gpu] and [link] "
+                        "sections and the [host] fields of its runs (serve step, fetch pick-up); --out FILE: "
+                        "write the --base profile with them in; nothing else is measured")
     p.add_argument("--config", help="--device cpu: the config whose backbone's layers are counted and timed "
                                     "(default tiny)")
     p.set_defaults(func=run_calibrate)

@@ -32,11 +32,16 @@ torch and real_runs.backbone (which imports it) are optional heavy dependencies,
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
+import tomlkit
 
+from profiles import load_profile, shipped_names, shipped_path
+from profiles.writer import toml_array
 from real_runs.instrument import cpu_model, memory_gib
 from real_runs.timing import median_time
 from tools.calibrate.measure_cpu import idle_then
@@ -189,7 +194,7 @@ def _toml_lines(fields: dict) -> list[str]:
             lines += [f"    {{x = {p['x']}, y = {p['y']}}}," for p in value]
             lines.append("]")
         else:
-            lines.append(f"{key} = {value}")
+            lines.append(f"{key} = {json.dumps(value) if isinstance(value, str) else value}")
     return lines
 
 
@@ -230,7 +235,7 @@ def link_section(seconds: dict) -> dict:
     t = np.array(list(seconds.values()))
     per_byte, fixed = np.polyfit(n, t, 1, w=1 / t)
     gbps = round(1 / max(per_byte, 1e-15) / 1e9, 2)
-    return {"kind": '"CPU device: torch copy_ in host memory"', "h2d_gbps": gbps, "d2h_gbps": gbps,
+    return {"kind": "CPU device: torch copy_ in host memory", "h2d_gbps": gbps, "d2h_gbps": gbps,
             "copy_fixed_us": round(max(fixed, 0.0) * 1e6, 1), "copy_engines": 1, "pageable_h2d_gbps": gbps,
             "h2d_points": [{"x": float(b), "y": round(b / s / 1e9, 3)} for b, s in seconds.items()]}
 
@@ -318,20 +323,75 @@ def format_serve_step(engine: dict) -> str:
         f"serve_step_per_seq_us = {engine['serve_step_per_seq_us']}"])
 
 
+def base_path(base: str) -> Path:
+    """The file of profile `base` (a shipped name or a path), checked to load (its one-line error if not)."""
+    path = shipped_path(base) if base in shipped_names() else Path(base)
+    load_profile(path)
+    return path
+
+
+def merged_profile(base: str, gpu: dict, link: dict, host: dict, comments: dict[str, list[str]], note: str) -> str:
+    """The TOML text of profile `base` (a shipped name or a path: its other sections and comments kept) with
+    [gpu] and [link] replaced by `gpu` and `link`, the `host` fields set, `comments` (by section) above them, and
+    `note` appended to provenance.notes."""
+    doc = tomlkit.parse(base_path(base).read_text(encoding="utf-8"))
+    for name, fields in (("gpu", gpu), ("link", link)):
+        old = doc.get(name, {})
+        kept = [k for k in old if k not in fields] if name == "gpu" else []  # e.g. fp8, SM and graph fields
+        table = tomlkit.table()
+        for line in comments.get(name, []):
+            table.add(tomlkit.comment(line))
+        for key, value in fields.items():
+            table.add(key, toml_array(value) if isinstance(value, list) else value)
+        if kept:
+            table.add(tomlkit.comment(f"kept from {base} (not measured on a CPU device): {', '.join(kept)}"))
+            for key in kept:
+                table.add(key, old[key])
+        doc[name] = table
+    for line in comments.get("host", []):
+        doc["host"].add(tomlkit.comment(line))
+    for key, value in host.items():
+        if key in doc["host"]:
+            doc["host"][key] = value
+        else:
+            doc["host"].add(key, value)
+    prov = doc.setdefault("provenance", tomlkit.table())
+    prov["notes"] = (str(prov.get("notes", "")) + " " + note).strip()
+    return tomlkit.dumps(doc)
+
+
 def run_cpu_device(args) -> int:
-    """`calibrate --device cpu`: measure, print the [gpu] section (and write it to --out if given)."""
+    """`calibrate --device cpu`: measure, print the [gpu], [link] and [host] parts; with --out, write the --base
+    profile with them in."""
     repeats = 5 if getattr(args, "quick", False) else 15
     config = getattr(args, "config", None) or "tiny"
+    if getattr(args, "out", None):
+        base_path(args.base)  # a bad --base is its one-line error before anything is measured
     ops = measure_ops(config, repeats)
     rates = measure_rates(config, ops["per_op_us"] * 1e-6, repeats)
-    fields = {"name": f'"{cpu_model()}"', **gpu_section(ops, rates, memory_gib())}
+    fields = {"name": cpu_model(), **gpu_section(ops, rates, memory_gib())}
     copies = measure_copy(repeats)
+    link = link_section(copies)
     engine = measure_serve_step(config)
     pickup = measure_fetch_pickup(config)
-    text = ("[gpu]\n" + format_section(fields, ops, rates) + "\n\n[link]\n" + format_link(link_section(copies), copies)
+    text = ("[gpu]\n" + format_section(fields, ops, rates) + "\n\n[link]\n" + format_link(link, copies)
             + "\n\n# merge into the profile's [host] section\n[host]\n"
             + format_serve_step(engine) + "\n" + format_fetch_pickup(pickup) + "\n")
     print(text)
     if getattr(args, "out", None):
-        atomic_write_text(args.out, text)
+        def comment_lines(block: str) -> list[str]:
+            return [line[2:] for line in block.split("\n") if line.startswith("# ")]
+
+        host = {"serve_step_fixed_us": engine["serve_step_fixed_us"],
+                "serve_step_per_seq_us": engine["serve_step_per_seq_us"],
+                "fetch_pickup_us": pickup["fetch_pickup_us"]}
+        comments = {"gpu": ["This CPU as the device of `engram-sim run --device cpu` (not a GPU): engram-sim calibrate "
+                            "--device cpu, the method in tools/calibrate/cpu_device.py"]
+                    + comment_lines(format_section(fields, ops, rates)),
+                    "link": comment_lines(format_link(link, copies)),
+                    "host": comment_lines(format_serve_step(engine)) + comment_lines(format_fetch_pickup(pickup))}
+        note = (f"[gpu], [link], host.serve_step_* and host.fetch_pickup_us: this CPU as the device of `run --device "
+                f"cpu`, measured by engram-sim calibrate --device cpu on {time.strftime('%Y-%m-%d %H:%M')}.")
+        atomic_write_text(args.out, merged_profile(args.base, fields, link, host, comments, note))
+        print(f"wrote {args.out}: {args.base} with [gpu], [link] and those [host] fields measured here")
     return 0
