@@ -267,12 +267,8 @@ class HostDMA(OverHostLink):
 
     @staticmethod
     def _copy_chunk(res: SharedResources, step: int, layer: int, nbytes: int):
-        with res.copy_engines.request() as engine:
-            yield engine
-            t = res.env.now
-            yield res.env.timeout(res.profile.link.copy_fixed_us * 1e-6)
-            yield res.transfer(nbytes, {PCIE_H2D: 1.0, STAGING_GPU: 1.0})
-            res.log(H2D_LINK, f"copy L{layer}", t, step, layer)
+        """DES process: a staging chunk's copy, then the chunk is free for the next gather."""
+        yield from HostDMA.copy_rows(res, step, layer, nbytes)
         yield res.staging.put(1)
 
     def rows_sm_hold(self, profile, plan, k, rows):
