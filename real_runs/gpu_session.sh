@@ -11,7 +11,8 @@
 #              largest tables host and GPU hold (E2E_TABLE_GIB=N fixes the size, e.g. to save time)
 #   runs       records at several table sizes, every placement, decode and prefill
 #   ssd        the ssd placement (table file on the local drive, SSD_DIR=folder, default the temp folder):
-#              tiny decode and prefill at 0.25 and 2 GiB, without and with a DRAM cache of 25 % of the table
+#              tiny decode and prefill at 0.25 and 2 GiB, without and with a DRAM cache of 25 % of the table,
+#              after 5 warm-up steps (the CPU runs' first recorded steps were a start-up transient)
 #   serve      serving runs (real_runs/serve.py) of the paper's Table 4 benchmark shape: Dense-4B, 128
 #              requests at once, lengths uniform 100..1024, an 8 GiB table; none, hbm, host_dma, host_uva
 #              (SERVE_REQUESTS=N changes the count); `engram-sim compare` checks sim.serve against them
@@ -76,7 +77,7 @@ case "$part" in
       for size in 0.25 2; do
         for cache in nocache dram25; do
           dram=(); [ "$cache" = dram25 ] && dram=(--dram-cache-gib "$(python3 -c "print($size / 4)")")
-          python3 -m real_runs "$cfg" --placement ssd --table-gib "$size" "${dram[@]}" --steps 30 \
+          python3 -m real_runs "$cfg" --placement ssd --table-gib "$size" "${dram[@]}" --steps 30 --warmup 5 \
             ${SSD_DIR:+--ssd-dir "$SSD_DIR"} --out "$records/tiny-gpu-ssd-$phase-${size}gib-$cache.json" 2>&1 \
             | tee -a "$log" || true
         done
