@@ -200,12 +200,14 @@ def tiers_chart(df: pd.DataFrame) -> alt.FacetChart:
     rows = df[df["placement"].isin(["hbm_cache", "ssd"]) & (df["rows_per_step"] > 0)]
     if rows.empty:
         raise ValueError("no hbm_cache or ssd rows to draw tiers for")
-    data = rows.melt(id_vars=["placement", "phase", "table_gib", "rows_per_step"], value_vars=list(TIERS),
-                     var_name="tier", value_name="rows")
+    # Label a bar by the size asked for where the table says it (1 GiB, not the 1.001 its rows round to).
+    size = "table_gib_asked" if "table_gib_asked" in rows.columns else "table_gib"
+    data = rows.melt(id_vars=list(dict.fromkeys(["placement", "phase", "table_gib", size, "rows_per_step"])),
+                     value_vars=list(TIERS), var_name="tier", value_name="rows")
     data["tier"] = data["tier"].map(TIERS)
     data["share"] = data["rows"] / data["rows_per_step"]
-    data["size"] = data["table_gib"].map("{:,.4g}".format)
-    order = [f"{v:,.4g}" for v in sorted(rows["table_gib"].unique())]
+    data["size"] = data[size].map("{:,.4g}".format)
+    order = [f"{v:,.4g}" for v in sorted(rows[size].unique())]
     chart = alt.Chart(data).mark_bar().encode(
         x=alt.X("size:O", sort=order, title="table GiB", axis=alt.Axis(labelAngle=0)),
         y=alt.Y("sum(share):Q", title="share of the step's rows", axis=alt.Axis(format="%"),

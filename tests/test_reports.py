@@ -398,3 +398,13 @@ def test_javascript_bundle_is_built_once_and_kept(tmp_path, monkeypatch):
     monkeypatch.setattr(report_html, "_build_bundle", lambda: pytest.fail("rebuilt an identical bundle"))
     assert report_html.javascript_bundle() == built
     report_html.javascript_bundle.cache_clear()
+
+
+def test_tier_bars_are_labelled_by_the_size_asked_for():
+    # A table's rows round it a little over the size asked (prime row counts): the bars say 1, not 1.001.
+    rows = pd.DataFrame({"placement": "ssd", "phase": "decode", "table_gib": [1.000855, 2.000788],
+                         "table_gib_asked": [1.0, 2.0], "rows_per_step": 100.0, "rows_hbm_per_step": 0.0,
+                         "rows_dram_per_step": [100.0, 40.0], "rows_drive_per_step": [0.0, 60.0]})
+    spec = reports.charts.tiers_chart(rows).to_dict()
+    sizes = {v["size"] for v in next(iter(spec["datasets"].values()))}
+    assert sizes == {"1", "2"}
