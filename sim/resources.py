@@ -108,6 +108,10 @@ class CpuThread:
         yield self.request
         self.since = env.now
 
+    def _slice_left(self) -> float:
+        """Seconds of its time slice this thread has left on the core it holds (a sliver at least)."""
+        return max(self.pool.slice_s - (self.res.env.now - self.since), 1e-9)
+
     def release(self) -> None:
         if self.request is not None:
             self.pool.cpus.release(self.request)
@@ -125,7 +129,7 @@ class CpuThread:
         remaining = core_seconds
         while remaining > 1e-12:
             yield from self._core()
-            piece = min(remaining, max(self.pool.slice_s - (self.res.env.now - self.since), 1e-9))
+            piece = min(remaining, self._slice_left())
             yield self.res.transfer(piece, {CPU_CORES: 1.0}, cap=1.0)
             remaining -= piece
 
@@ -139,7 +143,7 @@ class CpuThread:
             # others wait when a slice ends, the threads go on one by one as below.
             try:
                 while remaining > 1e-12:
-                    piece = min(remaining, threads * max(self.pool.slice_s - (self.res.env.now - self.since), 1e-9))
+                    piece = min(remaining, threads * self._slice_left())
                     yield self.res.transfer(piece, {CPU_CORES: 1.0}, cap=float(threads))
                     remaining -= piece
                     if self.pool.cpus.queue:

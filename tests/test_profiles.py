@@ -115,18 +115,15 @@ def test_fit_linear_time():
 def test_bad_profiles_give_one_line_errors(tmp_path):
     good = (load_profile.__module__ and open(__import__("profiles").shipped_path("h100-sxm")).read())
     bad = tmp_path / "bad.toml"
-    bad.write_text(good.replace("h2d_gbps = 54.3", "h2d_gbps = -1"))
-    with pytest.raises(ProfileError, match=r"link\.h2d_gbps: must be > 0"):
-        load_profile(bad)
-    bad.write_text(good.replace("copy_engines = 2", "copy_engine = 2"))
-    with pytest.raises(ProfileError, match=r"link\.copy_engine: unknown field; did you mean 'copy_engines'"):
-        load_profile(bad)
-    bad.write_text(good.replace("cold_line_ns = 35.37", "cold_line_ns = -1"))
-    with pytest.raises(ProfileError, match=r"uva\.cold_line_ns: must be >= 0"):
-        load_profile(bad)
-    bad.write_text(good.replace("upper_line_mib = 16.0", "upper_line_mib = 0"))
-    with pytest.raises(ProfileError, match=r"uva\.upper_line_mib: must be > 0"):
-        load_profile(bad)
+    for was, now, message in [
+        ("h2d_gbps = 54.3", "h2d_gbps = -1", r"link\.h2d_gbps: must be > 0"),
+        ("copy_engines = 2", "copy_engine = 2", r"link\.copy_engine: unknown field; did you mean 'copy_engines'"),
+        ("cold_line_ns = 35.37", "cold_line_ns = -1", r"uva\.cold_line_ns: must be >= 0"),
+        ("upper_line_mib = 16.0", "upper_line_mib = 0", r"uva\.upper_line_mib: must be > 0"),
+    ]:
+        bad.write_text(good.replace(was, now))
+        with pytest.raises(ProfileError, match=message):
+            load_profile(bad)
     bad.write_text("name = [")
     with pytest.raises(ProfileError, match="not valid TOML"):
         load_profile(bad)

@@ -3,6 +3,7 @@ yields a label after each measurement (the command's progress bar counts them)."
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -53,6 +54,17 @@ def idle_then(arg=None):
     cold_caches()
     time.sleep(IDLE_BEFORE_CALL_S)
     return arg
+
+
+@contextlib.contextmanager
+def one_numba_thread():
+    """Numba's thread count at 1 for the calls inside (a fetch worker hashes on one thread), then as found."""
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,9 +162,6 @@ def measure_dedup(sizes: Sizes, plan: dict, raw: dict):
     rng = np.random.default_rng(2)
     hash_call, steps = _hash_calls()
     decode = steps[0]
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    hash_call(decode)  # compile outside the timing
 
     def after_hash(ids):
         idle_then()
@@ -160,7 +169,8 @@ def measure_dedup(sizes: Sizes, plan: dict, raw: dict):
         return ids
 
     raw["dedup_curve"] = {}
-    try:
+    with one_numba_thread():
+        hash_call(decode)  # compile outside the timing
         # A call's rate by its size (a sort's cost per row grows with it); the largest is dedup_rows_per_s_per_core.
         for n in sorted({*DEDUP_SIZES, sizes.dedup_lookups}):
             if n > sizes.dedup_lookups:
@@ -169,8 +179,6 @@ def measure_dedup(sizes: Sizes, plan: dict, raw: dict):
             s = median_time(lambda ids: dedup(ids, 4 * n), sizes.warmup, sizes.repeats,
                             setup=lambda i: after_hash(sets[i % 3]))
             raw["dedup_curve"][n] = n / s
-    finally:
-        numba.set_num_threads(before)
     raw["dedup"] = raw["dedup_curve"][sizes.dedup_lookups]
     yield "dedup"
 
@@ -241,17 +249,13 @@ def measure_hash_call(sizes: Sizes, plan: dict, raw: dict):
     window put together, the kernel over it, the valid tokens picked out, the head offsets added),
     microseconds by the step's tokens, each call as the worker makes it once a step (idle_then)."""
     call, steps = _hash_calls()
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
     raw["hash_call"] = {}
-    try:
-        for st in steps:
+    for st in steps:
+        with one_numba_thread():
             call(st)  # compile outside the timing
             s = median_time(lambda _: call(st), sizes.warmup, max(sizes.repeats, 15), setup=idle_then)
-            raw["hash_call"][st.tokens] = s * 1e6
-            yield f"hash call {st.tokens} tokens"
-    finally:
-        numba.set_num_threads(before)
+        raw["hash_call"][st.tokens] = s * 1e6
+        yield f"hash call {st.tokens} tokens"
 
 
 SLICE_PROBE_S = 1.0       # how long the two processes share the core
@@ -301,7 +305,7 @@ def measure_sched_slice(sizes: Sizes, plan: dict, raw: dict):
 
 def wake_probe(calls: int) -> float:
     """Median microseconds of a two-thread gather of one staging chunk (4 MiB of 256 B rows) in this process,
-    which sleeps 2 ms before each call, as a worker between its steps' gathers (run in a fresh process under
+    which idles IDLE_BEFORE_CALL_S before each call, as a worker between its steps' gathers (run in a fresh process under
     each OpenMP wait policy by measure_thread_wake: the runtime reads the policy when it loads)."""
     from real_runs.tables import gather_rows  # imports torch
 
@@ -314,7 +318,7 @@ def wake_probe(calls: int) -> float:
     gather_rows(table, sets[0], out)
     times = []
     for i in range(calls):
-        time.sleep(0.002)
+        time.sleep(IDLE_BEFORE_CALL_S)
         t0 = time.perf_counter_ns()
         gather_rows(table, sets[i % 8], out)
         times.append(time.perf_counter_ns() - t0)

@@ -31,9 +31,9 @@ STILL_RISING = 1.05
 # Read calls of these many reads, on a reader of the store's default thread count (placement.ssd_threads).
 CALL_READS = (1, 2, 4, 8, 16)
 CALL_THREADS = 16
-CALL_MIN_REPEATS = 21   # calls take a fraction of a millisecond: enough of them for a steady median
 # A store's calls come once a step, after its threads have slept and the step's other work has evicted the
 # caches: each is timed after measure_cpu.idle_then (1.3-1.5x slower here than one right after another).
+CALL_MIN_REPEATS = 21   # calls take a fraction of a millisecond: enough of them for a steady median
 
 
 def measure_random_reads(sizes: Sizes, path, block_bytes: int, raw: dict):
